@@ -1,0 +1,286 @@
+//! Control messages. Every frame holds one JSON object tagged by `kind`.
+
+use serde::{Deserialize, Serialize};
+
+/// Messages from a control client (signaling) to the dataplane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ToDataplane {
+    /// First frame of every connection.
+    Hello {
+        /// Protocol version the client speaks ([`crate::PROTOCOL_VERSION`]).
+        version: u32,
+        /// Free-form client name for logs (e.g. `signaling@host:pid`).
+        client: String,
+    },
+    /// A request; answered by exactly one [`FromDataplane::Response`] with the same `id`.
+    Request { id: u64, request: Request },
+}
+
+/// Messages from the dataplane to a control client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FromDataplane {
+    /// Handshake accepted.
+    Welcome {
+        version: u32,
+        /// Stable id of this dataplane process (random per start unless configured).
+        node_id: String,
+        /// Number of media workers (one UDP port each).
+        workers: u32,
+    },
+    /// Answer to the request with the same `id`.
+    Response { id: u64, response: Response },
+    /// Unsolicited event for one participant.
+    Event { event: Event },
+}
+
+/// Requests a control client can make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Create `participant` in `room` from the client's SDP offer.
+    /// Answered by [`Response::Joined`]. The requesting connection owns the participant's events.
+    Join {
+        room: String,
+        participant: String,
+        name: String,
+        offer: String,
+    },
+    /// The client's SDP answer to the last [`Event::Offer`]. Answered by [`Response::Ok`].
+    Answer { participant: String, sdp: String },
+    /// A client-initiated SDP offer (renegotiation). Answered by [`Response::Answer`].
+    /// If a server offer is outstanding it is rolled back (the server is the polite peer) and sent
+    /// again, updated, after this answer.
+    Offer { participant: String, sdp: String },
+    /// Remove the participant. Answered by [`Response::Ok`].
+    Leave { participant: String },
+    /// Route the participant's events to this connection (after a signaling restart).
+    /// Answered by [`Response::Attached`]; an outstanding server offer is re-sent as an event.
+    Attach { participant: String },
+    /// Node, room and participant statistics. Answered by [`Response::Stats`].
+    Stats,
+}
+
+/// Responses to [`Request`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Joined {
+        /// SDP answer to the join offer.
+        answer: String,
+        /// Worker (core) that hosts the room.
+        worker: u32,
+        /// UDP port of that worker; the answer's only candidate uses it.
+        port: u16,
+        /// The other participants already in the room.
+        participants: Vec<PeerInfo>,
+    },
+    Answer {
+        sdp: String,
+    },
+    Attached {
+        room: String,
+        participants: Vec<PeerInfo>,
+    },
+    Stats(NodeStats),
+    Ok,
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Machine-readable error codes. Signaling maps them onto its client-facing codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Malformed request or SDP.
+    BadRequest,
+    /// The participant id is unknown to this dataplane.
+    UnknownParticipant,
+    /// The participant id is already in use.
+    DuplicateParticipant,
+    /// The room has reached its participant limit.
+    RoomFull,
+    /// The node cannot take more (rooms limit, shutting down, worker queue full).
+    Unavailable,
+    /// The client's protocol version is not supported.
+    UnsupportedVersion,
+    /// A bug or an unexpected failure inside the dataplane.
+    Internal,
+}
+
+/// Unsolicited events, each addressed to one participant (`participant`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Another participant joined the recipient's room.
+    PeerJoined { participant: String, peer: PeerInfo },
+    /// Another participant left the recipient's room.
+    PeerLeft {
+        participant: String,
+        peer_id: String,
+        reason: LeaveReason,
+    },
+    /// The set of tracks the recipient should receive changed: forward this SDP offer to the client
+    /// and send its answer back with [`Request::Answer`].
+    Offer { participant: String, sdp: String },
+    /// The recipient itself was removed by the dataplane (not by a [`Request::Leave`]).
+    Gone {
+        participant: String,
+        reason: LeaveReason,
+    },
+}
+
+impl Event {
+    /// The participant this event is addressed to.
+    pub fn participant(&self) -> &str {
+        match self {
+            Event::PeerJoined { participant, .. }
+            | Event::PeerLeft { participant, .. }
+            | Event::Offer { participant, .. }
+            | Event::Gone { participant, .. } => participant,
+        }
+    }
+}
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeaveReason {
+    /// It asked to leave.
+    Left,
+    /// No packet from it for the ICE timeout.
+    Timeout,
+    /// Its peer connection closed (DTLS close_notify or SCTP shutdown).
+    Closed,
+    /// Its session failed inside the dataplane (e.g. a str0m error); other sessions are unaffected.
+    Failed,
+    /// The dataplane is shutting down.
+    Shutdown,
+}
+
+/// Public identity of a participant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub id: String,
+    pub name: String,
+}
+
+/// Aggregated statistics of a dataplane node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub node_id: String,
+    pub workers: Vec<WorkerStats>,
+}
+
+/// Statistics of one worker (core).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub worker: u32,
+    pub port: u16,
+    pub rooms: Vec<RoomStats>,
+    pub participants: u32,
+    /// UDP datagrams received / sent.
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// RTP packets received from publishers / written to subscribers.
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    /// Keyframe requests sent to publishers.
+    pub keyframe_requests: u64,
+    pub chat_messages: u64,
+    /// Dropped input by reason (see `docs/control.md` for the reasons).
+    pub drops: Vec<(String, u64)>,
+}
+
+/// Statistics of one room.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoomStats {
+    pub room: String,
+    pub participants: Vec<ParticipantStats>,
+}
+
+/// Statistics of one participant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantStats {
+    pub id: String,
+    pub name: String,
+    pub connected: bool,
+    pub tracks_in: u32,
+    pub tracks_out: u32,
+    pub rtp_in: u64,
+    pub rtp_out: u64,
+}
+
+/// Decode one frame payload as a message.
+pub fn decode<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T, crate::CodecError> {
+    serde_json::from_slice(frame).map_err(|e| crate::CodecError::Malformed {
+        reason: e.to_string(),
+    })
+}
+
+/// Encode a message as one frame payload.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serializing these plain data types to JSON cannot fail: no maps with non-string keys, no
+    // custom Serialize impls.
+    serde_json::to_vec(msg).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_stable_tags() {
+        let msg = ToDataplane::Request {
+            id: 7,
+            request: Request::Join {
+                room: "r".into(),
+                participant: "p".into(),
+                name: "n".into(),
+                offer: "v=0".into(),
+            },
+        };
+        let json = String::from_utf8(encode(&msg)).expect("utf8");
+        assert!(json.contains(r#""kind":"request""#) && json.contains(r#""op":"join""#), "{json}");
+        assert_eq!(decode::<ToDataplane>(json.as_bytes()), Ok(msg));
+
+        let ev = FromDataplane::Event {
+            event: Event::PeerLeft {
+                participant: "a".into(),
+                peer_id: "b".into(),
+                reason: LeaveReason::Timeout,
+            },
+        };
+        let json = String::from_utf8(encode(&ev)).expect("utf8");
+        assert!(json.contains(r#""reason":"timeout""#), "{json}");
+        assert_eq!(decode::<FromDataplane>(json.as_bytes()), Ok(ev));
+
+        let stats = Request::Stats;
+        assert_eq!(String::from_utf8(encode(&stats)).expect("utf8"), r#"{"op":"stats"}"#);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        for bad in [&b""[..], b"{", b"{\"kind\":\"nope\"}", b"\xff\xfe", b"[1,2]", b"null"] {
+            assert!(decode::<ToDataplane>(bad).is_err());
+            assert!(decode::<FromDataplane>(bad).is_err());
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Chat messages carried on the `chat` DataChannel (SCTP terminates at the SFU).
+//!
+//! Client → SFU: `{"type":"chat","to":null|"<participant id>","text":"..."}`.
+//! SFU → client: `{"type":"chat","from":"<id>","name":"<display name>","to":null|"<id>",
+//! "text":"...","ts":<unix ms>}` or `{"type":"error","code":"...","message":"..."}`.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest raw DataChannel message we even try to parse.
+pub const MAX_RAW_MESSAGE: usize = 64 * 1024;
+
+/// A parsed chat request from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRequest {
+    pub to: Option<String>,
+    pub text: String,
+}
+
+/// Why a chat message was refused. `code()` is what the client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatError {
+    BadRequest(String),
+    TooLarge { len: usize, max: usize },
+    UnknownParticipant(String),
+}
+
+impl ChatError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChatError::BadRequest(_) => "bad_request",
+            ChatError::TooLarge { .. } => "too_large",
+            ChatError::UnknownParticipant(_) => "unknown_participant",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ChatError::BadRequest(m) => m.clone(),
+            ChatError::TooLarge { len, max } => {
+                format!("message text is {len} bytes; the limit is {max} bytes")
+            }
+            ChatError::UnknownParticipant(id) => format!("no participant {id:?} in this room"),
+        }
+    }
+
+    /// The error as the JSON message sent back on the channel.
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            code: &'a str,
+            message: String,
+        }
+        serde_json::to_vec(&Wire {
+            kind: "error",
+            code: self.code(),
+            message: self.message(),
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// Parse and validate a client chat message. `max_text` is in UTF-8 bytes.
+pub fn parse_request(data: &[u8], max_text: usize) -> Result<ChatRequest, ChatError> {
+    #[derive(Deserialize)]
+    struct Wire {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        to: Option<String>,
+        text: Option<String>,
+    }
+    if data.len() > MAX_RAW_MESSAGE {
+        return Err(ChatError::TooLarge {
+            len: data.len(),
+            max: max_text,
+        });
+    }
+    let wire: Wire = serde_json::from_slice(data)
+        .map_err(|e| ChatError::BadRequest(format!("invalid JSON: {e}")))?;
+    if wire.kind != "chat" {
+        return Err(ChatError::BadRequest(format!(
+            "unknown message type {:?}",
+            wire.kind
+        )));
+    }
+    let text = wire
+        .text
+        .ok_or_else(|| ChatError::BadRequest("missing \"text\"".into()))?;
+    if text.len() > max_text {
+        return Err(ChatError::TooLarge {
+            len: text.len(),
+            max: max_text,
+        });
+    }
+    if text.trim().is_empty() {
+        return Err(ChatError::BadRequest("empty text".into()));
+    }
+    Ok(ChatRequest {
+        to: wire.to.filter(|t| !t.is_empty()),
+        text,
+    })
+}
+
+/// A chat message as delivered to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatDelivery {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from: String,
+    pub name: String,
+    pub to: Option<String>,
+    pub text: String,
+    pub ts: u64,
+}
+
+impl ChatDelivery {
+    pub fn new(from: &str, name: &str, to: Option<&str>, text: &str, ts: u64) -> Self {
+        Self {
+            kind: "chat".into(),
+            from: from.into(),
+            name: name.into(),
+            to: to.map(Into::into),
+            text: text.into(),
+            ts,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_broadcast_and_whisper() {
+        assert_eq!(
+            parse_request(br#"{"type":"chat","to":null,"text":"hi"}"#, 10),
+            Ok(ChatRequest {
+                to: None,
+                text: "hi".into()
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"type":"chat","text":"hi"}"#, 10).map(|r| r.to),
+            Ok(None)
+        );
+        assert_eq!(
+            parse_request(br#"{"type":"chat","to":"p2","text":"psst"}"#, 10).map(|r| r.to),
+            Ok(Some("p2".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input_with_codes() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "bad_request"),
+            (b"{}", "bad_request"),
+            (br#"{"type":"hello","text":"x"}"#, "bad_request"),
+            (br#"{"type":"chat"}"#, "bad_request"),
+            (br#"{"type":"chat","text":"   "}"#, "bad_request"),
+            (br#"{"type":"chat","text":42}"#, "bad_request"),
+            (br#"{"type":"chat","text":"0123456789A"}"#, "too_large"),
+        ];
+        for (data, code) in cases {
+            let err = parse_request(data, 10).expect_err("must be rejected");
+            assert_eq!(err.code(), *code, "{}", String::from_utf8_lossy(data));
+        }
+        // Exactly at the limit (in bytes, not chars) is fine; one multi-byte char over is not.
+        assert!(parse_request(r#"{"type":"chat","text":"ééééé"}"#.as_bytes(), 10).is_ok());
+        assert!(parse_request(r#"{"type":"chat","text":"éééééa"}"#.as_bytes(), 10).is_err());
+        let huge = vec![b' '; MAX_RAW_MESSAGE + 1];
+        assert_eq!(parse_request(&huge, 10).expect_err("huge").code(), "too_large");
+    }
+
+    #[test]
+    fn delivery_escapes_text_as_json() {
+        let d = ChatDelivery::new("a", "<b>", Some("c"), "\"quoted\"\n", 5);
+        let json = String::from_utf8(d.to_json()).expect("utf8");
+        assert_eq!(
+            json,
+            r#"{"type":"chat","from":"a","name":"<b>","to":"c","text":"\"quoted\"\n","ts":5}"#
+        );
+        let back: ChatDelivery = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, d);
+    }
+}

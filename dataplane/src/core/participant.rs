@@ -1,0 +1,98 @@
+//! A participant: one browser (or synthetic peer) with one str0m `Rtc` in RTP mode.
+//!
+//! Lifecycle (see `docs/architecture.md`):
+//! `Join` (offer accepted, answer returned) → ICE + DTLS (`Connected`) → publishes tracks
+//! (`MediaAdded` → [`super::track::TrackIn`]) and receives the room's tracks through server
+//! offers → removed on `Leave`, inactivity (no datagram for the ICE timeout), DTLS/SCTP close or an
+//! `Rtc` error. Removal closes the `Rtc` (DTLS close_notify), drops its tracks and renegotiates every
+//! subscriber of them.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::change::SdpPendingOffer;
+use str0m::channel::ChannelId;
+use str0m::media::Mid;
+
+use super::ids::{TrackInIdx, TrackOutIdx};
+
+/// At most this many source addresses are bound per participant (ICE checks from several local
+/// candidates); more are ignored.
+pub const MAX_ADDRS: usize = 8;
+
+/// Chat messages held for a participant whose `chat` channel is not open yet.
+pub const MAX_CHAT_BACKLOG: usize = 64;
+
+/// An outstanding server offer and the track changes it carries.
+#[derive(Debug)]
+pub struct PendingOffer {
+    pub pending: SdpPendingOffer,
+    pub tracks: Vec<TrackOutIdx>,
+}
+
+#[derive(Debug)]
+pub struct Participant {
+    pub id: String,
+    pub name: String,
+    pub room: String,
+    pub rtc: Rtc,
+    pub ufrag: String,
+    /// Source addresses bound to this participant in the demux.
+    pub addrs: Vec<SocketAddr>,
+    pub connected: bool,
+    /// The `Rtc` returned an error or panicked; removal is queued.
+    pub failed: bool,
+    /// The client's first offer has been answered: server offers may follow.
+    pub initial_done: bool,
+    pub pending: Option<PendingOffer>,
+    /// Published tracks by the client's mid.
+    pub tracks_in: Vec<(Mid, TrackInIdx)>,
+    /// Tracks this participant receives.
+    pub tracks_out: Vec<TrackOutIdx>,
+    pub chat: Option<ChannelId>,
+    pub chat_backlog: VecDeque<Vec<u8>>,
+    /// Last datagram received from this participant (or its join time).
+    pub last_rx: Instant,
+    /// Deadline of this participant's `Rtc` (from `Output::Timeout`).
+    pub rtc_deadline: Instant,
+    /// Earliest deadline currently in the worker's timer heap for this participant.
+    pub scheduled: Option<Instant>,
+    pub rtp_in: u64,
+    pub rtp_out: u64,
+}
+
+impl Participant {
+    pub fn new(id: String, name: String, room: String, rtc: Rtc, ufrag: String, now: Instant) -> Self {
+        Self {
+            id,
+            name,
+            room,
+            rtc,
+            ufrag,
+            addrs: Vec::new(),
+            connected: false,
+            failed: false,
+            initial_done: false,
+            pending: None,
+            tracks_in: Vec::new(),
+            tracks_out: Vec::new(),
+            chat: None,
+            chat_backlog: VecDeque::new(),
+            last_rx: now,
+            rtc_deadline: now,
+            scheduled: None,
+            rtp_in: 0,
+            rtp_out: 0,
+        }
+    }
+
+    /// The published track with client mid `mid`.
+    pub fn track_in(&self, mid: Mid) -> Option<TrackInIdx> {
+        self.tracks_in
+            .iter()
+            .find(|(m, _)| *m == mid)
+            .map(|(_, t)| *t)
+    }
+}

@@ -1,0 +1,16 @@
+//! The SFU media plane.
+//!
+//! Where it sits: browsers and synthetic peers send SRTP/SCTP over UDP straight to a dataplane
+//! worker; `signaling` drives it through the control protocol on a local Unix socket.
+//!
+//! - [`core`]: the sans-IO SFU of one worker (rooms, participants, str0m `Rtc`s in RTP mode,
+//!   forwarding, keyframe requests, chat, renegotiation). Time is an argument; no sockets, no
+//!   threads, no clock.
+//! - [`io`]: the only OS-facing code: one pinned mio event loop per core with its own UDP port
+//!   (quinn-udp GRO receive, GSO send), and the control thread serving the Unix socket.
+//!
+//! Panic policy: input from the network or the control socket never panics; a bad packet is
+//! dropped and counted, a failing `Rtc` closes that participant only.
+
+pub mod core;
+pub mod io;
