@@ -207,6 +207,18 @@ pub struct WorkerStats {
     pub chat_messages: u64,
     /// Dropped input by reason (see `docs/control.md` for the reasons).
     pub drops: Vec<(String, u64)>,
+    /// Socket layer: receive calls (recvmmsg), send calls (sendmsg; one per GSO run), GSO sends,
+    /// send errors, datagrams dropped because the send backlog was full.
+    #[serde(default)]
+    pub udp_recv_calls: u64,
+    #[serde(default)]
+    pub udp_send_calls: u64,
+    #[serde(default)]
+    pub udp_gso_sends: u64,
+    #[serde(default)]
+    pub udp_send_errors: u64,
+    #[serde(default)]
+    pub udp_backlog_drops: u64,
 }
 
 /// Statistics of one room.

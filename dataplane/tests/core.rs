@@ -368,3 +368,29 @@ fn stats_reports_are_periodic_and_describe_rooms() {
     assert!(stats.rooms[0].participants.iter().all(|p| p.connected && p.tracks_in == 2 && p.tracks_out == 2));
     assert!(stats.rtp_forwarded > 0 && stats.datagrams_in > 0);
 }
+
+#[test]
+fn attach_resends_the_outstanding_offer_to_the_new_connection() {
+    let mut sim = Sim::new(15);
+    sim.join("a", "r", pub_av());
+    sim.run_for(secs(1));
+    // b's signaling dies before relaying the server offer with a's tracks.
+    sim.add_peer("b");
+    sim.peer_mut("b").ignore_offers = 1;
+    sim.join("b", "r", pub_av());
+    sim.run_for(secs(2));
+    assert_eq!(sim.peer("b").peer.received.packets_from("a", MediaKind::Video), 0);
+    let offers_before = sim.events.iter().filter(|e| matches!(e, Event::Offer { participant, .. } if participant == "b")).count();
+    let resp = sim.command(Request::Attach { participant: "b".into() });
+    let Response::Attached { room, participants } = resp else {
+        panic!("attach failed: {resp:?}");
+    };
+    assert_eq!(room, "r");
+    assert_eq!(participants.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["a"]);
+    let offers_after = sim.events.iter().filter(|e| matches!(e, Event::Offer { participant, .. } if participant == "b")).count();
+    assert_eq!(offers_after, offers_before + 1, "the pending offer is re-sent");
+    sim.run_for(secs(2));
+    assert!(sim.peer("b").peer.received.packets_from("a", MediaKind::Video) > 50);
+    let unknown = sim.command(Request::Attach { participant: "zz".into() });
+    assert!(matches!(unknown, Response::Error { code: ErrorCode::UnknownParticipant, .. }));
+}

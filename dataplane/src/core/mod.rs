@@ -498,7 +498,8 @@ impl WorkerCore {
                 }
                 None => Some(unknown(&participant)),
             },
-            Request::Attach { .. } | Request::Stats => Some(Response::error(
+            Request::Attach { participant } => self.handle_attach(cmd.tag, &participant),
+            Request::Stats => Some(Response::error(
                 ErrorCode::BadRequest,
                 "handled by the control thread, not a worker",
             )),
@@ -643,6 +644,44 @@ impl WorkerCore {
         }
         self.work.push_back(Work::Negotiate(idx));
         self.drain(idx, now);
+        None
+    }
+
+    /// A signaling connection took over the participant's events: tell it the room and re-send
+    /// the outstanding server offer (the previous connection may have died before relaying it).
+    fn handle_attach(&mut self, tag: u64, id: &str) -> Option<Response> {
+        let Some(idx) = self.by_id.get(id).copied() else {
+            return Some(unknown(id));
+        };
+        let p = self.participants.get(idx.0)?;
+        let participants = self
+            .rooms
+            .get(&p.room)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .filter(|o| **o != idx)
+                    .filter_map(|o| self.participants.get(o.0))
+                    .map(|o| PeerInfo {
+                        id: o.id.clone(),
+                        name: o.name.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let offer = p.pending.as_ref().map(|o| CtlEvent::Offer {
+            participant: p.id.clone(),
+            sdp: o.sdp.clone(),
+        });
+        let response = Response::Attached {
+            room: p.room.clone(),
+            participants,
+        };
+        // The response must precede the re-sent offer.
+        self.respond(tag, response);
+        if let Some(offer) = offer {
+            self.event(offer);
+        }
         None
     }
 
@@ -1114,13 +1153,15 @@ impl WorkerCore {
         }
         match catch_unwind(AssertUnwindSafe(|| api.apply())) {
             Ok(Some((offer, pending))) => {
+                let sdp = offer.to_sdp_string();
                 p.pending = Some(PendingOffer {
                     pending,
+                    sdp: sdp.clone(),
                     tracks: changes,
                 });
                 let event = CtlEvent::Offer {
                     participant: p.id.clone(),
-                    sdp: offer.to_sdp_string(),
+                    sdp,
                 };
                 self.event(event);
             }
@@ -1424,6 +1465,7 @@ impl WorkerCore {
                 .map(|r| (r.as_str().to_string(), c.dropped(*r)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+            ..WorkerStats::default()
         }
     }
 }

@@ -29,6 +29,8 @@ pub const MAX_CHAT_BACKLOG: usize = 64;
 #[derive(Debug)]
 pub struct PendingOffer {
     pub pending: SdpPendingOffer,
+    /// The offer as sent, re-sent when a new signaling connection attaches.
+    pub sdp: String,
     pub tracks: Vec<TrackOutIdx>,
 }
 

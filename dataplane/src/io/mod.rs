@@ -1,1 +1,9 @@
-//! I/O shell (see submodules).
+//! The I/O shell: the only code that touches sockets, threads and the clock.
+//!
+//! - [`udp`]: one worker's UDP socket with GRO/recvmmsg receive and GSO send via quinn-udp.
+//! - [`worker`]: one pinned mio event loop per core around a [`crate::core::WorkerCore`].
+//! - [`control`]: the control thread serving the Unix socket for signaling.
+
+pub mod control;
+pub mod udp;
+pub mod worker;

@@ -1,0 +1,164 @@
+//! `dataplane`: the SFU media process. See the crate docs and `docs/configuration.md`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use dataplane::core::{CoreConfig, SharedCrypto};
+use dataplane::io::control::{self, ControlServer, ControlSettings};
+use dataplane::io::worker::{self, WorkerSettings};
+use tracing::info;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The SFU media plane: per-core workers forwarding SRTP between participants, driven by
+/// signaling over a local Unix socket.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Number of media workers (one pinned thread and one UDP port each). 0 = one per CPU.
+    #[arg(long, env = "SFU_WORKERS", default_value_t = 0)]
+    workers: usize,
+    /// IP address advertised to browsers as the ICE host candidate (the public IP on a server).
+    #[arg(long, env = "SFU_PUBLIC_IP", default_value = "127.0.0.1")]
+    public_ip: IpAddr,
+    /// IP address the UDP sockets bind to. Default: the public IP when it is a loopback address,
+    /// otherwise 0.0.0.0 (behind 1:1 NAT, e.g. EC2, the public IP is not a local address).
+    #[arg(long, env = "SFU_BIND_IP")]
+    bind_ip: Option<IpAddr>,
+    /// UDP port of worker 0; worker N uses port-base + N.
+    #[arg(long, env = "SFU_PORT_BASE", default_value_t = 40000)]
+    port_base: u16,
+    /// Path of the control socket signaling connects to.
+    #[arg(long, env = "SFU_CONTROL_SOCKET", default_value = "/tmp/sfu-dataplane.sock")]
+    control_socket: PathBuf,
+    /// Node id reported to signaling (default: random).
+    #[arg(long, env = "SFU_NODE_ID")]
+    node_id: Option<String>,
+    /// Turn GSO/GRO/recvmmsg batching off (one syscall per datagram), e.g. to measure its benefit.
+    #[arg(long, env = "SFU_NO_BATCHING")]
+    no_batching: bool,
+    /// Do not pin worker threads to CPUs.
+    #[arg(long, env = "SFU_NO_PIN")]
+    no_pin: bool,
+    /// CPUs to pin workers to, round-robin (default: 0..N).
+    #[arg(long, env = "SFU_CPUS", value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// Maximum participants in one room.
+    #[arg(long, env = "SFU_MAX_PARTICIPANTS_PER_ROOM", default_value_t = 50)]
+    max_participants_per_room: usize,
+    /// Maximum rooms per worker.
+    #[arg(long, env = "SFU_MAX_ROOMS_PER_WORKER", default_value_t = 10_000)]
+    max_rooms_per_worker: usize,
+    /// Seconds without any packet after which a participant is removed.
+    #[arg(long, env = "SFU_ICE_TIMEOUT_SECS", default_value_t = 10)]
+    ice_timeout_secs: u64,
+    /// Minimum milliseconds between keyframe requests to one publisher track.
+    #[arg(long, env = "SFU_KEYFRAME_INTERVAL_MS", default_value_t = 500)]
+    keyframe_interval_ms: u64,
+    /// Maximum chat message text in bytes.
+    #[arg(long, env = "SFU_MAX_CHAT_BYTES", default_value_t = 4096)]
+    max_chat_bytes: usize,
+    /// UDP socket send/receive buffer size in bytes (capped by net.core.[rw]mem_max).
+    #[arg(long, env = "SFU_SOCKET_BUFFER", default_value_t = 8 << 20)]
+    socket_buffer: usize,
+    /// Log format.
+    #[arg(long, env = "SFU_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = if args.workers == 0 { ncpu } else { args.workers };
+    let bind_ip = args.bind_ip.unwrap_or(if args.public_ip.is_loopback() {
+        args.public_ip
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    });
+    let node_id = args.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+    if usize::from(args.port_base) + workers > 65_535 {
+        anyhow::bail!("--port-base {} leaves no room for {workers} workers", args.port_base);
+    }
+
+    let crypto = SharedCrypto::new().context("generating the DTLS certificate")?;
+    let listener = control::bind(&args.control_socket)
+        .with_context(|| format!("binding control socket {}", args.control_socket.display()))?;
+    let (poll, control_waker) = ControlServer::poll_and_waker()?;
+    let (report_tx, report_rx) = crossbeam_channel::unbounded();
+    let shutdown = Arc::new(AtomicBool::new(false));
+
+    let mut handles = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let port = args.port_base + i as u16;
+        let mut core = CoreConfig::new(i as u32, SocketAddr::new(args.public_ip, port));
+        core.max_participants_per_room = args.max_participants_per_room;
+        core.max_rooms = args.max_rooms_per_worker;
+        core.ice_timeout = Duration::from_secs(args.ice_timeout_secs);
+        core.keyframe_interval = Duration::from_millis(args.keyframe_interval_ms);
+        core.max_chat_text = args.max_chat_bytes;
+        let cpu = if args.no_pin {
+            None
+        } else if args.cpus.is_empty() {
+            Some(i % ncpu)
+        } else {
+            Some(args.cpus[i % args.cpus.len()])
+        };
+        let settings = WorkerSettings {
+            core,
+            bind: SocketAddr::new(bind_ip, port),
+            batching: !args.no_batching,
+            socket_buffer: args.socket_buffer,
+            cpu,
+            command_queue: 1024,
+        };
+        let h = worker::spawn(settings, crypto.clone(), report_tx.clone(), control_waker.clone(), shutdown.clone())
+            .with_context(|| format!("starting worker {i} on UDP {bind_ip}:{port}"))?;
+        handles.push(h);
+    }
+
+    let settings = ControlSettings {
+        socket_path: args.control_socket.clone(),
+        node_id: node_id.clone(),
+        max_frame: ::control::DEFAULT_MAX_FRAME,
+    };
+    let server = ControlServer::new(settings, poll, listener, handles, report_rx, shutdown.clone())?;
+    let control_thread = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || server.run())?;
+    info!(%node_id, workers, public_ip = %args.public_ip, %bind_ip, port_base = args.port_base,
+        control_socket = %args.control_socket.display(), batching = !args.no_batching, "dataplane ready");
+
+    // The main thread waits for SIGINT/SIGTERM, then stops everything in order.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    if let Some(sig) = signals.forever().next() {
+        info!(signal = sig, "shutting down");
+    }
+    shutdown.store(true, Ordering::SeqCst);
+    let _ = control_waker.wake();
+    let workers = control_thread.join().unwrap_or_default();
+    for w in workers {
+        let _ = w.waker.wake();
+        let _ = w.thread.join();
+    }
+    info!("dataplane stopped");
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,str0m=warn,is=warn,dimpl=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
