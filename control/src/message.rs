@@ -39,13 +39,17 @@ pub enum FromDataplane {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Create `participant` in `room` from the client's SDP offer.
-    /// Answered by [`Response::Joined`]. The requesting connection owns the participant's events.
+    /// Create `participant` in `room`. Answered by [`Response::Joined`]; the requesting
+    /// connection owns the participant's events. With `offer` the client's first SDP offer is
+    /// answered at once (`Joined.answer`); without it the participant's slot is reserved and the
+    /// first offer comes later as [`Request::Offer`] (what signaling does: the client needs
+    /// `joined.ice_servers` before it can create its offer).
     Join {
         room: String,
         participant: String,
         name: String,
-        offer: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offer: Option<String>,
     },
     /// The client's SDP answer to the last [`Event::Offer`]. Answered by [`Response::Ok`].
     Answer { participant: String, sdp: String },
@@ -67,8 +71,9 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Joined {
-        /// SDP answer to the join offer.
-        answer: String,
+        /// SDP answer to the join offer, if the join carried one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        answer: Option<String>,
         /// Worker (core) that hosts the room.
         worker: u32,
         /// UDP port of that worker; the answer's only candidate uses it.
@@ -266,7 +271,7 @@ mod tests {
                 room: "r".into(),
                 participant: "p".into(),
                 name: "n".into(),
-                offer: "v=0".into(),
+                offer: Some("v=0".into()),
             },
         };
         let json = String::from_utf8(encode(&msg)).expect("utf8");

@@ -269,7 +269,7 @@ fn join_errors_are_clear() {
         room: "r".into(),
         participant: "p".into(),
         name: "n".into(),
-        offer: "this is not sdp".into(),
+        offer: Some("this is not sdp".into()),
     });
     assert!(matches!(bad, Response::Error { code: ErrorCode::BadRequest, .. }), "{bad:?}");
     sim.join("a", "r", pub_av());
@@ -278,7 +278,7 @@ fn join_errors_are_clear() {
         room: "r".into(),
         participant: "a".into(),
         name: "impostor".into(),
-        offer,
+        offer: Some(offer),
     });
     assert!(matches!(dup, Response::Error { code: ErrorCode::DuplicateParticipant, .. }), "{dup:?}");
     sim.join("b", "r", pub_av());
@@ -393,4 +393,38 @@ fn attach_resends_the_outstanding_offer_to_the_new_connection() {
     assert!(sim.peer("b").peer.received.packets_from("a", MediaKind::Video) > 50);
     let unknown = sim.command(Request::Attach { participant: "zz".into() });
     assert!(matches!(unknown, Response::Error { code: ErrorCode::UnknownParticipant, .. }));
+}
+
+#[test]
+fn two_step_join_reserves_then_answers_the_first_offer() {
+    let mut sim = Sim::new(16);
+    sim.join("a", "r", pub_av());
+    sim.add_peer("b");
+    let resp = sim.command(Request::Join {
+        room: "r".into(),
+        participant: "b".into(),
+        name: "Bee".into(),
+        offer: None,
+    });
+    let Response::Joined { answer: None, participants, .. } = resp else {
+        panic!("reserve failed: {resp:?}");
+    };
+    assert_eq!(participants.len(), 1);
+    // No server offer before the client's first offer is answered.
+    assert!(!sim.events.iter().any(|e| matches!(e, Event::Offer { participant, .. } if participant == "b")));
+    let offer = {
+        let sp = sim.peer_mut("b");
+        sp.publish = pub_av();
+        sp.peer.create_offer(true, true)
+    };
+    let resp = sim.command(Request::Offer {
+        participant: "b".into(),
+        sdp: offer,
+    });
+    let Response::Answer { sdp } = resp else {
+        panic!("offer not answered: {resp:?}");
+    };
+    sim.peer_mut("b").peer.handle_answer(&sdp).expect("answer");
+    sim.run_for(secs(4));
+    assert_full_mesh(&sim, &["a", "b"], 100);
 }

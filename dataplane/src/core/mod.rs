@@ -488,7 +488,7 @@ impl WorkerCore {
                 participant,
                 name,
                 offer,
-            } => self.handle_join(now, cmd.tag, room, participant, name, &offer),
+            } => self.handle_join(now, cmd.tag, room, participant, name, offer.as_deref()),
             Request::Answer { participant, sdp } => self.handle_answer(now, &participant, &sdp),
             Request::Offer { participant, sdp } => self.handle_client_offer(now, &participant, &sdp),
             Request::Leave { participant } => match self.by_id.get(&participant).copied() {
@@ -527,7 +527,7 @@ impl WorkerCore {
         room: String,
         id: String,
         name: String,
-        offer: &str,
+        offer: Option<&str>,
     ) -> Option<Response> {
         if self.by_id.contains_key(&id) {
             return Some(Response::error(
@@ -553,9 +553,10 @@ impl WorkerCore {
             }
             _ => {}
         }
-        let offer = match SdpOffer::from_sdp_string(offer) {
-            Ok(o) => o,
-            Err(e) => {
+        let offer = match offer.map(SdpOffer::from_sdp_string) {
+            None => None,
+            Some(Ok(o)) => Some(o),
+            Some(Err(e)) => {
                 return Some(Response::error(
                     ErrorCode::BadRequest,
                     format!("invalid SDP offer: {e}"),
@@ -575,21 +576,25 @@ impl WorkerCore {
             }
         };
         rtc.add_local_candidate(candidate);
-        let answer = match catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer))) {
-            Ok(Ok(a)) => a.to_sdp_string(),
-            Ok(Err(e)) => {
-                return Some(Response::error(
-                    ErrorCode::BadRequest,
-                    format!("SDP offer not acceptable: {e}"),
-                ));
-            }
-            Err(_) => {
-                return Some(Response::error(
-                    ErrorCode::BadRequest,
-                    "SDP offer not acceptable",
-                ));
-            }
+        let answer = match offer {
+            None => None,
+            Some(offer) => match catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer))) {
+                Ok(Ok(a)) => Some(a.to_sdp_string()),
+                Ok(Err(e)) => {
+                    return Some(Response::error(
+                        ErrorCode::BadRequest,
+                        format!("SDP offer not acceptable: {e}"),
+                    ));
+                }
+                Err(_) => {
+                    return Some(Response::error(
+                        ErrorCode::BadRequest,
+                        "SDP offer not acceptable",
+                    ));
+                }
+            },
         };
+        let initial_done = answer.is_some();
 
         let others: Vec<ParticipantIdx> = self
             .rooms
@@ -597,7 +602,7 @@ impl WorkerCore {
             .map(|r| r.participants.clone())
             .unwrap_or_default();
         let mut p = Participant::new(id.clone(), name.clone(), room.clone(), rtc, ufrag.clone(), now);
-        p.initial_done = true;
+        p.initial_done = initial_done;
         let idx = ParticipantIdx(self.participants.insert(p));
         self.by_id.insert(id.clone(), idx);
         self.demux.insert_ufrag(ufrag, idx);
@@ -774,9 +779,14 @@ impl WorkerCore {
             }
         }
         let response = match result {
-            Ok(Ok(answer)) => Response::Answer {
-                sdp: answer.to_sdp_string(),
-            },
+            Ok(Ok(answer)) => {
+                if let Some(p) = self.participants.get_mut(idx.0) {
+                    p.initial_done = true;
+                }
+                Response::Answer {
+                    sdp: answer.to_sdp_string(),
+                }
+            }
             Ok(Err(e)) => Response::error(ErrorCode::BadRequest, format!("SDP offer not acceptable: {e}")),
             Err(_) => {
                 p_fail(&mut self.participants, idx);

@@ -211,9 +211,9 @@ impl Sim {
             room: room.into(),
             participant: id.into(),
             name: format!("name-{id}"),
-            offer,
+            offer: Some(offer),
         });
-        if let Response::Joined { answer, .. } = &resp {
+        if let Response::Joined { answer: Some(answer), .. } = &resp {
             let answer = answer.clone();
             self.peer_mut(id).peer.handle_answer(&answer).expect("answer applies");
             self.flush_peer(self.index(id));
