@@ -1,1 +1,17 @@
+//! WebSocket signaling for the SFU, and the web page.
+//!
+//! Where it sits: browsers (and synthetic peers) connect here over WebSocket (`/ws`, JSON text
+//! frames, `docs/protocol.md`); this process relays each session to the local dataplane over the
+//! control protocol (`control` crate, `docs/control.md`). It holds no media and no room state the
+//! dataplane does not own: a restart of signaling leaves media running.
+//!
+//! - [`protocol`]: client message types and validation.
+//! - [`session`]: the pure per-connection state machine.
+//! - [`http`], [`page`]: the minimal HTTP needed to serve the page and upgrade `/ws`.
+//! - [`server`]: the mio event loop tying it together.
 
+pub mod http;
+pub mod page;
+pub mod protocol;
+pub mod server;
+pub mod session;

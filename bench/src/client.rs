@@ -1,0 +1,266 @@
+//! A synthetic participant over real sockets: the signaling WebSocket protocol (no back door) plus
+//! a UDP socket for media, around a sans-IO [`Peer`].
+
+use std::io;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+use crate::peer::Peer;
+
+/// What to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct Media {
+    pub audio: bool,
+    pub video: bool,
+    pub fps: u32,
+    pub packets_per_frame: usize,
+    pub packet_size: usize,
+    pub audio_size: usize,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self {
+            audio: true,
+            video: true,
+            fps: 30,
+            packets_per_frame: 3,
+            packet_size: 1100,
+            audio_size: 120,
+        }
+    }
+}
+
+/// A connected synthetic participant.
+pub struct Client {
+    pub peer: Peer,
+    pub id: String,
+    pub room: String,
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    ws_open: bool,
+    udp: UdpSocket,
+    media: Option<Media>,
+    next_audio: Instant,
+    next_video: Instant,
+    /// Every server message received after `joined` (parsed).
+    pub messages: Vec<Value>,
+    /// Current other participants: (id, name).
+    pub others: Vec<(String, String)>,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("id", &self.id).field("room", &self.room).finish_non_exhaustive()
+    }
+}
+
+fn read_json(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> anyhow::Result<Value> {
+    loop {
+        match ws.read()? {
+            Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+            Message::Close(f) => bail!("websocket closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Wait for a message of `kind`, collecting others into `stash`.
+fn wait_for(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, kind: &str, stash: &mut Vec<Value>) -> anyhow::Result<Value> {
+    loop {
+        let v = read_json(ws)?;
+        if v["type"] == kind {
+            return Ok(v);
+        }
+        if v["type"] == "error" {
+            bail!("server error while waiting for {kind}: {v}");
+        }
+        stash.push(v);
+    }
+}
+
+impl Client {
+    /// Connect to `ws_url` (e.g. `ws://127.0.0.1:8080/ws`), join `room` as `name`, publish `media`
+    /// (None: receive only), and complete the first offer/answer. Blocks at most `timeout`.
+    pub fn join(ws_url: &str, room: &str, name: &str, media: Option<Media>, epoch: Instant, timeout: Duration) -> anyhow::Result<Self> {
+        let (mut ws, _) = tungstenite::connect(ws_url).with_context(|| format!("connecting {ws_url}"))?;
+        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+            s.set_read_timeout(Some(timeout))?;
+            s.set_nodelay(true)?;
+        }
+        ws.send(Message::text(json!({"type": "join", "room": room, "name": name}).to_string()))?;
+        let mut stash = Vec::new();
+        let joined = wait_for(&mut ws, "joined", &mut stash)?;
+        let id = joined["participant"]["id"].as_str().context("joined without id")?.to_string();
+        let others = joined["participants"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| Some((p["id"].as_str()?.to_string(), p["name"].as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        udp.set_nonblocking(true)?;
+        let local = udp.local_addr()?;
+        let now = Instant::now();
+        let mut peer = Peer::new(id.clone(), local, now, epoch);
+        let (audio, video) = media.map_or((false, false), |m| (m.audio, m.video));
+        let offer = peer.create_offer(audio, video);
+        ws.send(Message::text(json!({"type": "offer", "sdp": offer}).to_string()))?;
+        let answer = wait_for(&mut ws, "answer", &mut stash)?;
+        peer.handle_answer(answer["sdp"].as_str().context("answer without sdp")?)?;
+        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+            s.set_nonblocking(true)?;
+        }
+        let mut c = Self {
+            peer,
+            id,
+            room: room.to_string(),
+            ws,
+            ws_open: true,
+            udp,
+            media,
+            next_audio: now,
+            next_video: now,
+            messages: Vec::new(),
+            others,
+            buf: vec![0; 2048],
+        };
+        for v in stash {
+            c.handle_server_message(v)?;
+        }
+        c.flush_udp();
+        Ok(c)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.peer.local_addr()
+    }
+
+    pub fn ws_open(&self) -> bool {
+        self.ws_open
+    }
+
+    fn handle_server_message(&mut self, v: Value) -> anyhow::Result<()> {
+        match v["type"].as_str() {
+            Some("offer") => {
+                let answer = self.peer.handle_offer(v["sdp"].as_str().unwrap_or(""))?;
+                self.send_ws(json!({"type": "answer", "sdp": answer}))?;
+            }
+            Some("participant_joined") => {
+                let p = &v["participant"];
+                if let (Some(id), Some(name)) = (p["id"].as_str(), p["name"].as_str()) {
+                    self.others.push((id.to_string(), name.to_string()));
+                }
+            }
+            Some("participant_left") => {
+                let gone = v["participant_id"].as_str().unwrap_or("");
+                self.others.retain(|(id, _)| id != gone);
+            }
+            _ => {}
+        }
+        self.messages.push(v);
+        Ok(())
+    }
+
+    /// Send a raw JSON message on the WebSocket.
+    pub fn send_ws(&mut self, v: Value) -> anyhow::Result<()> {
+        match self.ws.send(Message::text(v.to_string())) {
+            Ok(()) => Ok(()),
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Send a raw text frame (for bad-input tests).
+    pub fn send_ws_text(&mut self, text: String) -> anyhow::Result<()> {
+        match self.ws.send(Message::text(text)) {
+            Ok(()) => Ok(()),
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Leave politely.
+    pub fn leave(&mut self) -> anyhow::Result<()> {
+        self.send_ws(json!({"type": "leave"}))
+    }
+
+    /// Do all pending work: WebSocket messages, received datagrams, timers, media due.
+    pub fn poll(&mut self, now: Instant) -> anyhow::Result<()> {
+        while self.ws_open {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str())?;
+                    self.handle_server_message(v)?;
+                }
+                Ok(Message::Close(_)) => self.ws_open = false,
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => self.ws_open = false,
+            }
+        }
+        loop {
+            match self.udp.recv_from(&mut self.buf) {
+                Ok((n, from)) => self.peer.handle_receive(now, from, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+        if now >= self.peer.poll_timeout() {
+            self.peer.handle_timeout(now);
+        }
+        if let Some(m) = self.media
+            && self.peer.is_connected()
+        {
+            if m.audio && now >= self.next_audio {
+                self.next_audio += Duration::from_millis(20);
+                if self.next_audio < now {
+                    self.next_audio = now + Duration::from_millis(20);
+                }
+                self.peer.send_audio(now, m.audio_size);
+            }
+            if m.video && now >= self.next_video {
+                let frame = Duration::from_micros(1_000_000 / u64::from(m.fps.max(1)));
+                self.next_video += frame;
+                if self.next_video < now {
+                    self.next_video = now + frame;
+                }
+                self.peer.send_video_frame(now, false, m.packets_per_frame, m.packet_size, m.fps);
+            }
+        }
+        self.flush_udp();
+        Ok(())
+    }
+
+    fn flush_udp(&mut self) {
+        while let Some((to, data)) = self.peer.poll_transmit() {
+            let _ = self.udp.send_to(&data, to);
+        }
+    }
+}
+
+/// Drive `clients` for `d` (polling every millisecond), or until `until` returns true.
+pub fn run(clients: &mut [Client], d: Duration, mut until: impl FnMut(&[Client]) -> bool) -> anyhow::Result<bool> {
+    let end = Instant::now() + d;
+    loop {
+        let now = Instant::now();
+        for c in clients.iter_mut() {
+            c.poll(now)?;
+        }
+        if until(clients) {
+            return Ok(true);
+        }
+        if now >= end {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
