@@ -1,1 +1,109 @@
-fn main(){}
+//! CPU cost of the core's forwarding path: one publisher → N subscribers, 1200-byte video
+//! packets, real str0m SRTP (decrypt once, encrypt per subscriber), no sockets.
+//!
+//! Each measured iteration feeds one SRTP datagram from the publisher into the `WorkerCore` and
+//! drains everything it produces (N encrypted datagrams, RTCP when due). Throughput is reported in
+//! forwarded packets, so criterion's time per element is the CPU time per forwarded packet.
+//!
+//!     cargo bench -p dataplane --bench forward
+
+#[path = "../tests/sim/mod.rs"]
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use dataplane::core::{Input, Output};
+use sim::{Publish, Sim};
+
+/// A room with one connected video publisher and `n` connected subscribers.
+fn room(n: usize) -> Sim {
+    // Long timeouts: the measured loop advances virtual time much faster than peers send keepalives.
+    let mut sim = Sim::with_config(7, |c| c.ice_timeout = Duration::from_secs(86_400));
+    let video_only = Publish {
+        audio: false,
+        video: true,
+        fps: 30,
+        packets_per_frame: 4,
+        packet_size: 1200,
+    };
+    sim.join("pub", "bench", Some(video_only));
+    for i in 0..n {
+        sim.join(&format!("s{i}"), "bench", None);
+    }
+    sim.run_for(Duration::from_secs(3));
+    let subscribed = (0..n).all(|i| sim.peer(&format!("s{i}")).peer.received.packets(str0m::media::MediaKind::Video) > 0);
+    assert!(subscribed, "every subscriber receives video before measuring");
+    // From now on the benchmark, not the simulation, produces the publisher's packets.
+    sim.peer_mut("pub").publish = None;
+    sim
+}
+
+/// `count` SRTP datagrams from the publisher (frames of 4 × 1200-byte packets).
+fn packets(sim: &mut Sim, count: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(count as usize);
+    let start = sim.now;
+    while (out.len() as u64) < count {
+        let now = sim.now;
+        let p = &mut sim.peer_mut("pub").peer;
+        p.send_video_frame(now, false, 4, 1200, 30);
+        while let Some((_, d)) = p.poll_transmit() {
+            // Only RTP (not the publisher's own RTCP).
+            if d.get(1).is_some_and(|b| !(200..=206).contains(b)) {
+                out.push(d);
+            }
+        }
+        sim.now += Duration::from_millis(4);
+    }
+    sim.now = start;
+    out.truncate(count as usize);
+    out
+}
+
+fn forward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forward_1200B");
+    group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    for n in [1usize, 10, 50] {
+        let mut sim = room(n);
+        let from = sim.peer("pub").peer.local_addr();
+        let server = sim.server;
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("subscribers", n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut measured = Duration::ZERO;
+                let mut left = iters;
+                let mut sent = 0u64;
+                while left > 0 {
+                    let chunk = left.min(500);
+                    left -= chunk;
+                    // Untimed: let the peers exchange keepalives and RTCP with the core.
+                    sim.run_for(Duration::from_millis(20));
+                    let input = packets(&mut sim, chunk);
+                    let t0 = Instant::now();
+                    for d in &input {
+                        sim.now += Duration::from_micros(1100);
+                        let now = sim.now;
+                        sim.core.handle_input(Input::Receive { now, source: from, destination: server, data: d });
+                        if sim.core.poll_timeout().is_some_and(|t| t <= now) {
+                            sim.core.handle_input(Input::Timeout(now));
+                        }
+                        while let Some(o) = sim.core.poll_output() {
+                            if let Output::Transmit(t) = o {
+                                sent += t.contents.len() as u64;
+                            }
+                        }
+                    }
+                    measured += t0.elapsed();
+                }
+                std::hint::black_box(sent);
+                measured
+            });
+        });
+        let c = sim.core.counters();
+        eprintln!("subscribers={n}: forwarded {} rtp, {} datagrams out, drops {:?}", c.rtp_forwarded, c.datagrams_out, c.drops);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, forward);
+criterion_main!(benches);
