@@ -56,7 +56,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("id", &self.id).field("room", &self.room).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("room", &self.room)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,7 +74,11 @@ fn read_json(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> anyhow::Result<Va
 }
 
 /// Wait for a message of `kind`, collecting others into `stash`.
-fn wait_for(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, kind: &str, stash: &mut Vec<Value>) -> anyhow::Result<Value> {
+fn wait_for(
+    ws: &mut WebSocket<MaybeTlsStream<TcpStream>>,
+    kind: &str,
+    stash: &mut Vec<Value>,
+) -> anyhow::Result<Value> {
     loop {
         let v = read_json(ws)?;
         if v["type"] == kind {
@@ -87,21 +94,39 @@ fn wait_for(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, kind: &str, stash: &m
 impl Client {
     /// Connect to `ws_url` (e.g. `ws://127.0.0.1:8080/ws`), join `room` as `name`, publish `media`
     /// (None: receive only), and complete the first offer/answer. Blocks at most `timeout`.
-    pub fn join(ws_url: &str, room: &str, name: &str, media: Option<Media>, epoch: Instant, timeout: Duration) -> anyhow::Result<Self> {
-        let (mut ws, _) = tungstenite::connect(ws_url).with_context(|| format!("connecting {ws_url}"))?;
+    pub fn join(
+        ws_url: &str,
+        room: &str,
+        name: &str,
+        media: Option<Media>,
+        epoch: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let (mut ws, _) =
+            tungstenite::connect(ws_url).with_context(|| format!("connecting {ws_url}"))?;
         if let MaybeTlsStream::Plain(s) = ws.get_mut() {
             s.set_read_timeout(Some(timeout))?;
             s.set_nodelay(true)?;
         }
-        ws.send(Message::text(json!({"type": "join", "room": room, "name": name}).to_string()))?;
+        ws.send(Message::text(
+            json!({"type": "join", "room": room, "name": name}).to_string(),
+        ))?;
         let mut stash = Vec::new();
         let joined = wait_for(&mut ws, "joined", &mut stash)?;
-        let id = joined["participant"]["id"].as_str().context("joined without id")?.to_string();
+        let id = joined["participant"]["id"]
+            .as_str()
+            .context("joined without id")?
+            .to_string();
         let others = joined["participants"]
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter_map(|p| Some((p["id"].as_str()?.to_string(), p["name"].as_str()?.to_string())))
+                    .filter_map(|p| {
+                        Some((
+                            p["id"].as_str()?.to_string(),
+                            p["name"].as_str()?.to_string(),
+                        ))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -113,7 +138,9 @@ impl Client {
         let mut peer = Peer::new(id.clone(), local, now, epoch);
         let (audio, video) = media.map_or((false, false), |m| (m.audio, m.video));
         let offer = peer.create_offer(audio, video);
-        ws.send(Message::text(json!({"type": "offer", "sdp": offer}).to_string()))?;
+        ws.send(Message::text(
+            json!({"type": "offer", "sdp": offer}).to_string(),
+        ))?;
         let answer = wait_for(&mut ws, "answer", &mut stash)?;
         peer.handle_answer(answer["sdp"].as_str().context("answer without sdp")?)?;
         if let MaybeTlsStream::Plain(s) = ws.get_mut() {
@@ -233,7 +260,8 @@ impl Client {
                 if self.next_video < now {
                     self.next_video = now + frame;
                 }
-                self.peer.send_video_frame(now, false, m.packets_per_frame, m.packet_size, m.fps);
+                self.peer
+                    .send_video_frame(now, false, m.packets_per_frame, m.packet_size, m.fps);
             }
         }
         self.flush_udp();
@@ -248,7 +276,11 @@ impl Client {
 }
 
 /// Drive `clients` for `d` (polling every millisecond), or until `until` returns true.
-pub fn run(clients: &mut [Client], d: Duration, mut until: impl FnMut(&[Client]) -> bool) -> anyhow::Result<bool> {
+pub fn run(
+    clients: &mut [Client],
+    d: Duration,
+    mut until: impl FnMut(&[Client]) -> bool,
+) -> anyhow::Result<bool> {
     let end = Instant::now() + d;
     loop {
         let now = Instant::now();

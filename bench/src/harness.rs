@@ -29,7 +29,10 @@ pub fn bin_dir() -> PathBuf {
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let p = bin_dir().join(name);
     if !p.exists() {
-        bail!("{} not found: build the binaries first (cargo build --bins)", p.display());
+        bail!(
+            "{} not found: build the binaries first (cargo build --bins)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -46,7 +49,9 @@ pub fn free_udp_ports(n: u16) -> anyhow::Result<u16> {
         if base.checked_add(n).is_none_or(|end| end > 65_000) {
             continue;
         }
-        let socks: Vec<_> = (0..n).filter_map(|i| UdpSocket::bind(("127.0.0.1", base + i)).ok()).collect();
+        let socks: Vec<_> = (0..n)
+            .filter_map(|i| UdpSocket::bind(("127.0.0.1", base + i)).ok())
+            .collect();
         if socks.len() == n as usize {
             return Ok(base);
         }
@@ -60,7 +65,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> anyhow::Result<Self> {
-        let p = std::env::temp_dir().join(format!("{prefix}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let p = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&p)?;
         Ok(Self(p))
     }
@@ -82,12 +91,20 @@ pub struct Proc {
 
 impl Proc {
     /// Start `program args…` with stdout/stderr to `log`.
-    pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Self> {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         let child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", std::env::var("SFU_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SFU_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -117,7 +134,10 @@ impl Proc {
         let Some(mut c) = self.child.take() else {
             return true;
         };
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let end = Instant::now() + grace;
         while Instant::now() < end {
             if let Ok(Some(_)) = c.try_wait() {
@@ -132,7 +152,9 @@ impl Proc {
 
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log_text(&self) -> String {
@@ -150,7 +172,10 @@ impl Drop for Proc {
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let status = resp
@@ -158,7 +183,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no status line")?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -195,7 +223,13 @@ impl Node {
         Ok(node)
     }
 
-    fn spawn_dataplane(dir: &Path, sock: &Path, udp_base: u16, workers: u16, extra: &[String]) -> anyhow::Result<Proc> {
+    fn spawn_dataplane(
+        dir: &Path,
+        sock: &Path,
+        udp_base: u16,
+        workers: u16,
+        extra: &[String],
+    ) -> anyhow::Result<Proc> {
         let mut args: Vec<String> = vec![
             "--workers".into(),
             workers.to_string(),
@@ -208,7 +242,12 @@ impl Node {
             "--no-pin".into(),
         ];
         args.extend(extra.iter().cloned());
-        Proc::spawn("dataplane", &binary("dataplane")?, &args, dir.join(format!("dataplane-{udp_base}.log")))
+        Proc::spawn(
+            "dataplane",
+            &binary("dataplane")?,
+            &args,
+            dir.join(format!("dataplane-{udp_base}.log")),
+        )
     }
 
     /// Start one more signaling instance on a free port; wait until it is healthy.
@@ -222,7 +261,12 @@ impl Node {
             self.control_socket.display().to_string(),
         ];
         let n = self.signaling.len();
-        let p = Proc::spawn("signaling", &binary("signaling")?, &args, self.dir.0.join(format!("signaling-{n}-{port}.log")))?;
+        let p = Proc::spawn(
+            "signaling",
+            &binary("signaling")?,
+            &args,
+            self.dir.0.join(format!("signaling-{n}-{port}.log")),
+        )?;
         self.signaling.push((addr, p));
         self.wait_healthy(addr, Duration::from_secs(20))?;
         Ok(addr)
@@ -231,7 +275,13 @@ impl Node {
     /// Restart the dataplane (after a kill).
     pub fn restart_dataplane(&mut self) -> anyhow::Result<()> {
         self.dataplane.kill();
-        self.dataplane = Self::spawn_dataplane(&self.dir.0, &self.control_socket, self.udp_base, self.workers, &self.extra_dataplane_args)?;
+        self.dataplane = Self::spawn_dataplane(
+            &self.dir.0,
+            &self.control_socket,
+            self.udp_base,
+            self.workers,
+            &self.extra_dataplane_args,
+        )?;
         Ok(())
     }
 
@@ -246,7 +296,11 @@ impl Node {
                 bail!(
                     "signaling {addr} not healthy after {timeout:?}\n--- dataplane log ---\n{}\n--- signaling logs ---\n{}",
                     self.dataplane.log_text(),
-                    self.signaling.iter().map(|(_, p)| p.log_text()).collect::<Vec<_>>().join("\n")
+                    self.signaling
+                        .iter()
+                        .map(|(_, p)| p.log_text())
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(50));

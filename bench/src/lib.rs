@@ -11,4 +11,4 @@ pub mod client;
 pub mod harness;
 pub mod peer;
 
-pub use peer::{Peer, PeerError, RecvTrack, Received};
+pub use peer::{Peer, PeerError, Received, RecvTrack};

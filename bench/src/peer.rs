@@ -47,6 +47,8 @@ pub struct RecvTrack {
     /// Sequence numbers missing between the first and the highest (gaps in the extended seq).
     pub lost: u64,
     pub ssrcs: Vec<u32>,
+    /// Payload types seen.
+    pub pts: Vec<u8>,
     /// Latency samples (µs) from stamped payloads: receive time − send time.
     pub latency_us: Vec<u64>,
 }
@@ -96,6 +98,7 @@ pub struct Peer {
     audio_ts: u32,
     video_ts: u32,
     keyframe_wanted: bool,
+    video_codec: Codec,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     timeout: Instant,
     pub received: Received,
@@ -144,6 +147,7 @@ impl Peer {
             audio_ts: 1_000_000,
             video_ts: 2_000_000,
             keyframe_wanted: true,
+            video_codec: Codec::Vp8,
             outbox: VecDeque::new(),
             timeout: now,
             received: Received::default(),
@@ -155,6 +159,36 @@ impl Peer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Publish video as H.264 instead of VP8 (when the SFU accepts both). Call before the answer.
+    pub fn prefer_h264(&mut self) {
+        self.video_codec = Codec::H264;
+    }
+
+    /// The payload type and codec this peer publishes video with, once negotiated.
+    pub fn video_send_codec(&self) -> Option<(u8, Codec)> {
+        let (_, pt) = self.video?;
+        let pt = pt?;
+        let codec = self
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.pt() == pt)?
+            .spec()
+            .codec;
+        Some((*pt, codec))
+    }
+
+    /// The codec of a received payload type.
+    pub fn codec_of(&self, pt: u8) -> Option<Codec> {
+        self.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| *p.pt() == pt)
+            .map(|p| p.spec().codec)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -169,11 +203,23 @@ impl Peer {
     pub fn create_offer(&mut self, audio: bool, video: bool) -> String {
         let mut api = self.rtc.sdp_api();
         if audio {
-            let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, Some(self.name.clone()), None, None);
+            let mid = api.add_media(
+                MediaKind::Audio,
+                Direction::SendOnly,
+                Some(self.name.clone()),
+                None,
+                None,
+            );
             self.audio = Some((mid, None));
         }
         if video {
-            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, Some(self.name.clone()), None, None);
+            let mid = api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some(self.name.clone()),
+                None,
+                None,
+            );
             self.video = Some((mid, None));
         }
         if self.chat.is_none() {
@@ -219,8 +265,12 @@ impl Peer {
         if let Some((mid, pt)) = &mut self.audio {
             *pt = pick(&self.rtc, *mid, Codec::Opus);
         }
+        let (first, second) = match self.video_codec {
+            Codec::H264 => (Codec::H264, Codec::Vp8),
+            _ => (Codec::Vp8, Codec::H264),
+        };
         if let Some((mid, pt)) = &mut self.video {
-            *pt = pick(&self.rtc, *mid, Codec::Vp8).or_else(|| pick(&self.rtc, *mid, Codec::H264));
+            *pt = pick(&self.rtc, *mid, first).or_else(|| pick(&self.rtc, *mid, second));
         }
     }
 
@@ -304,13 +354,24 @@ impl Peer {
         let (seq, ts) = (self.audio_seq, self.audio_ts);
         self.audio_seq += 1;
         self.audio_ts = self.audio_ts.wrapping_add(960);
-        self.write(mid, RtpWrite::new(pt, seq.into(), ts, now, payload).marker(true), now)
+        self.write(
+            mid,
+            RtpWrite::new(pt, seq.into(), ts, now, payload).marker(true),
+            now,
+        )
     }
 
     /// Publish one video frame as `packets` packets of `size` payload bytes. It is a keyframe if
     /// `keyframe` is set or a keyframe was requested since the last one. Returns whether a
     /// keyframe was sent.
-    pub fn send_video_frame(&mut self, now: Instant, keyframe: bool, packets: usize, size: usize, fps: u32) -> bool {
+    pub fn send_video_frame(
+        &mut self,
+        now: Instant,
+        keyframe: bool,
+        packets: usize,
+        size: usize,
+        fps: u32,
+    ) -> bool {
         let Some((mid, Some(pt))) = self.video else {
             return false;
         };
@@ -344,7 +405,13 @@ impl Peer {
 
     /// A payload that looks like VP8 (payload descriptor + keyframe header on frame starts) and
     /// carries the send time for latency measurement.
-    fn stamped_payload(&self, now: Instant, size: usize, frame_start: bool, keyframe: bool) -> Vec<u8> {
+    fn stamped_payload(
+        &self,
+        now: Instant,
+        size: usize,
+        frame_start: bool,
+        keyframe: bool,
+    ) -> Vec<u8> {
         let mut p = vec![0u8; size];
         // VP8 payload descriptor: S bit on the first packet of a frame, partition 0.
         p[0] = if frame_start { 0x10 } else { 0x00 };
@@ -375,7 +442,9 @@ impl Peer {
                     self.timeout = t;
                     return;
                 }
-                Ok(Output::Transmit(t)) => self.outbox.push_back((t.destination, t.contents.into())),
+                Ok(Output::Transmit(t)) => {
+                    self.outbox.push_back((t.destination, t.contents.into()))
+                }
                 Ok(Output::Event(e)) => self.handle_event(e, now),
                 Err(e) => {
                     self.error = Some(e.to_string());
@@ -391,14 +460,20 @@ impl Peer {
             Event::Connected => self.connected = true,
             Event::ChannelOpen(id, _) if Some(id) == self.chat => self.chat_open = true,
             Event::ChannelData(d) if Some(d.id) == self.chat => {
-                self.received.chat.push(String::from_utf8_lossy(&d.data).into_owned());
+                self.received
+                    .chat
+                    .push(String::from_utf8_lossy(&d.data).into_owned());
             }
             Event::KeyframeRequest(_) => {
                 self.received.keyframe_requests += 1;
                 self.keyframe_wanted = true;
             }
             Event::RtpPacket(pkt) => {
-                let mid = self.rtc.direct_api().stream_rx(&pkt.header.ssrc).map(|s| s.mid());
+                let mid = self
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&pkt.header.ssrc)
+                    .map(|s| s.mid());
                 let Some(mid) = mid else {
                     return;
                 };
@@ -418,6 +493,10 @@ impl Peer {
                 let ssrc = *pkt.header.ssrc;
                 if !t.ssrcs.contains(&ssrc) {
                     t.ssrcs.push(ssrc);
+                }
+                let pt = *pkt.header.payload_type;
+                if !t.pts.contains(&pt) {
+                    t.pts.push(pt);
                 }
                 match t.first_seq {
                     None => {

@@ -18,8 +18,13 @@ fn browser_available() -> Result<(), String> {
     if !PathBuf::from("/usr/bin/chromium").exists() {
         return Err("/usr/bin/chromium is missing (apt-get install chromium)".into());
     }
-    if !repo_root().join("scripts/browser/node_modules/playwright-core").exists() {
-        return Err("scripts/browser/node_modules is missing (cd scripts/browser && npm install)".into());
+    if !repo_root()
+        .join("scripts/browser/node_modules/playwright-core")
+        .exists()
+    {
+        return Err(
+            "scripts/browser/node_modules is missing (cd scripts/browser && npm install)".into(),
+        );
     }
     Ok(())
 }
@@ -27,7 +32,10 @@ fn browser_available() -> Result<(), String> {
 #[test]
 fn browser_two_pages_see_each_other_and_chat() {
     if let Err(why) = browser_available() {
-        assert!(std::env::var("SFU_REQUIRE_BROWSER").is_err(), "browser test required but {why}");
+        assert!(
+            std::env::var("SFU_REQUIRE_BROWSER").is_err(),
+            "browser test required but {why}"
+        );
         eprintln!("SKIPPED browser test: {why}");
         return;
     }
@@ -43,6 +51,10 @@ fn browser_two_pages_see_each_other_and_chat() {
         .status()
         .expect("run node");
     let took = started.elapsed();
-    assert!(status.success(), "browser e2e failed after {took:?}\n{}", node.logs());
+    assert!(
+        status.success(),
+        "browser e2e failed after {took:?}\n{}",
+        node.logs()
+    );
     assert!(took < Duration::from_secs(120));
 }

@@ -12,8 +12,16 @@ use str0m::media::MediaKind;
 
 const T: Duration = Duration::from_secs(15);
 
-fn join(node: &Node, sig: usize, room: &str, name: &str, media: Option<Media>, epoch: Instant) -> Client {
-    Client::join(&node.ws_url(sig), room, name, media, epoch, T).unwrap_or_else(|e| panic!("{name} failed to join: {e:#}\n{}", node.logs()))
+fn join(
+    node: &Node,
+    sig: usize,
+    room: &str,
+    name: &str,
+    media: Option<Media>,
+    epoch: Instant,
+) -> Client {
+    Client::join(&node.ws_url(sig), room, name, media, epoch, T)
+        .unwrap_or_else(|e| panic!("{name} failed to join: {e:#}\n{}", node.logs()))
 }
 
 fn video_from(c: &Client, other: &Client) -> u64 {
@@ -25,7 +33,12 @@ fn audio_from(c: &Client, other: &Client) -> u64 {
 }
 
 fn chat(c: &Client) -> Vec<Value> {
-    c.peer.received.chat.iter().filter_map(|m| serde_json::from_str(m).ok()).collect()
+    c.peer
+        .received
+        .chat
+        .iter()
+        .filter_map(|m| serde_json::from_str(m).ok())
+        .collect()
 }
 
 #[test]
@@ -38,13 +51,27 @@ fn three_synthetic_peers_exchange_media_and_chat_through_the_real_binaries() {
         join(&node, 0, "e2e", "carol", Some(Media::default()), epoch),
     ];
     let ok = client::run(&mut cs, T, |cs| {
-        cs.iter().all(|a| cs.iter().filter(|b| b.id != a.id).all(|b| video_from(a, b) > 60 && audio_from(a, b) > 30))
+        cs.iter().all(|a| {
+            cs.iter()
+                .filter(|b| b.id != a.id)
+                .all(|b| video_from(a, b) > 60 && audio_from(a, b) > 30)
+        })
     })
     .expect("run");
     assert!(ok, "media did not flow between all three:\n{}", node.logs());
     for a in &cs {
-        assert_eq!(a.peer.received.packets_from(&a.id, MediaKind::Video), 0, "never your own media");
-        assert_eq!(a.others.len(), 2, "{} sees two others: {:?}", a.id, a.others);
+        assert_eq!(
+            a.peer.received.packets_from(&a.id, MediaKind::Video),
+            0,
+            "never your own media"
+        );
+        assert_eq!(
+            a.others.len(),
+            2,
+            "{} sees two others: {:?}",
+            a.id,
+            a.others
+        );
         for t in a.peer.received.tracks.values() {
             assert_eq!(t.lost, 0, "no gaps on loopback: {t:?}");
         }
@@ -52,24 +79,45 @@ fn three_synthetic_peers_exchange_media_and_chat_through_the_real_binaries() {
 
     // Chat: a broadcast and a whisper.
     let (bob, carol) = (cs[1].id.clone(), cs[2].id.clone());
-    assert!(client::run(&mut cs, T, |cs| cs.iter().all(|c| c.peer.chat_open())).expect("run"), "chat channels open");
+    assert!(
+        client::run(&mut cs, T, |cs| cs.iter().all(|c| c.peer.chat_open())).expect("run"),
+        "chat channels open"
+    );
     assert!(cs[0].peer.send_chat(None, "hello everyone"));
     assert!(cs[0].peer.send_chat(Some(&bob), "just for bob"));
-    let ok = client::run(&mut cs, T, |cs| chat(&cs[1]).len() >= 2 && !chat(&cs[2]).is_empty() && !chat(&cs[0]).is_empty()).expect("run");
+    let ok = client::run(&mut cs, T, |cs| {
+        chat(&cs[1]).len() >= 2 && !chat(&cs[2]).is_empty() && !chat(&cs[0]).is_empty()
+    })
+    .expect("run");
     assert!(ok, "chat not delivered");
     client::run(&mut cs, Duration::from_millis(300), |_| false).expect("run");
     let (a, b, c) = (chat(&cs[0]), chat(&cs[1]), chat(&cs[2]));
-    assert_eq!(b.iter().map(|m| m["text"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["hello everyone", "just for bob"]);
+    assert_eq!(
+        b.iter()
+            .map(|m| m["text"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["hello everyone", "just for bob"]
+    );
     assert_eq!(b[1]["to"], bob.as_str());
     assert_eq!(b[0]["name"], "alice");
-    assert_eq!(c.iter().map(|m| m["text"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["hello everyone"], "carol never sees the whisper");
+    assert_eq!(
+        c.iter()
+            .map(|m| m["text"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["hello everyone"],
+        "carol never sees the whisper"
+    );
     assert_eq!(a.len(), 1, "alice gets the whisper echo only: {a:?}");
     assert_eq!(a[0]["to"], bob.as_str());
 
     // carol leaves: the others are told and stop receiving her.
     cs[2].leave().expect("leave");
     let ok = client::run(&mut cs, T, |cs| {
-        cs[..2].iter().all(|c| c.messages.iter().any(|m| m["type"] == "participant_left" && m["participant_id"] == carol.as_str()))
+        cs[..2].iter().all(|c| {
+            c.messages
+                .iter()
+                .any(|m| m["type"] == "participant_left" && m["participant_id"] == carol.as_str())
+        })
     })
     .expect("run");
     assert!(ok, "participant_left not delivered");
@@ -88,22 +136,35 @@ fn media_survives_signaling_restart_and_a_second_signaling_instance() {
         join(&node, 0, "restart", "a", Some(Media::default()), epoch),
         join(&node, 0, "restart", "b", Some(Media::default()), epoch),
     ];
-    assert!(client::run(&mut cs, T, |cs| video_from(&cs[0], &cs[1]) > 30 && video_from(&cs[1], &cs[0]) > 30).expect("run"));
+    assert!(
+        client::run(&mut cs, T, |cs| video_from(&cs[0], &cs[1]) > 30
+            && video_from(&cs[1], &cs[0]) > 30)
+        .expect("run")
+    );
 
     // A second signaling process connects to the same control socket: nothing is disturbed.
     node.add_signaling().expect("second signaling");
     let before = (video_from(&cs[0], &cs[1]), video_from(&cs[1], &cs[0]));
     client::run(&mut cs, Duration::from_secs(1), |_| false).expect("run");
-    assert!(video_from(&cs[0], &cs[1]) > before.0 + 30 && video_from(&cs[1], &cs[0]) > before.1 + 30);
+    assert!(
+        video_from(&cs[0], &cs[1]) > before.0 + 30 && video_from(&cs[1], &cs[0]) > before.1 + 30
+    );
 
     // The first signaling process crashes: media keeps flowing (the dataplane owns the sessions).
     node.signaling[0].1.kill();
     client::run(&mut cs, Duration::from_millis(300), |_| false).expect("run");
-    assert!(cs.iter().all(|c| !c.ws_open()), "websockets to the dead signaling are closed");
+    assert!(
+        cs.iter().all(|c| !c.ws_open()),
+        "websockets to the dead signaling are closed"
+    );
     let before = (video_from(&cs[0], &cs[1]), video_from(&cs[1], &cs[0]));
     client::run(&mut cs, Duration::from_secs(3), |_| false).expect("run");
     let after = (video_from(&cs[0], &cs[1]), video_from(&cs[1], &cs[0]));
-    assert!(after.0 > before.0 + 60 && after.1 > before.1 + 60, "media stopped after the signaling crash: {before:?} → {after:?}\n{}", node.logs());
+    assert!(
+        after.0 > before.0 + 60 && after.1 > before.1 + 60,
+        "media stopped after the signaling crash: {before:?} → {after:?}\n{}",
+        node.logs()
+    );
 
     // New joins work through the surviving instance, into the same room, and receive everyone.
     // (a and b lost their signaling, so they cannot renegotiate to receive c until they resume
@@ -111,7 +172,10 @@ fn media_survives_signaling_restart_and_a_second_signaling_instance() {
     let c = join(&node, 1, "restart", "c", Some(Media::default()), epoch);
     assert_eq!(c.others.len(), 2, "{:?}", c.others);
     cs.push(c);
-    let ok = client::run(&mut cs, T, |cs| video_from(&cs[2], &cs[0]) > 30 && video_from(&cs[2], &cs[1]) > 30).expect("run");
+    let ok = client::run(&mut cs, T, |cs| {
+        video_from(&cs[2], &cs[0]) > 30 && video_from(&cs[2], &cs[1]) > 30
+    })
+    .expect("run");
     assert!(ok, "{}", node.logs());
 }
 
@@ -122,37 +186,63 @@ fn bad_input_over_websocket_gets_clear_errors() {
     // The page and health endpoint are served.
     let (status, body) = http_get(addr, "/").expect("GET /");
     assert_eq!(status, 200);
-    assert!(body.contains("<html") || body.contains("<!DOCTYPE") || body.contains("<!doctype"), "{body}");
+    assert!(
+        body.contains("<html") || body.contains("<!DOCTYPE") || body.contains("<!doctype"),
+        "{body}"
+    );
     assert_eq!(http_get(addr, "/healthz").expect("healthz").0, 200);
     assert_eq!(http_get(addr, "/nope").expect("404").0, 404);
     assert_eq!(http_get(addr, "/ws").expect("426").0, 426);
 
     let url = node.ws_url(0);
     let (mut ws, _) = tungstenite::connect(&url).expect("connect");
-    let mut send = |ws: &mut tungstenite::WebSocket<_>, text: &str| ws.send(tungstenite::Message::text(text.to_string())).expect("send");
-    let mut next = |ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>| -> Value {
+    let send = |ws: &mut tungstenite::WebSocket<_>, text: &str| {
+        ws.send(tungstenite::Message::text(text.to_string()))
+            .expect("send")
+    };
+    let next = |ws: &mut tungstenite::WebSocket<
+        tungstenite::stream::MaybeTlsStream<std::net::TcpStream>,
+    >|
+     -> Value {
         loop {
             if let tungstenite::Message::Text(t) = ws.read().expect("read") {
                 return serde_json::from_str(t.as_str()).expect("json");
             }
         }
     };
-    for bad in ["not json", r#"{"type":"dance"}"#, r#"{"type":"offer","sdp":"v=0"}"#, r#"{"type":"join","room":"has space","name":"x"}"#, r#"{"type":"join","room":"r","name":""}"#] {
+    for bad in [
+        "not json",
+        r#"{"type":"dance"}"#,
+        r#"{"type":"offer","sdp":"v=0"}"#,
+        r#"{"type":"join","room":"has space","name":"x"}"#,
+        r#"{"type":"join","room":"r","name":""}"#,
+    ] {
         send(&mut ws, bad);
         let v = next(&mut ws);
         assert_eq!(v["type"], "error", "{bad} → {v}");
         assert_eq!(v["code"], "bad_request", "{bad} → {v}");
     }
-    ws.send(tungstenite::Message::Binary(vec![1, 2, 3].into())).expect("send");
+    ws.send(tungstenite::Message::Binary(vec![1, 2, 3].into()))
+        .expect("send");
     assert_eq!(next(&mut ws)["code"], "bad_request");
     // Still usable: join, then an invalid SDP offer is an error, not a crash.
-    send(&mut ws, &json!({"type":"join","room":"bad","name":"<img src=x onerror=alert(1)>"}).to_string());
+    send(
+        &mut ws,
+        &json!({"type":"join","room":"bad","name":"<img src=x onerror=alert(1)>"}).to_string(),
+    );
     let joined = next(&mut ws);
     assert_eq!(joined["type"], "joined", "{joined}");
-    assert_eq!(joined["participant"]["name"], "<img src=x onerror=alert(1)>", "names are data, passed through verbatim");
+    assert_eq!(
+        joined["participant"]["name"], "<img src=x onerror=alert(1)>",
+        "names are data, passed through verbatim"
+    );
     send(&mut ws, r#"{"type":"offer","sdp":"garbage"}"#);
     let v = next(&mut ws);
-    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("bad_request")), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("bad_request")),
+        "{v}"
+    );
     send(&mut ws, r#"{"type":"answer","sdp":"garbage"}"#);
     assert_eq!(next(&mut ws)["code"], "bad_request");
 
@@ -179,5 +269,9 @@ fn bad_input_over_websocket_gets_clear_errors() {
         join(&node, 0, "after", "x", Some(Media::default()), epoch),
         join(&node, 0, "after", "y", None, epoch),
     ];
-    assert!(client::run(&mut cs, T, |cs| video_from(&cs[1], &cs[0]) > 30).expect("run"), "{}", node.logs());
+    assert!(
+        client::run(&mut cs, T, |cs| video_from(&cs[1], &cs[0]) > 30).expect("run"),
+        "{}",
+        node.logs()
+    );
 }

@@ -114,7 +114,11 @@ mod tests {
                     got.push(f);
                 }
             }
-            assert_eq!(got, vec![b"hello".to_vec(), vec![], b"world!".to_vec()], "split {split}");
+            assert_eq!(
+                got,
+                vec![b"hello".to_vec(), vec![], b"world!".to_vec()],
+                "split {split}"
+            );
             assert_eq!(dec.buffered(), 0);
         }
     }
@@ -164,8 +168,15 @@ mod tests {
             let mut wire = Vec::new();
             encode_frame(&payload, 1 << 20, &mut wire).expect("fits");
             dec.extend(&wire);
-            assert_eq!(dec.next_frame().expect("valid").as_deref(), Some(&payload[..]));
+            assert_eq!(
+                dec.next_frame().expect("valid").as_deref(),
+                Some(&payload[..])
+            );
         }
-        assert!(dec.buf.capacity() < 200_000, "buffer grew to {}", dec.buf.capacity());
+        assert!(
+            dec.buf.capacity() < 200_000,
+            "buffer grew to {}",
+            dec.buf.capacity()
+        );
     }
 }

@@ -59,7 +59,7 @@ impl Framed {
     }
 
     /// The next complete message, if any.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
         match self.decoder.next_frame()? {
             Some(frame) => crate::decode(&frame).map(Some),
             None => Ok(None),
@@ -114,7 +114,7 @@ mod tests {
     impl Write for Trickle {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % 2 == 0 {
+            if self.calls.is_multiple_of(2) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let n = buf.len().min(self.chunk);
@@ -151,7 +151,7 @@ mod tests {
         let mut rx = Framed::new(1 << 20);
         rx.read_from(&mut &w.data[..]).expect("read");
         let mut got = Vec::new();
-        while let Some(m) = rx.next::<ToDataplane>().expect("decode") {
+        while let Some(m) = rx.next_message::<ToDataplane>().expect("decode") {
             got.push(m);
         }
         assert_eq!(got, msgs);
@@ -163,6 +163,9 @@ mod tests {
         encode_frame(b"not json", 100, &mut wire).expect("fits");
         let mut rx = Framed::new(100);
         rx.extend(&wire);
-        assert!(matches!(rx.next::<ToDataplane>(), Err(CodecError::Malformed { .. })));
+        assert!(matches!(
+            rx.next_message::<ToDataplane>(),
+            Err(CodecError::Malformed { .. })
+        ));
     }
 }

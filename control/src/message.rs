@@ -33,6 +33,9 @@ pub enum FromDataplane {
     Response { id: u64, response: Response },
     /// Unsolicited event for one participant.
     Event { event: Event },
+    /// Unsolicited health report, sent to every connection every 2 s: the dataplane is alive and
+    /// this is its load.
+    Health { stats: NodeStats },
 }
 
 /// Requests a control client can make.
@@ -275,7 +278,10 @@ mod tests {
             },
         };
         let json = String::from_utf8(encode(&msg)).expect("utf8");
-        assert!(json.contains(r#""kind":"request""#) && json.contains(r#""op":"join""#), "{json}");
+        assert!(
+            json.contains(r#""kind":"request""#) && json.contains(r#""op":"join""#),
+            "{json}"
+        );
         assert_eq!(decode::<ToDataplane>(json.as_bytes()), Ok(msg));
 
         let ev = FromDataplane::Event {
@@ -290,12 +296,22 @@ mod tests {
         assert_eq!(decode::<FromDataplane>(json.as_bytes()), Ok(ev));
 
         let stats = Request::Stats;
-        assert_eq!(String::from_utf8(encode(&stats)).expect("utf8"), r#"{"op":"stats"}"#);
+        assert_eq!(
+            String::from_utf8(encode(&stats)).expect("utf8"),
+            r#"{"op":"stats"}"#
+        );
     }
 
     #[test]
     fn malformed_messages_are_errors_not_panics() {
-        for bad in [&b""[..], b"{", b"{\"kind\":\"nope\"}", b"\xff\xfe", b"[1,2]", b"null"] {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{\"kind\":\"nope\"}",
+            b"\xff\xfe",
+            b"[1,2]",
+            b"null",
+        ] {
             assert!(decode::<ToDataplane>(bad).is_err());
             assert!(decode::<FromDataplane>(bad).is_err());
         }

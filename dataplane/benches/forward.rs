@@ -16,10 +16,17 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use dataplane::core::{Input, Output};
 use sim::{Publish, Sim};
 
+// Same allocator as the dataplane binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A room with one connected video publisher and `n` connected subscribers.
 fn room(n: usize) -> Sim {
     // Long timeouts: the measured loop advances virtual time much faster than peers send keepalives.
-    let mut sim = Sim::with_config(7, |c| c.ice_timeout = Duration::from_secs(86_400));
+    let mut sim = Sim::with_config(7, |c| {
+        c.ice_timeout = Duration::from_secs(86_400);
+        c.max_participants_per_room = 1000;
+    });
     let video_only = Publish {
         audio: false,
         video: true,
@@ -32,8 +39,17 @@ fn room(n: usize) -> Sim {
         sim.join(&format!("s{i}"), "bench", None);
     }
     sim.run_for(Duration::from_secs(3));
-    let subscribed = (0..n).all(|i| sim.peer(&format!("s{i}")).peer.received.packets(str0m::media::MediaKind::Video) > 0);
-    assert!(subscribed, "every subscriber receives video before measuring");
+    let subscribed = (0..n).all(|i| {
+        sim.peer(&format!("s{i}"))
+            .peer
+            .received
+            .packets(str0m::media::MediaKind::Video)
+            > 0
+    });
+    assert!(
+        subscribed,
+        "every subscriber receives video before measuring"
+    );
     // From now on the benchmark, not the simulation, produces the publisher's packets.
     sim.peer_mut("pub").publish = None;
     sim
@@ -43,10 +59,19 @@ fn room(n: usize) -> Sim {
 fn packets(sim: &mut Sim, count: u64) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(count as usize);
     let start = sim.now;
+    let mut rounds = 0u64;
     while (out.len() as u64) < count {
+        rounds += 1;
+        assert!(
+            rounds < 10 * count + 100,
+            "the publisher produces no RTP ({} of {count} packets)",
+            out.len()
+        );
         let now = sim.now;
         let p = &mut sim.peer_mut("pub").peer;
         p.send_video_frame(now, false, 4, 1200, 30);
+        // str0m releases queued RTP on its next time input.
+        p.handle_timeout(now);
         while let Some((_, d)) = p.poll_transmit() {
             // Only RTP (not the publisher's own RTCP).
             if d.get(1).is_some_and(|b| !(200..=206).contains(b)) {
@@ -62,7 +87,10 @@ fn packets(sim: &mut Sim, count: u64) -> Vec<Vec<u8>> {
 
 fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("forward_1200B");
-    group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for n in [1usize, 10, 50] {
         let mut sim = room(n);
         let from = sim.peer("pub").peer.local_addr();
@@ -83,7 +111,12 @@ fn forward(c: &mut Criterion) {
                     for d in &input {
                         sim.now += Duration::from_micros(1100);
                         let now = sim.now;
-                        sim.core.handle_input(Input::Receive { now, source: from, destination: server, data: d });
+                        sim.core.handle_input(Input::Receive {
+                            now,
+                            source: from,
+                            destination: server,
+                            data: d,
+                        });
                         if sim.core.poll_timeout().is_some_and(|t| t <= now) {
                             sim.core.handle_input(Input::Timeout(now));
                         }
@@ -100,7 +133,10 @@ fn forward(c: &mut Criterion) {
             });
         });
         let c = sim.core.counters();
-        eprintln!("subscribers={n}: forwarded {} rtp, {} datagrams out, drops {:?}", c.rtp_forwarded, c.datagrams_out, c.drops);
+        eprintln!(
+            "subscribers={n}: forwarded {} rtp, {} datagrams out, drops {:?}",
+            c.rtp_forwarded, c.datagrams_out, c.drops
+        );
     }
     group.finish();
 }

@@ -35,7 +35,11 @@ struct Args {
     #[arg(long, env = "SFU_PORT_BASE", default_value_t = 40000)]
     port_base: u16,
     /// Path of the control socket signaling connects to.
-    #[arg(long, env = "SFU_CONTROL_SOCKET", default_value = "/tmp/sfu-dataplane.sock")]
+    #[arg(
+        long,
+        env = "SFU_CONTROL_SOCKET",
+        default_value = "/tmp/sfu-dataplane.sock"
+    )]
     control_socket: PathBuf,
     /// Node id reported to signaling (default: random).
     #[arg(long, env = "SFU_NODE_ID")]
@@ -77,15 +81,25 @@ fn main() -> anyhow::Result<()> {
     init_logging(&args.log_format);
 
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = if args.workers == 0 { ncpu } else { args.workers };
+    let workers = if args.workers == 0 {
+        ncpu
+    } else {
+        args.workers
+    };
     let bind_ip = args.bind_ip.unwrap_or(if args.public_ip.is_loopback() {
         args.public_ip
     } else {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     });
-    let node_id = args.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+    let node_id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
     if usize::from(args.port_base) + workers > 65_535 {
-        anyhow::bail!("--port-base {} leaves no room for {workers} workers", args.port_base);
+        anyhow::bail!(
+            "--port-base {} leaves no room for {workers} workers",
+            args.port_base
+        );
     }
 
     let crypto = SharedCrypto::new().context("generating the DTLS certificate")?;
@@ -119,8 +133,14 @@ fn main() -> anyhow::Result<()> {
             cpu,
             command_queue: 1024,
         };
-        let h = worker::spawn(settings, crypto.clone(), report_tx.clone(), control_waker.clone(), shutdown.clone())
-            .with_context(|| format!("starting worker {i} on UDP {bind_ip}:{port}"))?;
+        let h = worker::spawn(
+            settings,
+            crypto.clone(),
+            report_tx.clone(),
+            control_waker.clone(),
+            shutdown.clone(),
+        )
+        .with_context(|| format!("starting worker {i} on UDP {bind_ip}:{port}"))?;
         handles.push(h);
     }
 
@@ -129,7 +149,14 @@ fn main() -> anyhow::Result<()> {
         node_id: node_id.clone(),
         max_frame: ::control::DEFAULT_MAX_FRAME,
     };
-    let server = ControlServer::new(settings, poll, listener, handles, report_rx, shutdown.clone())?;
+    let server = ControlServer::new(
+        settings,
+        poll,
+        listener,
+        handles,
+        report_rx,
+        shutdown.clone(),
+    )?;
     let control_thread = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || server.run())?;
@@ -137,7 +164,10 @@ fn main() -> anyhow::Result<()> {
         control_socket = %args.control_socket.display(), batching = !args.no_batching, "dataplane ready");
 
     // The main thread waits for SIGINT/SIGTERM, then stops everything in order.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
     if let Some(sig) = signals.forever().next() {
         info!(signal = sig, "shutting down");
     }
@@ -153,9 +183,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,str0m=warn,is=warn,dimpl=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,str0m=warn,is=warn,dimpl=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();

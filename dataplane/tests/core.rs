@@ -29,8 +29,14 @@ fn assert_full_mesh(sim: &Sim, ids: &[&str], min_packets: u64) {
             if me == other {
                 assert_eq!(audio + video, 0, "{me} must never receive its own media");
             } else {
-                assert!(audio >= min_packets, "{me} got {audio} audio packets from {other}");
-                assert!(video >= min_packets, "{me} got {video} video packets from {other}");
+                assert!(
+                    audio >= min_packets,
+                    "{me} got {audio} audio packets from {other}"
+                );
+                assert!(
+                    video >= min_packets,
+                    "{me} got {video} video packets from {other}"
+                );
             }
         }
     }
@@ -41,7 +47,10 @@ fn one_to_one_call_forwards_audio_and_video_both_ways() {
     let mut sim = Sim::new(1);
     sim.join("alice", "r", pub_av());
     sim.join("bob", "r", pub_av());
-    assert!(sim.run_until(secs(5), |s| s.peer("alice").peer.is_connected() && s.peer("bob").peer.is_connected()));
+    assert!(
+        sim.run_until(secs(5), |s| s.peer("alice").peer.is_connected()
+            && s.peer("bob").peer.is_connected())
+    );
     sim.run_for(secs(3));
     // 3 s of 50 pps audio and 90 pps video.
     assert_full_mesh(&sim, &["alice", "bob"], 100);
@@ -55,7 +64,11 @@ fn one_to_one_call_forwards_audio_and_video_both_ways() {
     assert_eq!(sim.core.room_count(), 1);
     assert!(sim.core.counters().rtp_forwarded > 0);
     // Each joiner was told about the other exactly once.
-    let joined: Vec<_> = sim.events.iter().filter(|e| matches!(e, Event::PeerJoined { .. })).collect();
+    let joined: Vec<_> = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PeerJoined { .. }))
+        .collect();
     assert_eq!(joined.len(), 1, "{joined:?}");
 }
 
@@ -71,7 +84,13 @@ fn three_party_room_everyone_receives_everyone_else() {
     sim.join("d", "other", pub_av());
     sim.run_for(secs(2));
     for id in ["a", "b", "c"] {
-        assert_eq!(sim.peer(id).peer.received.packets_from("d", MediaKind::Video), 0);
+        assert_eq!(
+            sim.peer(id)
+                .peer
+                .received
+                .packets_from("d", MediaKind::Video),
+            0
+        );
     }
     assert_eq!(sim.peer("d").peer.received.tracks.len(), 0);
 }
@@ -84,11 +103,18 @@ fn late_joiner_gets_a_keyframe_request_sent_to_the_publisher() {
     let before = sim.peer("pub").peer.received.keyframe_requests;
     sim.join("late", "r", None);
     assert!(
-        sim.run_until(secs(3), |s| s.peer("pub").peer.received.keyframe_requests > before),
+        sim.run_until(secs(3), |s| s.peer("pub").peer.received.keyframe_requests
+            > before),
         "publisher never asked for a keyframe after a new subscriber"
     );
     sim.run_for(secs(1));
-    assert!(sim.peer("late").peer.received.packets_from("pub", MediaKind::Video) > 20);
+    assert!(
+        sim.peer("late")
+            .peer
+            .received
+            .packets_from("pub", MediaKind::Video)
+            > 20
+    );
     // Exactly one request for one new subscriber.
     assert_eq!(sim.peer("pub").peer.received.keyframe_requests, before + 1);
 }
@@ -107,7 +133,10 @@ fn subscriber_pli_reaches_publisher_throttled() {
     }
     sim.run_for(secs(1));
     let got = sim.peer("pub").peer.received.keyframe_requests - before;
-    assert!((1..=2).contains(&got), "publisher got {got} keyframe requests");
+    assert!(
+        (1..=2).contains(&got),
+        "publisher got {got} keyframe requests"
+    );
 }
 
 #[test]
@@ -116,7 +145,9 @@ fn chat_broadcast_and_whisper() {
     for id in ["a", "b", "c"] {
         sim.join(id, "r", pub_av());
     }
-    assert!(sim.run_until(secs(5), |s| ["a", "b", "c"].iter().all(|i| s.peer(i).peer.chat_open())));
+    assert!(sim.run_until(secs(5), |s| {
+        ["a", "b", "c"].iter().all(|i| s.peer(i).peer.chat_open())
+    }));
     assert!(sim.peer_mut("a").peer.send_chat(None, "hello all"));
     assert!(sim.peer_mut("a").peer.send_chat(Some("b"), "psst b"));
     sim.run_for(secs(1));
@@ -129,7 +160,11 @@ fn chat_broadcast_and_whisper() {
     assert_eq!(b[0]["from"], "a");
     assert_eq!(b[0]["name"], "name-a");
     assert!(b[0]["to"].is_null());
-    assert!(b[0]["ts"].as_u64().is_some_and(|ts| ts >= 1_700_000_000_000));
+    assert!(
+        b[0]["ts"]
+            .as_u64()
+            .is_some_and(|ts| ts >= 1_700_000_000_000)
+    );
     assert_eq!(b[1]["text"], "psst b");
     assert_eq!(b[1]["to"], "b");
     // C sees only the broadcast; the whisper never reaches its channel.
@@ -148,7 +183,8 @@ fn chat_bad_input_gets_errors_on_the_channel_and_nothing_is_delivered() {
     sim.join("a", "r", pub_av());
     sim.join("b", "r", pub_av());
     sim.join("x", "elsewhere", pub_av());
-    assert!(sim.run_until(secs(5), |s| s.peer("a").peer.chat_open() && s.peer("b").peer.chat_open()));
+    assert!(sim.run_until(secs(5), |s| s.peer("a").peer.chat_open()
+        && s.peer("b").peer.chat_open()));
     let big = "y".repeat(4097);
     let at_limit = "z".repeat(4096);
     assert!(sim.peer_mut("a").peer.send_chat(Some("nobody"), "hi"));
@@ -165,11 +201,21 @@ fn chat_bad_input_gets_errors_on_the_channel_and_nothing_is_delivered() {
         .collect();
     assert_eq!(
         codes,
-        ["unknown_participant", "unknown_participant", "too_large", "bad_request", "bad_request"]
+        [
+            "unknown_participant",
+            "unknown_participant",
+            "too_large",
+            "bad_request",
+            "bad_request"
+        ]
     );
     let b = sim.chat_of("b");
     assert_eq!(b.len(), 1, "only the valid message is delivered");
-    assert_eq!(b[0]["text"].as_str().map(str::len), Some(4096), "not truncated");
+    assert_eq!(
+        b[0]["text"].as_str().map(str::len),
+        Some(4096),
+        "not truncated"
+    );
     assert!(sim.chat_of("x").is_empty());
     assert_eq!(sim.core.counters().dropped(DropReason::ChatInvalid), 5);
 }
@@ -191,7 +237,11 @@ fn leave_removes_tracks_by_renegotiation() {
     let from_c = |s: &Sim, id: &str| s.peer(id).peer.received.packets_from("c", MediaKind::Video);
     let (a0, b0) = (from_c(&sim, "a"), from_c(&sim, "b"));
     sim.run_for(secs(2));
-    assert_eq!((from_c(&sim, "a"), from_c(&sim, "b")), (a0, b0), "nothing from c after it left");
+    assert_eq!(
+        (from_c(&sim, "a"), from_c(&sim, "b")),
+        (a0, b0),
+        "nothing from c after it left"
+    );
     assert_full_mesh(&sim, &["a", "b"], 100);
     // The last server offers to a and b stop c's m-lines (port 0).
     for id in ["a", "b"] {
@@ -204,9 +254,18 @@ fn leave_removes_tracks_by_renegotiation() {
                 _ => None,
             })
             .expect("an offer");
-        assert!(last_offer.contains("m=video 0 ") && last_offer.contains("m=audio 0 "), "{last_offer}");
+        assert!(
+            last_offer.contains("m=video 0 ") && last_offer.contains("m=audio 0 "),
+            "{last_offer}"
+        );
     }
-    assert_eq!(sim.leave("c"), Response::error(ErrorCode::UnknownParticipant, "no participant \"c\" on this dataplane"));
+    assert_eq!(
+        sim.leave("c"),
+        Response::error(
+            ErrorCode::UnknownParticipant,
+            "no participant \"c\" on this dataplane"
+        )
+    );
     sim.leave("a");
     sim.leave("b");
     assert_eq!(sim.core.room_count(), 0);
@@ -235,8 +294,12 @@ fn silent_participant_times_out_and_others_are_told() {
     sim.join("b", "r", pub_av());
     sim.run_for(secs(2));
     sim.peer_mut("b").frozen = true; // the browser crashed: no packets at all
-    assert!(sim.run_until(secs(8), |s| s.events.iter().any(|e| matches!(e,
-        Event::PeerLeft { peer_id, reason: LeaveReason::Timeout, .. } if peer_id == "b"))));
+    assert!(sim.run_until(secs(8), |s| {
+        s.events.iter().any(|e| {
+            matches!(e,
+        Event::PeerLeft { peer_id, reason: LeaveReason::Timeout, .. } if peer_id == "b")
+        })
+    }));
     assert!(sim.events.iter().any(|e| matches!(e, Event::Gone { participant, reason: LeaveReason::Timeout } if participant == "b")));
     assert_eq!(sim.core.participant_count(), 1);
     // The survivor keeps working and is not removed.
@@ -256,7 +319,11 @@ fn nack_and_rtx_repair_loss_to_a_subscriber() {
     sim.run_for(secs(2));
     let dropped = sim.peer("sub").dropped_down;
     let rx = &sim.peer("sub").peer.received;
-    let video = rx.tracks.values().find(|t| t.kind == Some(MediaKind::Video)).expect("video");
+    let video = rx
+        .tracks
+        .values()
+        .find(|t| t.kind == Some(MediaKind::Video))
+        .expect("video");
     assert!(dropped > 30, "the link dropped {dropped}");
     // Every dropped video packet was retransmitted from str0m's RTX cache.
     assert_eq!(video.lost, 0, "unrepaired video loss {video:?}");
@@ -271,7 +338,16 @@ fn join_errors_are_clear() {
         name: "n".into(),
         offer: Some("this is not sdp".into()),
     });
-    assert!(matches!(bad, Response::Error { code: ErrorCode::BadRequest, .. }), "{bad:?}");
+    assert!(
+        matches!(
+            bad,
+            Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{bad:?}"
+    );
     sim.join("a", "r", pub_av());
     let offer = sim.fresh_offer();
     let dup = sim.command(Request::Join {
@@ -280,15 +356,42 @@ fn join_errors_are_clear() {
         name: "impostor".into(),
         offer: Some(offer),
     });
-    assert!(matches!(dup, Response::Error { code: ErrorCode::DuplicateParticipant, .. }), "{dup:?}");
+    assert!(
+        matches!(
+            dup,
+            Response::Error {
+                code: ErrorCode::DuplicateParticipant,
+                ..
+            }
+        ),
+        "{dup:?}"
+    );
     sim.join("b", "r", pub_av());
     let full = sim.try_join("c", "r", pub_av());
-    assert!(matches!(full, Response::Error { code: ErrorCode::RoomFull, .. }), "{full:?}");
+    assert!(
+        matches!(
+            full,
+            Response::Error {
+                code: ErrorCode::RoomFull,
+                ..
+            }
+        ),
+        "{full:?}"
+    );
     let ans = sim.command(Request::Answer {
         participant: "a".into(),
         sdp: "garbage".into(),
     });
-    assert!(matches!(ans, Response::Error { code: ErrorCode::BadRequest, .. }), "{ans:?}");
+    assert!(
+        matches!(
+            ans,
+            Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{ans:?}"
+    );
     // Nothing was disturbed.
     sim.run_for(secs(3));
     assert_full_mesh(&sim, &["a", "b"], 50);
@@ -306,7 +409,9 @@ fn garbage_datagrams_are_dropped_and_counted_without_disturbing_calls() {
     for i in 0..2000usize {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let len = (x as usize >> 8) % 1400;
-        let mut data: Vec<u8> = (0..len).map(|j| (x.rotate_left(j as u32) >> 3) as u8).collect();
+        let mut data: Vec<u8> = (0..len)
+            .map(|j| (x.rotate_left(j as u32) >> 3) as u8)
+            .collect();
         if let Some(b) = data.first_mut() {
             // Cover every class: STUN-ish, DTLS-ish, RTP-ish and junk.
             *b = [0u8, 1, 22, 128, 0x90, 200, 7][i % 7];
@@ -321,9 +426,19 @@ fn garbage_datagrams_are_dropped_and_counted_without_disturbing_calls() {
     assert!(c.dropped(DropReason::UnknownUfrag) + c.dropped(DropReason::Malformed) > 0);
     sim.run_for(secs(3));
     assert_eq!(sim.core.participant_count(), 2);
-    let before = sim.peer("a").peer.received.packets_from("b", MediaKind::Video);
+    let before = sim
+        .peer("a")
+        .peer
+        .received
+        .packets_from("b", MediaKind::Video);
     sim.run_for(secs(1));
-    assert!(sim.peer("a").peer.received.packets_from("b", MediaKind::Video) > before + 50);
+    assert!(
+        sim.peer("a")
+            .peer
+            .received
+            .packets_from("b", MediaKind::Video)
+            > before + 50
+    );
 }
 
 #[test]
@@ -335,7 +450,11 @@ fn glare_client_offer_while_server_offer_pending_is_resolved() {
     sim.add_peer("b");
     sim.peer_mut("b").ignore_offers = 1;
     sim.join("b", "r", pub_av());
-    assert!(sim.events.iter().any(|e| matches!(e, Event::Offer { participant, .. } if participant == "b")));
+    assert!(
+        sim.events
+            .iter()
+            .any(|e| matches!(e, Event::Offer { participant, .. } if participant == "b"))
+    );
     // The client renegotiates on its own (e.g. it added a track) while that offer is pending.
     let sdp = {
         let p = &mut sim.peer_mut("b").peer;
@@ -348,10 +467,19 @@ fn glare_client_offer_while_server_offer_pending_is_resolved() {
     let Response::Answer { sdp } = resp else {
         panic!("client offer not answered: {resp:?}");
     };
-    sim.peer_mut("b").peer.handle_answer(&sdp).expect("answer applies");
+    sim.peer_mut("b")
+        .peer
+        .handle_answer(&sdp)
+        .expect("answer applies");
     // The server re-offers a's tracks after answering; relay handles it.
     sim.run_for(secs(4));
-    assert!(sim.peer("b").peer.received.packets_from("a", MediaKind::Video) > 50);
+    assert!(
+        sim.peer("b")
+            .peer
+            .received
+            .packets_from("a", MediaKind::Video)
+            > 50
+    );
 }
 
 #[test]
@@ -360,12 +488,21 @@ fn stats_reports_are_periodic_and_describe_rooms() {
     sim.join("a", "r", pub_av());
     sim.join("b", "r", pub_av());
     sim.run_for(secs(3));
-    assert!(sim.stats_reports >= 2, "{} stats reports", sim.stats_reports);
+    assert!(
+        sim.stats_reports >= 2,
+        "{} stats reports",
+        sim.stats_reports
+    );
     let stats = sim.core.stats();
     assert_eq!(stats.participants, 2);
     assert_eq!(stats.rooms.len(), 1);
     assert_eq!(stats.rooms[0].participants.len(), 2);
-    assert!(stats.rooms[0].participants.iter().all(|p| p.connected && p.tracks_in == 2 && p.tracks_out == 2));
+    assert!(
+        stats.rooms[0]
+            .participants
+            .iter()
+            .all(|p| p.connected && p.tracks_in == 2 && p.tracks_out == 2)
+    );
     assert!(stats.rtp_forwarded > 0 && stats.datagrams_in > 0);
 }
 
@@ -379,20 +516,60 @@ fn attach_resends_the_outstanding_offer_to_the_new_connection() {
     sim.peer_mut("b").ignore_offers = 1;
     sim.join("b", "r", pub_av());
     sim.run_for(secs(2));
-    assert_eq!(sim.peer("b").peer.received.packets_from("a", MediaKind::Video), 0);
-    let offers_before = sim.events.iter().filter(|e| matches!(e, Event::Offer { participant, .. } if participant == "b")).count();
-    let resp = sim.command(Request::Attach { participant: "b".into() });
+    assert_eq!(
+        sim.peer("b")
+            .peer
+            .received
+            .packets_from("a", MediaKind::Video),
+        0
+    );
+    let offers_before = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Offer { participant, .. } if participant == "b"))
+        .count();
+    let resp = sim.command(Request::Attach {
+        participant: "b".into(),
+    });
     let Response::Attached { room, participants } = resp else {
         panic!("attach failed: {resp:?}");
     };
     assert_eq!(room, "r");
-    assert_eq!(participants.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["a"]);
-    let offers_after = sim.events.iter().filter(|e| matches!(e, Event::Offer { participant, .. } if participant == "b")).count();
-    assert_eq!(offers_after, offers_before + 1, "the pending offer is re-sent");
+    assert_eq!(
+        participants
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
+        ["a"]
+    );
+    let offers_after = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Offer { participant, .. } if participant == "b"))
+        .count();
+    assert_eq!(
+        offers_after,
+        offers_before + 1,
+        "the pending offer is re-sent"
+    );
     sim.run_for(secs(2));
-    assert!(sim.peer("b").peer.received.packets_from("a", MediaKind::Video) > 50);
-    let unknown = sim.command(Request::Attach { participant: "zz".into() });
-    assert!(matches!(unknown, Response::Error { code: ErrorCode::UnknownParticipant, .. }));
+    assert!(
+        sim.peer("b")
+            .peer
+            .received
+            .packets_from("a", MediaKind::Video)
+            > 50
+    );
+    let unknown = sim.command(Request::Attach {
+        participant: "zz".into(),
+    });
+    assert!(matches!(
+        unknown,
+        Response::Error {
+            code: ErrorCode::UnknownParticipant,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -406,12 +583,21 @@ fn two_step_join_reserves_then_answers_the_first_offer() {
         name: "Bee".into(),
         offer: None,
     });
-    let Response::Joined { answer: None, participants, .. } = resp else {
+    let Response::Joined {
+        answer: None,
+        participants,
+        ..
+    } = resp
+    else {
         panic!("reserve failed: {resp:?}");
     };
     assert_eq!(participants.len(), 1);
     // No server offer before the client's first offer is answered.
-    assert!(!sim.events.iter().any(|e| matches!(e, Event::Offer { participant, .. } if participant == "b")));
+    assert!(
+        !sim.events
+            .iter()
+            .any(|e| matches!(e, Event::Offer { participant, .. } if participant == "b"))
+    );
     let offer = {
         let sp = sim.peer_mut("b");
         sp.publish = pub_av();
@@ -427,4 +613,53 @@ fn two_step_join_reserves_then_answers_the_first_offer() {
     sim.peer_mut("b").peer.handle_answer(&sdp).expect("answer");
     sim.run_for(secs(4));
     assert_full_mesh(&sim, &["a", "b"], 100);
+}
+
+#[test]
+fn h264_publisher_is_forwarded_with_the_subscribers_payload_type() {
+    let mut sim = Sim::new(17);
+    sim.add_peer("h");
+    sim.peer_mut("h").peer.prefer_h264();
+    sim.join("h", "r", pub_av());
+    sim.join("v", "r", pub_av());
+    sim.run_for(secs(3));
+    let (pt, codec) = sim.peer("h").peer.video_send_codec().expect("negotiated");
+    assert_eq!(
+        codec,
+        str0m::format::Codec::H264,
+        "publisher sends H.264 (pt {pt})"
+    );
+    let rx = &sim.peer("v").peer.received;
+    let video = rx
+        .tracks
+        .values()
+        .find(|t| t.stream_id == "h" && t.kind == Some(MediaKind::Video))
+        .expect("video from h");
+    assert!(video.packets > 50);
+    let codecs: Vec<_> = video
+        .pts
+        .iter()
+        .map(|pt| sim.peer("v").peer.codec_of(*pt))
+        .collect();
+    assert_eq!(
+        codecs,
+        [Some(str0m::format::Codec::H264)],
+        "subscriber sees H.264 under its own PT"
+    );
+    // And the VP8 publisher next to it is still VP8 for h.
+    let back = sim
+        .peer("h")
+        .peer
+        .received
+        .tracks
+        .values()
+        .find(|t| t.kind == Some(MediaKind::Video))
+        .expect("video from v");
+    assert_eq!(
+        back.pts
+            .iter()
+            .map(|pt| sim.peer("h").peer.codec_of(*pt))
+            .collect::<Vec<_>>(),
+        [Some(str0m::format::Codec::Vp8)]
+    );
 }

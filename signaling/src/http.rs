@@ -27,7 +27,9 @@ impl Head {
             self.header(h)
                 .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(t)))
         };
-        self.method == "GET" && has_token("upgrade", "websocket") && has_token("connection", "upgrade")
+        self.method == "GET"
+            && has_token("upgrade", "websocket")
+            && has_token("connection", "upgrade")
     }
 }
 
@@ -52,7 +54,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
                 headers: req
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
                     .collect(),
             }))
         }
@@ -85,7 +92,9 @@ pub fn websocket_accept(head: &Head) -> Result<Vec<u8>, &'static str> {
     if head.header("sec-websocket-version") != Some("13") {
         return Err("unsupported or missing Sec-WebSocket-Version (13 required)");
     }
-    let key = head.header("sec-websocket-key").ok_or("missing Sec-WebSocket-Key")?;
+    let key = head
+        .header("sec-websocket-key")
+        .ok_or("missing Sec-WebSocket-Key")?;
     let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
     Ok(format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -106,24 +115,32 @@ mod tests {
         assert!(head.is_websocket_upgrade());
         let resp = String::from_utf8(websocket_accept(&head).expect("accept")).expect("utf8");
         // The RFC 6455 example key.
-        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{resp}");
+        assert!(
+            resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{resp}"
+        );
     }
 
     #[test]
     fn refuses_bad_heads() {
-        assert!(matches!(parse_head(b"\x00\x01garbage\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(
+            parse_head(b"\x00\x01garbage\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
         let big = vec![b'a'; MAX_HEAD + 10];
         assert!(parse_head(&big).is_err());
         let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
         long.extend(vec![b'a'; MAX_HEAD]);
         assert_eq!(parse_head(&long), Err(HeadError::TooLarge));
-        let head = parse_head(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
-            .expect("valid")
-            .expect("complete");
+        let head =
+            parse_head(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+                .expect("valid")
+                .expect("complete");
         assert!(websocket_accept(&head).is_err());
-        let head = parse_head(b"POST /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
-            .expect("valid")
-            .expect("complete");
+        let head =
+            parse_head(b"POST /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+                .expect("valid")
+                .expect("complete");
         assert!(!head.is_websocket_upgrade());
     }
 }

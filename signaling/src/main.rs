@@ -21,11 +21,19 @@ struct Args {
     #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// The dataplane's control socket.
-    #[arg(long, env = "SFU_CONTROL_SOCKET", default_value = "/tmp/sfu-dataplane.sock")]
+    #[arg(
+        long,
+        env = "SFU_CONTROL_SOCKET",
+        default_value = "/tmp/sfu-dataplane.sock"
+    )]
     control_socket: PathBuf,
     /// ICE server URL handed to clients in `joined.ice_servers` (repeatable), e.g.
     /// `stun:stun.example.com:3478`.
-    #[arg(long = "ice-server", env = "SIGNALING_ICE_SERVERS", value_delimiter = ',')]
+    #[arg(
+        long = "ice-server",
+        env = "SIGNALING_ICE_SERVERS",
+        value_delimiter = ','
+    )]
     ice_servers: Vec<String>,
     /// Largest WebSocket message in bytes; larger ones close the connection with code 1009.
     #[arg(long, env = "SIGNALING_MAX_MESSAGE", default_value_t = 1 << 20)]
@@ -42,7 +50,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.log_format == "json" {
         builder.json().init();

@@ -59,7 +59,9 @@ pub enum ErrorCode {
 impl From<control::ErrorCode> for ErrorCode {
     fn from(c: control::ErrorCode) -> Self {
         match c {
-            control::ErrorCode::BadRequest | control::ErrorCode::UnknownParticipant => ErrorCode::BadRequest,
+            control::ErrorCode::BadRequest | control::ErrorCode::UnknownParticipant => {
+                ErrorCode::BadRequest
+            }
             control::ErrorCode::RoomFull => ErrorCode::RoomFull,
             control::ErrorCode::Unavailable => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
@@ -131,7 +133,10 @@ pub fn validate_room(room: &str) -> Result<(), String> {
     if n == 0 || n > MAX_NAME_CHARS {
         return Err(format!("room must be 1–{MAX_NAME_CHARS} characters"));
     }
-    if !room.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+    if !room
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
         return Err("room may only contain letters, digits, '_', '.' and '-'".into());
     }
     Ok(())
@@ -166,15 +171,29 @@ mod tests {
         );
         assert_eq!(parse(r#"{"type":"leave"}"#), Ok(ClientMsg::Leave {}));
         assert!(matches!(
-            parse(r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0","sdpMLineIndex":0}"#),
+            parse(
+                r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0","sdpMLineIndex":0}"#
+            ),
             Ok(ClientMsg::Candidate { .. })
         ));
-        assert!(matches!(parse(r#"{"type":"candidate","candidate":null}"#), Ok(ClientMsg::Candidate { .. })));
+        assert!(matches!(
+            parse(r#"{"type":"candidate","candidate":null}"#),
+            Ok(ClientMsg::Candidate { .. })
+        ));
     }
 
     #[test]
     fn bad_messages_are_errors() {
-        for bad in ["", "{", "[]", "null", r#"{"type":"dance"}"#, r#"{"type":"offer"}"#, r#"{"room":"x"}"#, r#"{"type":"join","room":1,"name":"a"}"#] {
+        for bad in [
+            "",
+            "{",
+            "[]",
+            "null",
+            r#"{"type":"dance"}"#,
+            r#"{"type":"offer"}"#,
+            r#"{"room":"x"}"#,
+            r#"{"type":"join","room":1,"name":"a"}"#,
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse(r#"{"type":"dance"}"#).is_err_and(|e| e.contains("unknown message type")));
@@ -184,17 +203,39 @@ mod tests {
     fn server_messages_have_the_documented_shape() {
         let m = ServerMsg::Joined {
             room: "r".into(),
-            participant: PeerInfo { id: "p1".into(), name: "A".into() },
+            participant: PeerInfo {
+                id: "p1".into(),
+                name: "A".into(),
+            },
             participants: vec![],
-            ice_servers: vec![IceServer { urls: vec!["stun:x".into()], username: None, credential: None }],
+            ice_servers: vec![IceServer {
+                urls: vec!["stun:x".into()],
+                username: None,
+                credential: None,
+            }],
         };
         assert_eq!(
             m.to_json(),
             r#"{"type":"joined","room":"r","participant":{"id":"p1","name":"A"},"participants":[],"ice_servers":[{"urls":["stun:x"]}]}"#
         );
-        assert_eq!(ServerMsg::ParticipantLeft { participant_id: "x".into() }.to_json(), r#"{"type":"participant_left","participant_id":"x"}"#);
-        assert_eq!(ServerMsg::error(ErrorCode::RoomFull, "m").to_json(), r#"{"type":"error","code":"room_full","message":"m"}"#);
-        assert_eq!(ServerMsg::Left { reason: control::LeaveReason::Timeout }.to_json(), r#"{"type":"left","reason":"timeout"}"#);
+        assert_eq!(
+            ServerMsg::ParticipantLeft {
+                participant_id: "x".into()
+            }
+            .to_json(),
+            r#"{"type":"participant_left","participant_id":"x"}"#
+        );
+        assert_eq!(
+            ServerMsg::error(ErrorCode::RoomFull, "m").to_json(),
+            r#"{"type":"error","code":"room_full","message":"m"}"#
+        );
+        assert_eq!(
+            ServerMsg::Left {
+                reason: control::LeaveReason::Timeout
+            }
+            .to_json(),
+            r#"{"type":"left","reason":"timeout"}"#
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use control::{FromDataplane, Framed, PROTOCOL_VERSION, ReadStatus, Request, Response, ToDataplane};
+use control::{
+    Framed, FromDataplane, PROTOCOL_VERSION, ReadStatus, Request, Response, ToDataplane,
+};
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -60,8 +62,15 @@ enum ConnState {
     /// Reading a request head.
     Http { stream: TcpStream, buf: Vec<u8> },
     /// Writing an HTTP response, then closing.
-    Respond { stream: TcpStream, out: Vec<u8>, pos: usize },
-    Ws { ws: Box<WebSocket<TcpStream>>, session: Session },
+    Respond {
+        stream: TcpStream,
+        out: Vec<u8>,
+        pos: usize,
+    },
+    Ws {
+        ws: Box<WebSocket<TcpStream>>,
+        session: Session,
+    },
     /// Transitional placeholder while a state is being replaced.
     Gone,
 }
@@ -80,6 +89,8 @@ struct ControlLink {
     stream: Option<UnixStream>,
     framed: Framed,
     ready: bool,
+    /// The last health report and when it arrived.
+    last_health: Option<(Instant, control::NodeStats)>,
     retry_at: Instant,
     backoff: Duration,
     writable: bool,
@@ -109,7 +120,8 @@ impl Server {
     pub fn bind(settings: Settings, shutdown: Arc<AtomicBool>) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(settings.listen)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let ctx = JoinContext {
             ice_servers: settings.ice_servers.clone(),
         };
@@ -118,6 +130,7 @@ impl Server {
             stream: None,
             framed: Framed::new(control::DEFAULT_MAX_FRAME),
             ready: false,
+            last_health: None,
             retry_at: Instant::now(),
             backoff: Duration::from_millis(100),
             writable: false,
@@ -149,7 +162,10 @@ impl Server {
                 self.connect_control(now);
             }
             let timeout = if self.control.stream.is_none() {
-                self.control.retry_at.saturating_duration_since(now).min(Duration::from_millis(500))
+                self.control
+                    .retry_at
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(500))
             } else {
                 Duration::from_millis(500)
             };
@@ -161,7 +177,9 @@ impl Server {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
-                    CONTROL => self.control_ready(ev.is_readable() || ev.is_read_closed() || ev.is_error()),
+                    CONTROL => {
+                        self.control_ready(ev.is_readable() || ev.is_read_closed() || ev.is_error())
+                    }
                     Token(t) => self.conn_ready(t - FIRST_CONN),
                 }
             }
@@ -178,7 +196,11 @@ impl Server {
     fn connect_control(&mut self, now: Instant) {
         match UnixStream::connect(&self.control.path) {
             Ok(mut stream) => {
-                if let Err(e) = self.poll.registry().register(&mut stream, CONTROL, Interest::READABLE | Interest::WRITABLE) {
+                if let Err(e) = self.poll.registry().register(
+                    &mut stream,
+                    CONTROL,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
                     warn!(error = %e, "register control stream");
                     return;
                 }
@@ -209,7 +231,7 @@ impl Server {
         if readable {
             let status = self.control.framed.read_from(stream);
             loop {
-                match self.control.framed.next::<FromDataplane>() {
+                match self.control.framed.next_message::<FromDataplane>() {
                     Ok(Some(msg)) => self.handle_control_message(msg),
                     Ok(None) => break,
                     Err(e) => {
@@ -234,7 +256,11 @@ impl Server {
         match self.control.framed.flush_to(stream) {
             Ok(done) => {
                 if done == self.control.writable {
-                    let interest = if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+                    let interest = if done {
+                        Interest::READABLE
+                    } else {
+                        Interest::READABLE | Interest::WRITABLE
+                    };
                     let _ = self.poll.registry().reregister(stream, CONTROL, interest);
                     self.control.writable = !done;
                 }
@@ -262,7 +288,9 @@ impl Server {
 
     fn handle_control_message(&mut self, msg: FromDataplane) {
         match msg {
-            FromDataplane::Welcome { node_id, workers, .. } => {
+            FromDataplane::Welcome {
+                node_id, workers, ..
+            } => {
                 info!(%node_id, workers, "connected to dataplane");
                 self.control.ready = true;
                 self.control.backoff = Duration::from_millis(100);
@@ -282,6 +310,9 @@ impl Server {
                 };
                 self.deliver_response(p, response);
             }
+            FromDataplane::Health { stats } => {
+                self.control.last_health = Some((Instant::now(), stats));
+            }
             FromDataplane::Event { event } => {
                 let Some(conn) = self.by_participant.get(event.participant()).copied() else {
                     return;
@@ -298,15 +329,22 @@ impl Server {
     fn deliver_response(&mut self, p: PendingRequest, response: Response) {
         let Some(conn) = p.conn.filter(|c| self.conns.contains(*c)) else {
             // The client went away while its join was in flight: undo it.
-            if let (Request::Join { participant, .. }, Response::Joined { .. }) = (&p.request, &response) {
-                self.send_request(None, Request::Leave {
-                    participant: participant.clone(),
-                });
+            if let (Request::Join { participant, .. }, Response::Joined { .. }) =
+                (&p.request, &response)
+            {
+                self.send_request(
+                    None,
+                    Request::Leave {
+                        participant: participant.clone(),
+                    },
+                );
             }
             return;
         };
         let actions = match self.conns.get_mut(conn).map(|c| &mut c.state) {
-            Some(ConnState::Ws { session, .. }) => session.handle_response(&p.request, response, &self.ctx),
+            Some(ConnState::Ws { session, .. }) => {
+                session.handle_response(&p.request, response, &self.ctx)
+            }
             _ => return,
         };
         self.apply(conn, actions);
@@ -354,7 +392,12 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let entry = self.conns.vacant_entry();
                     let token = Token(entry.key() + FIRST_CONN);
-                    if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_err() {
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE)
+                        .is_err()
+                    {
                         continue;
                     }
                     entry.insert(Conn {
@@ -413,25 +456,74 @@ impl Server {
         let head = match http::parse_head(buf) {
             Ok(None) => return,
             Ok(Some(h)) => h,
-            Err(HeadError::TooLarge) => return self.respond(id, http::response(431, "Request Header Fields Too Large", "text/plain", b"request head too large\n")),
-            Err(HeadError::Malformed(m)) => return self.respond(id, http::response(400, "Bad Request", "text/plain", format!("{m}\n").as_bytes())),
+            Err(HeadError::TooLarge) => {
+                return self.respond(
+                    id,
+                    http::response(
+                        431,
+                        "Request Header Fields Too Large",
+                        "text/plain",
+                        b"request head too large\n",
+                    ),
+                );
+            }
+            Err(HeadError::Malformed(m)) => {
+                return self.respond(
+                    id,
+                    http::response(
+                        400,
+                        "Bad Request",
+                        "text/plain",
+                        format!("{m}\n").as_bytes(),
+                    ),
+                );
+            }
         };
         if head.path == "/ws" {
             if !head.is_websocket_upgrade() {
-                return self.respond(id, http::response(426, "Upgrade Required", "text/plain", b"WebSocket upgrade required\n"));
+                return self.respond(
+                    id,
+                    http::response(
+                        426,
+                        "Upgrade Required",
+                        "text/plain",
+                        b"WebSocket upgrade required\n",
+                    ),
+                );
             }
             match http::websocket_accept(&head) {
                 Ok(resp) => self.upgrade(id, resp),
-                Err(why) => self.respond(id, http::response(400, "Bad Request", "text/plain", format!("{why}\n").as_bytes())),
+                Err(why) => self.respond(
+                    id,
+                    http::response(
+                        400,
+                        "Bad Request",
+                        "text/plain",
+                        format!("{why}\n").as_bytes(),
+                    ),
+                ),
             }
             return;
         }
         if head.method != "GET" && head.method != "HEAD" {
-            return self.respond(id, http::response(405, "Method Not Allowed", "text/plain", b"method not allowed\n"));
+            return self.respond(
+                id,
+                http::response(
+                    405,
+                    "Method Not Allowed",
+                    "text/plain",
+                    b"method not allowed\n",
+                ),
+            );
         }
         let resp = match head.path.as_str() {
             "/healthz" if self.control.ready => http::response(200, "OK", "text/plain", b"ok\n"),
-            "/healthz" => http::response(503, "Service Unavailable", "text/plain", b"dataplane unavailable\n"),
+            "/healthz" => http::response(
+                503,
+                "Service Unavailable",
+                "text/plain",
+                b"dataplane unavailable\n",
+            ),
             path => match page::asset(path) {
                 Some((ctype, body)) => http::response(200, "OK", ctype, body),
                 None => http::response(404, "Not Found", "text/plain", b"not found\n"),
@@ -445,10 +537,15 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let ConnState::Http { stream, .. } = std::mem::replace(&mut conn.state, ConnState::Gone) else {
+        let ConnState::Http { stream, .. } = std::mem::replace(&mut conn.state, ConnState::Gone)
+        else {
             return;
         };
-        conn.state = ConnState::Respond { stream, out, pos: 0 };
+        conn.state = ConnState::Respond {
+            stream,
+            out,
+            pos: 0,
+        };
         self.write_response(id);
     }
 
@@ -466,7 +563,11 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !conn.writable {
                         conn.writable = true;
-                        let _ = self.poll.registry().reregister(stream, Token(id + FIRST_CONN), Interest::WRITABLE);
+                        let _ = self.poll.registry().reregister(
+                            stream,
+                            Token(id + FIRST_CONN),
+                            Interest::WRITABLE,
+                        );
                     }
                     return;
                 }
@@ -483,7 +584,9 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let ConnState::Http { mut stream, .. } = std::mem::replace(&mut conn.state, ConnState::Gone) else {
+        let ConnState::Http { mut stream, .. } =
+            std::mem::replace(&mut conn.state, ConnState::Gone)
+        else {
             return;
         };
         // The 101 response is ~130 bytes into a fresh socket buffer: it does not block in
@@ -492,7 +595,11 @@ impl Server {
         for _ in 0..100 {
             match stream.write(&response[written..]) {
                 Ok(n) => written += n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(_) => break,
             }
             if written == response.len() {
@@ -528,7 +635,10 @@ impl Server {
                     self.apply(id, actions);
                 }
                 Ok(Message::Binary(_)) => {
-                    let msg = ServerMsg::error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text");
+                    let msg = ServerMsg::error(
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported; send JSON text",
+                    );
                     self.apply(id, vec![Action::Send(msg)]);
                 }
                 Ok(Message::Close(_)) => {
@@ -562,10 +672,15 @@ impl Server {
         for action in actions {
             match action {
                 Action::Send(msg) => {
-                    if let Some(Conn { state: ConnState::Ws { ws, .. }, .. }) = self.conns.get_mut(id) {
+                    if let Some(Conn {
+                        state: ConnState::Ws { ws, .. },
+                        ..
+                    }) = self.conns.get_mut(id)
+                    {
                         match ws.write(Message::text(msg.to_json())) {
                             Ok(()) => {}
-                            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(tungstenite::Error::Io(e))
+                                if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(e) => {
                                 debug!(conn = id, error = %e, "websocket write failed");
                                 self.disconnect(id);
@@ -581,7 +696,12 @@ impl Server {
                     self.send_request(Some(id), request);
                 }
                 Action::Close => {
-                    if let Some(Conn { state: ConnState::Ws { ws, .. }, closing, .. }) = self.conns.get_mut(id) {
+                    if let Some(Conn {
+                        state: ConnState::Ws { ws, .. },
+                        closing,
+                        ..
+                    }) = self.conns.get_mut(id)
+                    {
                         let _ = ws.close(None);
                         closing.get_or_insert_with(Instant::now);
                     }
@@ -605,8 +725,15 @@ impl Server {
             Err(_) => return self.disconnect(id),
         };
         if blocked != conn.writable {
-            let interest = if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            let _ = self.poll.registry().reregister(ws.get_mut(), Token(id + FIRST_CONN), interest);
+            let interest = if blocked {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self
+                .poll
+                .registry()
+                .reregister(ws.get_mut(), Token(id + FIRST_CONN), interest);
             conn.writable = blocked;
         }
     }
@@ -657,7 +784,10 @@ impl Server {
         let slow: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.state, ConnState::Http { .. } | ConnState::Respond { .. }) && now.duration_since(c.since) > self.settings.http_timeout)
+            .filter(|(_, c)| {
+                matches!(c.state, ConnState::Http { .. } | ConnState::Respond { .. })
+                    && now.duration_since(c.since) > self.settings.http_timeout
+            })
             .map(|(i, _)| i)
             .collect();
         for id in slow {
@@ -666,7 +796,10 @@ impl Server {
         let closed: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.closing.is_some_and(|t| now.duration_since(t) > Duration::from_secs(2)))
+            .filter(|(_, c)| {
+                c.closing
+                    .is_some_and(|t| now.duration_since(t) > Duration::from_secs(2))
+            })
             .map(|(i, _)| i)
             .collect();
         for id in closed {

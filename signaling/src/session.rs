@@ -24,8 +24,17 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Idle,
-    Joining { room: String, id: String, name: String, leave_after: bool },
-    Joined { room: String, id: String, name: String },
+    Joining {
+        room: String,
+        id: String,
+        name: String,
+        leave_after: bool,
+    },
+    Joined {
+        room: String,
+        id: String,
+        name: String,
+    },
     Leaving,
     Closed,
 }
@@ -96,15 +105,21 @@ impl Session {
                 })]
             }
             (ClientMsg::Join { .. }, _) => vec![bad("already joined")],
-            (ClientMsg::Offer { sdp }, State::Joined { id, .. }) => vec![Action::Request(Request::Offer {
-                participant: id.clone(),
-                sdp,
-            })],
-            (ClientMsg::Answer { sdp }, State::Joined { id, .. }) => vec![Action::Request(Request::Answer {
-                participant: id.clone(),
-                sdp,
-            })],
-            (ClientMsg::Offer { .. } | ClientMsg::Answer { .. }, _) => vec![bad("join the room first")],
+            (ClientMsg::Offer { sdp }, State::Joined { id, .. }) => {
+                vec![Action::Request(Request::Offer {
+                    participant: id.clone(),
+                    sdp,
+                })]
+            }
+            (ClientMsg::Answer { sdp }, State::Joined { id, .. }) => {
+                vec![Action::Request(Request::Answer {
+                    participant: id.clone(),
+                    sdp,
+                })]
+            }
+            (ClientMsg::Offer { .. } | ClientMsg::Answer { .. }, _) => {
+                vec![bad("join the room first")]
+            }
             (ClientMsg::Leave {}, State::Joined { id, .. }) => {
                 let id = id.clone();
                 self.state = State::Leaving;
@@ -123,10 +138,21 @@ impl Session {
     }
 
     /// The dataplane's response to a request this session made.
-    pub fn handle_response(&mut self, request: &Request, response: Response, ctx: &JoinContext) -> Vec<Action> {
+    pub fn handle_response(
+        &mut self,
+        request: &Request,
+        response: Response,
+        ctx: &JoinContext,
+    ) -> Vec<Action> {
         match (request, response) {
             (Request::Join { .. }, Response::Joined { participants, .. }) => {
-                let State::Joining { room, id, name, leave_after } = std::mem::replace(&mut self.state, State::Idle) else {
+                let State::Joining {
+                    room,
+                    id,
+                    name,
+                    leave_after,
+                } = std::mem::replace(&mut self.state, State::Idle)
+                else {
                     return vec![];
                 };
                 if leave_after {
@@ -135,7 +161,10 @@ impl Session {
                 }
                 let msg = ServerMsg::Joined {
                     room: room.clone(),
-                    participant: PeerInfo { id: id.clone(), name: name.clone() },
+                    participant: PeerInfo {
+                        id: id.clone(),
+                        name: name.clone(),
+                    },
                     participants,
                     ice_servers: ctx.ice_servers.clone(),
                 };
@@ -143,15 +172,27 @@ impl Session {
                 vec![Action::Send(msg)]
             }
             (Request::Join { .. }, Response::Error { code, message }) => {
-                let leave_after = matches!(self.state, State::Joining { leave_after: true, .. });
-                self.state = if leave_after { State::Closed } else { State::Idle };
+                let leave_after = matches!(
+                    self.state,
+                    State::Joining {
+                        leave_after: true,
+                        ..
+                    }
+                );
+                self.state = if leave_after {
+                    State::Closed
+                } else {
+                    State::Idle
+                };
                 let mut actions = vec![Action::Send(ServerMsg::error(code.into(), message))];
                 if leave_after {
                     actions.push(Action::Close);
                 }
                 actions
             }
-            (Request::Offer { .. }, Response::Answer { sdp }) => vec![Action::Send(ServerMsg::Answer { sdp })],
+            (Request::Offer { .. }, Response::Answer { sdp }) => {
+                vec![Action::Send(ServerMsg::Answer { sdp })]
+            }
             (Request::Leave { .. }, _) => {
                 self.state = State::Closed;
                 vec![Action::Close]
@@ -167,7 +208,9 @@ impl Session {
                     Action::Close,
                 ]
             }
-            (_, Response::Error { code, message }) => vec![Action::Send(ServerMsg::error(code.into(), message))],
+            (_, Response::Error { code, message }) => {
+                vec![Action::Send(ServerMsg::error(code.into(), message))]
+            }
             _ => vec![],
         }
     }
@@ -179,8 +222,12 @@ impl Session {
             return vec![];
         }
         match event {
-            Event::PeerJoined { peer, .. } => vec![Action::Send(ServerMsg::ParticipantJoined { participant: peer })],
-            Event::PeerLeft { peer_id, .. } => vec![Action::Send(ServerMsg::ParticipantLeft { participant_id: peer_id })],
+            Event::PeerJoined { peer, .. } => vec![Action::Send(ServerMsg::ParticipantJoined {
+                participant: peer,
+            })],
+            Event::PeerLeft { peer_id, .. } => vec![Action::Send(ServerMsg::ParticipantLeft {
+                participant_id: peer_id,
+            })],
             Event::Offer { sdp, .. } => vec![Action::Send(ServerMsg::Offer { sdp })],
             Event::Gone { reason, .. } => {
                 self.state = State::Closed;
@@ -202,7 +249,9 @@ impl Session {
     /// The control connection came back: re-attach the participant to this signaling instance.
     pub fn handle_control_restored(&mut self) -> Vec<Action> {
         match &self.state {
-            State::Joined { id, .. } => vec![Action::Request(Request::Attach { participant: id.clone() })],
+            State::Joined { id, .. } => vec![Action::Request(Request::Attach {
+                participant: id.clone(),
+            })],
             _ => vec![],
         }
     }
@@ -219,15 +268,32 @@ mod tests {
 
     fn ctx() -> JoinContext {
         JoinContext {
-            ice_servers: vec![IceServer { urls: vec!["stun:s".into()], username: None, credential: None }],
+            ice_servers: vec![IceServer {
+                urls: vec!["stun:s".into()],
+                username: None,
+                credential: None,
+            }],
         }
     }
 
     fn joined_session() -> Session {
         let mut s = Session::new();
-        let a = s.handle_text(r#"{"type":"join","room":"r","name":" Al "}"#, || "p1".into());
-        let Action::Request(req) = &a[0] else { panic!("{a:?}") };
-        s.handle_response(req, Response::Joined { answer: None, worker: 0, port: 1, participants: vec![] }, &ctx());
+        let a = s.handle_text(r#"{"type":"join","room":"r","name":" Al "}"#, || {
+            "p1".into()
+        });
+        let Action::Request(req) = &a[0] else {
+            panic!("{a:?}")
+        };
+        s.handle_response(
+            req,
+            Response::Joined {
+                answer: None,
+                worker: 0,
+                port: 1,
+                participants: vec![],
+            },
+            &ctx(),
+        );
         assert!(s.is_joined());
         s
     }
@@ -242,23 +308,48 @@ mod tests {
     #[test]
     fn join_flow() {
         let mut s = Session::new();
-        let a = s.handle_text(r#"{"type":"join","room":"r","name":" Al "}"#, || "p1".into());
-        let req = Request::Join { room: "r".into(), participant: "p1".into(), name: "Al".into(), offer: None };
+        let a = s.handle_text(r#"{"type":"join","room":"r","name":" Al "}"#, || {
+            "p1".into()
+        });
+        let req = Request::Join {
+            room: "r".into(),
+            participant: "p1".into(),
+            name: "Al".into(),
+            offer: None,
+        };
         assert_eq!(a, vec![Action::Request(req.clone())]);
         assert_eq!(s.participant(), Some("p1"));
-        let peers = vec![PeerInfo { id: "p0".into(), name: "Zed".into() }];
-        let a = s.handle_response(&req, Response::Joined { answer: None, worker: 0, port: 1, participants: peers.clone() }, &ctx());
+        let peers = vec![PeerInfo {
+            id: "p0".into(),
+            name: "Zed".into(),
+        }];
+        let a = s.handle_response(
+            &req,
+            Response::Joined {
+                answer: None,
+                worker: 0,
+                port: 1,
+                participants: peers.clone(),
+            },
+            &ctx(),
+        );
         assert_eq!(
             a,
             vec![Action::Send(ServerMsg::Joined {
                 room: "r".into(),
-                participant: PeerInfo { id: "p1".into(), name: "Al".into() },
+                participant: PeerInfo {
+                    id: "p1".into(),
+                    name: "Al".into()
+                },
                 participants: peers,
                 ice_servers: ctx().ice_servers,
             })]
         );
         let a = s.handle_text(r#"{"type":"offer","sdp":"v=0"}"#, || unreachable!());
-        let offer = Request::Offer { participant: "p1".into(), sdp: "v=0".into() };
+        let offer = Request::Offer {
+            participant: "p1".into(),
+            sdp: "v=0".into(),
+        };
         assert_eq!(a, vec![Action::Request(offer.clone())]);
         assert_eq!(
             s.handle_response(&offer, Response::Answer { sdp: "ans".into() }, &ctx()),
@@ -270,8 +361,14 @@ mod tests {
     fn failed_join_allows_retry() {
         let mut s = Session::new();
         let a = s.handle_text(r#"{"type":"join","room":"r","name":"a"}"#, || "p1".into());
-        let Action::Request(req) = &a[0] else { panic!() };
-        let a = s.handle_response(req, Response::error(control::ErrorCode::RoomFull, "full"), &ctx());
+        let Action::Request(req) = &a[0] else {
+            panic!()
+        };
+        let a = s.handle_response(
+            req,
+            Response::error(control::ErrorCode::RoomFull, "full"),
+            &ctx(),
+        );
         assert_eq!(error_code(&a), Some(ErrorCode::RoomFull));
         let a = s.handle_text(r#"{"type":"join","room":"r2","name":"a"}"#, || "p2".into());
         assert!(matches!(&a[0], Action::Request(Request::Join { .. })));
@@ -280,35 +377,76 @@ mod tests {
     #[test]
     fn bad_input_gets_bad_request_and_keeps_the_session() {
         let mut s = Session::new();
-        for bad in ["{", r#"{"type":"nope"}"#, r#"{"type":"offer","sdp":"x"}"#, r#"{"type":"answer","sdp":"x"}"#,
-            r#"{"type":"join","room":"bad room","name":"a"}"#, r#"{"type":"join","room":"r","name":""}"#] {
-            assert_eq!(error_code(&s.handle_text(bad, || "p".into())), Some(ErrorCode::BadRequest), "{bad}");
+        for bad in [
+            "{",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"offer","sdp":"x"}"#,
+            r#"{"type":"answer","sdp":"x"}"#,
+            r#"{"type":"join","room":"bad room","name":"a"}"#,
+            r#"{"type":"join","room":"r","name":""}"#,
+        ] {
+            assert_eq!(
+                error_code(&s.handle_text(bad, || "p".into())),
+                Some(ErrorCode::BadRequest),
+                "{bad}"
+            );
         }
-        assert!(s.handle_text(r#"{"type":"candidate","candidate":"x"}"#, || "p".into()).is_empty());
+        assert!(
+            s.handle_text(r#"{"type":"candidate","candidate":"x"}"#, || "p".into())
+                .is_empty()
+        );
         let mut s = joined_session();
-        assert_eq!(error_code(&s.handle_text(r#"{"type":"join","room":"r","name":"a"}"#, || "p".into())), Some(ErrorCode::BadRequest));
+        assert_eq!(
+            error_code(&s.handle_text(r#"{"type":"join","room":"r","name":"a"}"#, || "p".into())),
+            Some(ErrorCode::BadRequest)
+        );
         assert!(s.is_joined());
     }
 
     #[test]
     fn events_become_client_messages() {
         let mut s = joined_session();
-        let peer = PeerInfo { id: "p2".into(), name: "B".into() };
+        let peer = PeerInfo {
+            id: "p2".into(),
+            name: "B".into(),
+        };
         assert_eq!(
-            s.handle_event(Event::PeerJoined { participant: "p1".into(), peer: peer.clone() }),
-            vec![Action::Send(ServerMsg::ParticipantJoined { participant: peer })]
+            s.handle_event(Event::PeerJoined {
+                participant: "p1".into(),
+                peer: peer.clone()
+            }),
+            vec![Action::Send(ServerMsg::ParticipantJoined {
+                participant: peer
+            })]
         );
         assert_eq!(
-            s.handle_event(Event::Offer { participant: "p1".into(), sdp: "o".into() }),
+            s.handle_event(Event::Offer {
+                participant: "p1".into(),
+                sdp: "o".into()
+            }),
             vec![Action::Send(ServerMsg::Offer { sdp: "o".into() })]
         );
         assert_eq!(
-            s.handle_event(Event::PeerLeft { participant: "p1".into(), peer_id: "p2".into(), reason: LeaveReason::Left }),
-            vec![Action::Send(ServerMsg::ParticipantLeft { participant_id: "p2".into() })]
+            s.handle_event(Event::PeerLeft {
+                participant: "p1".into(),
+                peer_id: "p2".into(),
+                reason: LeaveReason::Left
+            }),
+            vec![Action::Send(ServerMsg::ParticipantLeft {
+                participant_id: "p2".into()
+            })]
         );
         assert_eq!(
-            s.handle_event(Event::Gone { participant: "p1".into(), reason: LeaveReason::Timeout }),
-            vec![Action::Send(ServerMsg::Left { reason: LeaveReason::Timeout }), Action::Close]
+            s.handle_event(Event::Gone {
+                participant: "p1".into(),
+                reason: LeaveReason::Timeout
+            }),
+            vec![
+                Action::Send(ServerMsg::Left {
+                    reason: LeaveReason::Timeout
+                }),
+                Action::Close
+            ]
         );
     }
 
@@ -316,22 +454,54 @@ mod tests {
     fn leave_and_disconnect() {
         let mut s = joined_session();
         let a = s.handle_text(r#"{"type":"leave"}"#, || unreachable!());
-        let req = Request::Leave { participant: "p1".into() };
+        let req = Request::Leave {
+            participant: "p1".into(),
+        };
         assert_eq!(a, vec![Action::Request(req.clone())]);
-        assert_eq!(s.handle_response(&req, Response::Ok, &ctx()), vec![Action::Close]);
+        assert_eq!(
+            s.handle_response(&req, Response::Ok, &ctx()),
+            vec![Action::Close]
+        );
 
         let mut s = joined_session();
-        assert_eq!(s.handle_disconnect(), vec![Action::Request(Request::Leave { participant: "p1".into() })]);
-        assert!(s.handle_event(Event::Offer { participant: "p1".into(), sdp: "o".into() }).is_empty());
+        assert_eq!(
+            s.handle_disconnect(),
+            vec![Action::Request(Request::Leave {
+                participant: "p1".into()
+            })]
+        );
+        assert!(
+            s.handle_event(Event::Offer {
+                participant: "p1".into(),
+                sdp: "o".into()
+            })
+            .is_empty()
+        );
 
         // Leave while the join is in flight: leave as soon as it lands.
         let mut s = Session::new();
         let a = s.handle_text(r#"{"type":"join","room":"r","name":"a"}"#, || "p1".into());
-        let Action::Request(join) = &a[0] else { panic!() };
-        assert!(s.handle_text(r#"{"type":"leave"}"#, || unreachable!()).is_empty());
+        let Action::Request(join) = &a[0] else {
+            panic!()
+        };
+        assert!(
+            s.handle_text(r#"{"type":"leave"}"#, || unreachable!())
+                .is_empty()
+        );
         assert_eq!(
-            s.handle_response(join, Response::Joined { answer: None, worker: 0, port: 1, participants: vec![] }, &ctx()),
-            vec![Action::Request(Request::Leave { participant: "p1".into() })]
+            s.handle_response(
+                join,
+                Response::Joined {
+                    answer: None,
+                    worker: 0,
+                    port: 1,
+                    participants: vec![]
+                },
+                &ctx()
+            ),
+            vec![Action::Request(Request::Leave {
+                participant: "p1".into()
+            })]
         );
     }
 
@@ -339,10 +509,24 @@ mod tests {
     fn control_restored_reattaches_and_a_lost_session_ends() {
         let mut s = joined_session();
         let a = s.handle_control_restored();
-        let attach = Request::Attach { participant: "p1".into() };
+        let attach = Request::Attach {
+            participant: "p1".into(),
+        };
         assert_eq!(a, vec![Action::Request(attach.clone())]);
-        let a = s.handle_response(&attach, Response::error(control::ErrorCode::UnknownParticipant, "gone"), &ctx());
-        assert_eq!(a, vec![Action::Send(ServerMsg::Left { reason: LeaveReason::Failed }), Action::Close]);
+        let a = s.handle_response(
+            &attach,
+            Response::error(control::ErrorCode::UnknownParticipant, "gone"),
+            &ctx(),
+        );
+        assert_eq!(
+            a,
+            vec![
+                Action::Send(ServerMsg::Left {
+                    reason: LeaveReason::Failed
+                }),
+                Action::Close
+            ]
+        );
         assert!(Session::new().handle_control_restored().is_empty());
     }
 }

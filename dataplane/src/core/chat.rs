@@ -174,7 +174,10 @@ mod tests {
         assert!(parse_request(r#"{"type":"chat","text":"ééééé"}"#.as_bytes(), 10).is_ok());
         assert!(parse_request(r#"{"type":"chat","text":"éééééa"}"#.as_bytes(), 10).is_err());
         let huge = vec![b' '; MAX_RAW_MESSAGE + 1];
-        assert_eq!(parse_request(&huge, 10).expect_err("huge").code(), "too_large");
+        assert_eq!(
+            parse_request(&huge, 10).expect_err("huge").code(),
+            "too_large"
+        );
     }
 
     #[test]

@@ -65,7 +65,11 @@ impl Demux {
     }
 
     /// Route a datagram. Also returns whether it is STUN (which may need address binding).
-    pub fn route(&self, source: SocketAddr, data: &[u8]) -> Result<(ParticipantIdx, bool), RouteError> {
+    pub fn route(
+        &self,
+        source: SocketAddr,
+        data: &[u8],
+    ) -> Result<(ParticipantIdx, bool), RouteError> {
         match classify(data) {
             PacketClass::Stun => {
                 let msg = StunMessage::parse(data).map_err(|_| RouteError::Malformed)?;
@@ -161,15 +165,36 @@ mod tests {
         d.insert_ufrag("srvA".into(), ParticipantIdx(1));
         d.insert_ufrag("srvB".into(), ParticipantIdx(2));
 
-        assert_eq!(d.route(addr(1), &stun_request("srvB:cli")), Ok((ParticipantIdx(2), true)));
-        assert_eq!(d.route(addr(1), &stun_request("srvA:x")), Ok((ParticipantIdx(1), true)));
-        assert_eq!(d.route(addr(1), &stun_request("nope:x")), Err(RouteError::UnknownUfrag));
-        assert_eq!(d.route(addr(1), &[0x80, 96, 0, 1]), Err(RouteError::UnknownSource));
+        assert_eq!(
+            d.route(addr(1), &stun_request("srvB:cli")),
+            Ok((ParticipantIdx(2), true))
+        );
+        assert_eq!(
+            d.route(addr(1), &stun_request("srvA:x")),
+            Ok((ParticipantIdx(1), true))
+        );
+        assert_eq!(
+            d.route(addr(1), &stun_request("nope:x")),
+            Err(RouteError::UnknownUfrag)
+        );
+        assert_eq!(
+            d.route(addr(1), &[0x80, 96, 0, 1]),
+            Err(RouteError::UnknownSource)
+        );
 
         d.bind_addr(addr(1), ParticipantIdx(2));
-        assert_eq!(d.route(addr(1), &[0x80, 96, 0, 1]), Ok((ParticipantIdx(2), false)));
-        assert_eq!(d.route(addr(1), &[22, 254, 253]), Ok((ParticipantIdx(2), false)));
-        assert_eq!(d.route(addr(2), &[0x80, 96, 0, 1]), Err(RouteError::UnknownSource));
+        assert_eq!(
+            d.route(addr(1), &[0x80, 96, 0, 1]),
+            Ok((ParticipantIdx(2), false))
+        );
+        assert_eq!(
+            d.route(addr(1), &[22, 254, 253]),
+            Ok((ParticipantIdx(2), false))
+        );
+        assert_eq!(
+            d.route(addr(2), &[0x80, 96, 0, 1]),
+            Err(RouteError::UnknownSource)
+        );
         assert_eq!(d.route(addr(1), &[99]), Err(RouteError::Malformed));
         assert_eq!(d.route(addr(1), &[0, 1, 0, 0]), Err(RouteError::Malformed));
     }
@@ -181,7 +206,10 @@ mod tests {
         d.bind_addr(addr(1), ParticipantIdx(1));
         d.bind_addr(addr(2), ParticipantIdx(1));
         // addr(2) moved to participant 2 (e.g. NAT rebinding), participant 1 then leaves.
-        assert_eq!(d.bind_addr(addr(2), ParticipantIdx(2)), Some(ParticipantIdx(1)));
+        assert_eq!(
+            d.bind_addr(addr(2), ParticipantIdx(2)),
+            Some(ParticipantIdx(1))
+        );
         d.remove(ParticipantIdx(1), "a", &[addr(1), addr(2)]);
         assert_eq!(d.addr_owner(&addr(1)), None);
         assert_eq!(d.addr_owner(&addr(2)), Some(ParticipantIdx(2)));

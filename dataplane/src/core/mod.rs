@@ -39,7 +39,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpPacket, RtpWrite};
-use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Input as RtcInput};
+use str0m::{Candidate, Event as RtcEvent, IceCreds, Input as RtcInput};
 use str0m::{Output as RtcOutput, Rtc, RtcConfig};
 use tracing::{debug, info, trace, warn};
 
@@ -253,6 +253,9 @@ impl Counters {
 }
 
 /// Work discovered while draining an `Rtc`, processed after the drain.
+// `Forward` carries the packet by value on purpose: the queue is reused, so a large variant costs
+// memory once, while boxing would allocate for every forwarded packet.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Work {
     /// Fan a published packet out to the track's subscribers.
@@ -363,7 +366,13 @@ impl WorkerCore {
     // ---------------------------------------------------------------------------------------
     // Network input
 
-    fn handle_receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+    fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
         self.counters.datagrams_in += 1;
         self.counters.bytes_in += data.len() as u64;
         let (idx, is_stun) = match self.demux.route(source, data) {
@@ -442,7 +451,9 @@ impl WorkerCore {
                 continue;
             }
             if now >= p.rtc_deadline {
-                match catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(RtcInput::Timeout(now)))) {
+                match catch_unwind(AssertUnwindSafe(|| {
+                    p.rtc.handle_input(RtcInput::Timeout(now))
+                })) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         warn!(participant = %p.id, error = %e, "rtc timeout failed");
@@ -490,7 +501,9 @@ impl WorkerCore {
                 offer,
             } => self.handle_join(now, cmd.tag, room, participant, name, offer.as_deref()),
             Request::Answer { participant, sdp } => self.handle_answer(now, &participant, &sdp),
-            Request::Offer { participant, sdp } => self.handle_client_offer(now, &participant, &sdp),
+            Request::Offer { participant, sdp } => {
+                self.handle_client_offer(now, &participant, &sdp)
+            }
             Request::Leave { participant } => match self.by_id.get(&participant).copied() {
                 Some(idx) => {
                     self.remove_participant(idx, now, LeaveReason::Left);
@@ -539,7 +552,10 @@ impl WorkerCore {
             None if self.rooms.len() >= self.cfg.max_rooms => {
                 return Some(Response::error(
                     ErrorCode::Unavailable,
-                    format!("this worker hosts its maximum of {} rooms", self.cfg.max_rooms),
+                    format!(
+                        "this worker hosts its maximum of {} rooms",
+                        self.cfg.max_rooms
+                    ),
                 ));
             }
             Some(r) if r.participants.len() >= self.cfg.max_participants_per_room => {
@@ -578,21 +594,23 @@ impl WorkerCore {
         rtc.add_local_candidate(candidate);
         let answer = match offer {
             None => None,
-            Some(offer) => match catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer))) {
-                Ok(Ok(a)) => Some(a.to_sdp_string()),
-                Ok(Err(e)) => {
-                    return Some(Response::error(
-                        ErrorCode::BadRequest,
-                        format!("SDP offer not acceptable: {e}"),
-                    ));
+            Some(offer) => {
+                match catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer))) {
+                    Ok(Ok(a)) => Some(a.to_sdp_string()),
+                    Ok(Err(e)) => {
+                        return Some(Response::error(
+                            ErrorCode::BadRequest,
+                            format!("SDP offer not acceptable: {e}"),
+                        ));
+                    }
+                    Err(_) => {
+                        return Some(Response::error(
+                            ErrorCode::BadRequest,
+                            "SDP offer not acceptable",
+                        ));
+                    }
                 }
-                Err(_) => {
-                    return Some(Response::error(
-                        ErrorCode::BadRequest,
-                        "SDP offer not acceptable",
-                    ));
-                }
-            },
+            }
         };
         let initial_done = answer.is_some();
 
@@ -601,12 +619,23 @@ impl WorkerCore {
             .get(&room)
             .map(|r| r.participants.clone())
             .unwrap_or_default();
-        let mut p = Participant::new(id.clone(), name.clone(), room.clone(), rtc, ufrag.clone(), now);
+        let mut p = Participant::new(
+            id.clone(),
+            name.clone(),
+            room.clone(),
+            rtc,
+            ufrag.clone(),
+            now,
+        );
         p.initial_done = initial_done;
         let idx = ParticipantIdx(self.participants.insert(p));
         self.by_id.insert(id.clone(), idx);
         self.demux.insert_ufrag(ufrag, idx);
-        self.rooms.entry(room.clone()).or_default().participants.push(idx);
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .participants
+            .push(idx);
         info!(participant = %id, %room, worker = self.cfg.worker, "joined");
 
         let peers: Vec<PeerInfo> = others
@@ -742,7 +771,10 @@ impl WorkerCore {
                 for to in &pending.tracks {
                     self.rollback_negotiation(*to);
                 }
-                Response::error(ErrorCode::BadRequest, format!("SDP answer not acceptable: {e}"))
+                Response::error(
+                    ErrorCode::BadRequest,
+                    format!("SDP answer not acceptable: {e}"),
+                )
             }
             Err(_) => {
                 p_fail(&mut self.participants, idx);
@@ -787,7 +819,10 @@ impl WorkerCore {
                     sdp: answer.to_sdp_string(),
                 }
             }
-            Ok(Err(e)) => Response::error(ErrorCode::BadRequest, format!("SDP offer not acceptable: {e}")),
+            Ok(Err(e)) => Response::error(
+                ErrorCode::BadRequest,
+                format!("SDP offer not acceptable: {e}"),
+            ),
             Err(_) => {
                 p_fail(&mut self.participants, idx);
                 Response::error(ErrorCode::BadRequest, "SDP offer not acceptable")
@@ -876,7 +911,11 @@ impl WorkerCore {
             RtcEvent::RtpPacket(pkt) => {
                 p.rtp_in += 1;
                 self.counters.rtp_in += 1;
-                let mid = p.rtc.direct_api().stream_rx(&pkt.header.ssrc).map(|s| s.mid());
+                let mid = p
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&pkt.header.ssrc)
+                    .map(|s| s.mid());
                 match mid.and_then(|m| p.track_in(m)) {
                     Some(ti) => self.work.push_back(Work::Forward(ti, pkt)),
                     None => self.counters.drop(DropReason::UnknownTrack),
@@ -891,22 +930,21 @@ impl WorkerCore {
                     self.work.push_back(Work::Keyframe(ti));
                 }
             }
-            RtcEvent::MediaAdded(m) => {
+            RtcEvent::MediaAdded(m)
                 if matches!(m.direction, Direction::RecvOnly | Direction::SendRecv)
-                    && p.track_in(m.mid).is_none()
-                {
-                    let ti = TrackInIdx(self.tracks_in.insert(TrackIn {
-                        publisher: idx,
-                        mid: m.mid,
-                        kind: m.kind,
-                        subscribers: Vec::new(),
-                        last_keyframe_request: None,
-                        keyframe_pending: false,
-                    }));
-                    p.tracks_in.push((m.mid, ti));
-                    debug!(participant = %p.id, mid = %m.mid, kind = ?m.kind, "track published");
-                    self.work.push_back(Work::TrackAdded(ti));
-                }
+                    && p.track_in(m.mid).is_none() =>
+            {
+                let ti = TrackInIdx(self.tracks_in.insert(TrackIn {
+                    publisher: idx,
+                    mid: m.mid,
+                    kind: m.kind,
+                    subscribers: Vec::new(),
+                    last_keyframe_request: None,
+                    keyframe_pending: false,
+                }));
+                p.tracks_in.push((m.mid, ti));
+                debug!(participant = %p.id, mid = %m.mid, kind = ?m.kind, "track published");
+                self.work.push_back(Work::TrackAdded(ti));
             }
             RtcEvent::Connected => {
                 p.connected = true;
@@ -914,30 +952,22 @@ impl WorkerCore {
                 self.work.push_back(Work::Connected(idx));
             }
             RtcEvent::IceConnectionStateChange(state) => {
+                // Not acted on: ICE-lite has no checks of its own to fail; the inactivity timeout
+                // decides when a participant is gone.
                 debug!(participant = %p.id, ?state, "ice state");
-                if state == IceConnectionState::Disconnected {
-                    // Not removed yet: the inactivity timeout decides (ICE-lite has no checks of
-                    // its own to fail).
+            }
+            RtcEvent::ChannelOpen(id, label) if label == "chat" => {
+                p.chat = Some(id);
+                let backlog: Vec<Vec<u8>> = p.chat_backlog.drain(..).collect();
+                for msg in backlog {
+                    self.send_chat(idx, &msg);
                 }
             }
-            RtcEvent::ChannelOpen(id, label) => {
-                if label == "chat" {
-                    p.chat = Some(id);
-                    let backlog: Vec<Vec<u8>> = p.chat_backlog.drain(..).collect();
-                    for msg in backlog {
-                        self.send_chat(idx, &msg);
-                    }
-                }
+            RtcEvent::ChannelData(data) if Some(data.id) == p.chat => {
+                self.work.push_back(Work::Chat(idx, data.data));
             }
-            RtcEvent::ChannelData(data) => {
-                if Some(data.id) == p.chat {
-                    self.work.push_back(Work::Chat(idx, data.data));
-                }
-            }
-            RtcEvent::ChannelClose(id) => {
-                if Some(id) == p.chat {
-                    p.chat = None;
-                }
+            RtcEvent::ChannelClose(id) if Some(id) == p.chat => {
+                p.chat = None;
             }
             RtcEvent::Closed => {
                 self.work.push_back(Work::Remove(idx, LeaveReason::Closed));
@@ -970,7 +1000,11 @@ impl WorkerCore {
         };
         let publisher = tin.publisher;
         let nackable = tin.kind == MediaKind::Video;
-        let clock_rate: u64 = if tin.kind == MediaKind::Video { 90_000 } else { 48_000 };
+        let clock_rate: u64 = if tin.kind == MediaKind::Video {
+            90_000
+        } else {
+            48_000
+        };
         let mut ext = pkt.header.ext_vals.clone();
         // Identification extensions are per m-line: never leak the publisher's onto a subscriber.
         ext.mid = None;
@@ -979,7 +1013,11 @@ impl WorkerCore {
         ext.transport_cc = None;
         let pt_in = pkt.header.payload_type;
         for i in 0..tin.subscribers.len() {
-            let Some(to) = self.tracks_in.get(ti.0).and_then(|t| t.subscribers.get(i).copied()) else {
+            let Some(to) = self
+                .tracks_in
+                .get(ti.0)
+                .and_then(|t| t.subscribers.get(i).copied())
+            else {
                 break;
             };
             let Some(tout) = self.tracks_out.get_mut(to.0) else {
@@ -1004,9 +1042,15 @@ impl WorkerCore {
             };
             let gap = tout
                 .last_arrival
-                .map(|l| (pkt.timestamp.saturating_duration_since(l).as_micros() as u64 * clock_rate / 1_000_000) as u32)
+                .map(|l| {
+                    (pkt.timestamp.saturating_duration_since(l).as_micros() as u64 * clock_rate
+                        / 1_000_000) as u32
+                })
                 .unwrap_or(0);
-            let Some((seq, ts)) = tout.munger.rewrite(*pkt.header.ssrc, *pkt.seq_no, pkt.header.timestamp, gap) else {
+            let Some((seq, ts)) =
+                tout.munger
+                    .rewrite(*pkt.header.ssrc, *pkt.seq_no, pkt.header.timestamp, gap)
+            else {
                 self.counters.drop(DropReason::Straggler);
                 continue;
             };
@@ -1084,7 +1128,11 @@ impl WorkerCore {
         let Some(tin) = self.tracks_in.get(ti.0) else {
             return;
         };
-        let Some(room) = self.participants.get(tin.publisher.0).map(|p| p.room.clone()) else {
+        let Some(room) = self
+            .participants
+            .get(tin.publisher.0)
+            .map(|p| p.room.clone())
+        else {
             return;
         };
         let publisher = tin.publisher;
@@ -1103,11 +1151,15 @@ impl WorkerCore {
         let Some(tin) = self.tracks_in.get(ti.0) else {
             return;
         };
-        let Some(publisher_id) = self.participants.get(tin.publisher.0).map(|p| p.id.clone()) else {
+        let Some(publisher_id) = self.participants.get(tin.publisher.0).map(|p| p.id.clone())
+        else {
             return;
         };
         let kind = tin.kind;
-        let to = TrackOutIdx(self.tracks_out.insert(TrackOut::new(sub, ti, publisher_id, kind)));
+        let to = TrackOutIdx(
+            self.tracks_out
+                .insert(TrackOut::new(sub, ti, publisher_id, kind)),
+        );
         if let Some(tin) = self.tracks_in.get_mut(ti.0) {
             tin.subscribers.push(to);
         }
@@ -1273,8 +1325,14 @@ impl WorkerCore {
             }
         };
         self.counters.chat_messages += 1;
-        let delivery = ChatDelivery::new(&p.id, &p.name, req.to.as_deref(), &req.text, self.clock.unix_ms(now))
-            .to_json();
+        let delivery = ChatDelivery::new(
+            &p.id,
+            &p.name,
+            req.to.as_deref(),
+            &req.text,
+            self.clock.unix_ms(now),
+        )
+        .to_json();
         let recipients: Vec<ParticipantIdx> = match &req.to {
             // A whisper goes to its target and back to its sender as confirmation.
             Some(to) => {
@@ -1289,7 +1347,13 @@ impl WorkerCore {
             None => self
                 .rooms
                 .get(&p.room)
-                .map(|r| r.participants.iter().copied().filter(|x| *x != from).collect())
+                .map(|r| {
+                    r.participants
+                        .iter()
+                        .copied()
+                        .filter(|x| *x != from)
+                        .collect()
+                })
                 .unwrap_or_default(),
         };
         for r in recipients {
@@ -1410,9 +1474,10 @@ impl WorkerCore {
                 reason,
             });
         }
-        self.out.push_back(Output::Report(Report::ParticipantClosed {
-            participant: p.id.clone(),
-        }));
+        self.out
+            .push_back(Output::Report(Report::ParticipantClosed {
+                participant: p.id.clone(),
+            }));
         renegotiate.sort();
         renegotiate.dedup();
         for sub in renegotiate {
@@ -1422,7 +1487,11 @@ impl WorkerCore {
 
     /// Remove everyone (shutdown).
     pub fn shutdown(&mut self, now: Instant) {
-        let all: Vec<ParticipantIdx> = self.participants.iter().map(|(i, _)| ParticipantIdx(i)).collect();
+        let all: Vec<ParticipantIdx> = self
+            .participants
+            .iter()
+            .map(|(i, _)| ParticipantIdx(i))
+            .collect();
         for idx in all {
             self.remove_participant(idx, now, LeaveReason::Shutdown);
         }
@@ -1513,8 +1582,8 @@ fn map_payload_type(
         .get(publisher.0)?
         .rtc
         .codec_config()
-        .find(|p| p.pt() == pt)?
-        .clone();
+        .find(|p| p.pt() == pt)
+        .copied()?;
     let sub = participants.get(subscriber.0)?;
     let out = sub.rtc.codec_config().match_params(pub_params)?.pt();
     let media = sub.rtc.media(mid)?;

@@ -146,7 +146,11 @@ mod tests {
             assert_eq!(ts_out, ts);
             prev = Some(seq);
         }
-        assert_eq!(prev, Some(65_530 + 19), "crossed 65535 into ROC 1 without a jump");
+        assert_eq!(
+            prev,
+            Some(65_530 + 19),
+            "crossed 65535 into ROC 1 without a jump"
+        );
     }
 
     #[test]

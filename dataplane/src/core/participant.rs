@@ -66,7 +66,14 @@ pub struct Participant {
 }
 
 impl Participant {
-    pub fn new(id: String, name: String, room: String, rtc: Rtc, ufrag: String, now: Instant) -> Self {
+    pub fn new(
+        id: String,
+        name: String,
+        room: String,
+        rtc: Rtc,
+        ufrag: String,
+        now: Instant,
+    ) -> Self {
         Self {
             id,
             name,

@@ -54,7 +54,12 @@ pub struct TrackOut {
 }
 
 impl TrackOut {
-    pub fn new(subscriber: ParticipantIdx, source: TrackInIdx, publisher_id: String, kind: MediaKind) -> Self {
+    pub fn new(
+        subscriber: ParticipantIdx,
+        source: TrackInIdx,
+        publisher_id: String,
+        kind: MediaKind,
+    ) -> Self {
         Self {
             subscriber,
             source: Some(source),

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use control::{
-    ErrorCode, FromDataplane, Framed, NodeStats, PROTOCOL_VERSION, ReadStatus, Request, Response,
+    ErrorCode, Framed, FromDataplane, NodeStats, PROTOCOL_VERSION, ReadStatus, Request, Response,
     ToDataplane, WorkerStats,
 };
 use crossbeam_channel::{Receiver, TrySendError};
@@ -29,6 +29,8 @@ use crate::core::{Command, Report};
 const LISTENER: Token = Token(0);
 pub const CONTROL_WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
+/// How often every connection gets a [`FromDataplane::Health`] report.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Settings of the control thread.
 #[derive(Debug, Clone)]
@@ -76,7 +78,10 @@ pub fn bind(path: &PathBuf) -> anyhow::Result<UnixListener> {
     if path.exists() {
         // A live dataplane answers on it; a stale file from a crash does not.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("control socket {} is in use by another dataplane", path.display());
+            anyhow::bail!(
+                "control socket {} is in use by another dataplane",
+                path.display()
+            );
         }
         std::fs::remove_file(path)?;
     }
@@ -149,8 +154,11 @@ impl ControlServer {
     /// Run until shutdown; then wait (bounded) for the workers to stop and return them.
     pub fn run(mut self) -> Vec<WorkerHandle> {
         let mut events = Events::with_capacity(128);
+        let mut next_health = Instant::now() + HEALTH_INTERVAL;
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(200)))
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(200)))
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 warn!(error = %e, "control poll failed");
@@ -169,6 +177,10 @@ impl ControlServer {
                 }
             }
             self.handle_reports();
+            if Instant::now() >= next_health {
+                next_health = Instant::now() + HEALTH_INTERVAL;
+                self.broadcast_health();
+            }
             self.flush_conns();
             if self.shutdown.load(Ordering::Relaxed) {
                 break;
@@ -189,16 +201,38 @@ impl ControlServer {
         std::mem::take(&mut self.workers)
     }
 
+    fn node_stats(&self) -> NodeStats {
+        NodeStats {
+            node_id: self.settings.node_id.clone(),
+            workers: self.stats.clone(),
+        }
+    }
+
+    fn broadcast_health(&mut self) {
+        let msg = FromDataplane::Health {
+            stats: self.node_stats(),
+        };
+        let ready: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.client.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        for id in ready {
+            self.send(id, &msg);
+        }
+    }
+
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     let entry = self.conns.vacant_entry();
                     let token = Token(entry.key() + FIRST_CONN);
-                    if let Err(e) = self
-                        .poll
-                        .registry()
-                        .register(&mut stream, token, Interest::READABLE)
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut stream, token, Interest::READABLE)
                     {
                         warn!(error = %e, "register control connection");
                         continue;
@@ -229,7 +263,7 @@ impl ControlServer {
             let Some(conn) = self.conns.get_mut(id) else {
                 return;
             };
-            match conn.framed.next::<ToDataplane>() {
+            match conn.framed.next_message::<ToDataplane>() {
                 Ok(Some(msg)) => self.handle_message(id, msg),
                 Ok(None) => break,
                 Err(e) => {
@@ -302,7 +336,11 @@ impl ControlServer {
                 self.send(conn, &welcome);
             }
             ToDataplane::Request { id, .. } if !hello_done => {
-                self.respond(conn, id, Response::error(ErrorCode::BadRequest, "hello first"));
+                self.respond(
+                    conn,
+                    id,
+                    Response::error(ErrorCode::BadRequest, "hello first"),
+                );
                 self.flush_conns();
                 self.close_conn(conn);
             }
@@ -312,24 +350,30 @@ impl ControlServer {
 
     fn handle_request(&mut self, conn: usize, id: u64, request: Request) {
         if self.shutdown.load(Ordering::Relaxed) {
-            self.respond(conn, id, Response::error(ErrorCode::Unavailable, "dataplane is shutting down"));
+            self.respond(
+                conn,
+                id,
+                Response::error(ErrorCode::Unavailable, "dataplane is shutting down"),
+            );
             return;
         }
         let (worker, kind, participant, room) = match &request {
             Request::Stats => {
-                let stats = NodeStats {
-                    node_id: self.settings.node_id.clone(),
-                    workers: self.stats.clone(),
-                };
+                let stats = self.node_stats();
                 self.respond(conn, id, Response::Stats(stats));
                 return;
             }
-            Request::Join { room, participant, .. } => {
+            Request::Join {
+                room, participant, ..
+            } => {
                 if self.routes.contains_key(participant) {
                     self.respond(
                         conn,
                         id,
-                        Response::error(ErrorCode::DuplicateParticipant, format!("participant {participant:?} already exists")),
+                        Response::error(
+                            ErrorCode::DuplicateParticipant,
+                            format!("participant {participant:?} already exists"),
+                        ),
                     );
                     return;
                 }
@@ -349,7 +393,12 @@ impl ControlServer {
                         owner: Some(conn),
                     },
                 );
-                (worker, PendingKind::Join, participant.clone(), Some(room.clone()))
+                (
+                    worker,
+                    PendingKind::Join,
+                    participant.clone(),
+                    Some(room.clone()),
+                )
             }
             Request::Answer { participant, .. }
             | Request::Offer { participant, .. }
@@ -359,7 +408,10 @@ impl ControlServer {
                     self.respond(
                         conn,
                         id,
-                        Response::error(ErrorCode::UnknownParticipant, format!("no participant {participant:?} on this dataplane")),
+                        Response::error(
+                            ErrorCode::UnknownParticipant,
+                            format!("no participant {participant:?} on this dataplane"),
+                        ),
                     );
                     return;
                 };
@@ -372,7 +424,11 @@ impl ControlServer {
         let tag = self.next_tag;
         self.next_tag += 1;
         let Some(w) = self.workers.get(worker as usize) else {
-            self.respond(conn, id, Response::error(ErrorCode::Internal, "no such worker"));
+            self.respond(
+                conn,
+                id,
+                Response::error(ErrorCode::Internal, "no such worker"),
+            );
             return;
         };
         match w.commands.try_send(Command { tag, request }) {
@@ -393,7 +449,11 @@ impl ControlServer {
                 if let PendingKind::Join = kind {
                     self.forget_join(&participant, room.as_deref());
                 }
-                self.respond(conn, id, Response::error(ErrorCode::Unavailable, "worker is overloaded; retry later"));
+                self.respond(
+                    conn,
+                    id,
+                    Response::error(ErrorCode::Unavailable, "worker is overloaded; retry later"),
+                );
             }
         }
     }
@@ -441,11 +501,17 @@ impl ControlServer {
                 Report::Event(event) => {
                     match self.routes.get(event.participant()).and_then(|r| r.owner) {
                         Some(conn) => self.send(conn, &FromDataplane::Event { event }),
-                        None => debug!(participant = event.participant(), "event for a participant without signaling"),
+                        None => debug!(
+                            participant = event.participant(),
+                            "event for a participant without signaling"
+                        ),
                     }
                 }
                 Report::ParticipantClosed { participant } => {
-                    if self.routes.get(&participant).is_some_and(|r| r.worker == worker)
+                    if self
+                        .routes
+                        .get(&participant)
+                        .is_some_and(|r| r.worker == worker)
                         && let Some(route) = self.routes.remove(&participant)
                         && let Some(r) = self.rooms.get_mut(&route.room)
                     {
@@ -478,7 +544,11 @@ impl ControlServer {
             match c.framed.flush_to(&mut c.stream) {
                 Ok(true) => {
                     if c.writable {
-                        let _ = self.poll.registry().reregister(&mut c.stream, Token(id + FIRST_CONN), Interest::READABLE);
+                        let _ = self.poll.registry().reregister(
+                            &mut c.stream,
+                            Token(id + FIRST_CONN),
+                            Interest::READABLE,
+                        );
                         c.writable = false;
                     }
                 }

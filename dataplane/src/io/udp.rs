@@ -121,7 +121,11 @@ impl UdpShell {
                 Err(e) => Err(e),
             };
         };
-        let mut iovs: Vec<IoSliceMut<'_>> = self.recv_buf.chunks_mut(self.slot).map(IoSliceMut::new).collect();
+        let mut iovs: Vec<IoSliceMut<'_>> = self
+            .recv_buf
+            .chunks_mut(self.slot)
+            .map(IoSliceMut::new)
+            .collect();
         let n = match state.recv(UdpSockRef::from(&self.socket), &mut iovs, &mut self.metas) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
@@ -130,7 +134,9 @@ impl UdpShell {
         self.stats.recv_calls += 1;
         let mut datagrams = 0;
         for (meta, iov) in self.metas.iter().zip(iovs.iter()).take(n) {
-            datagrams += split_gro(&iov[..meta.len.min(iov.len())], meta.stride, |d| f(meta.addr, d));
+            datagrams += split_gro(&iov[..meta.len.min(iov.len())], meta.stride, |d| {
+                f(meta.addr, d)
+            });
         }
         self.stats.datagrams_in += datagrams as u64;
         Ok(datagrams)
@@ -282,7 +288,14 @@ mod tests {
         let buf: Vec<u8> = (0..25).collect();
         let mut parts = Vec::new();
         assert_eq!(split_gro(&buf, 10, |d| parts.push(d.to_vec())), 3);
-        assert_eq!(parts, vec![(0..10).collect::<Vec<u8>>(), (10..20).collect(), (20..25).collect()]);
+        assert_eq!(
+            parts,
+            vec![
+                (0..10).collect::<Vec<u8>>(),
+                (10..20).collect(),
+                (20..25).collect()
+            ]
+        );
         let mut parts = Vec::new();
         assert_eq!(split_gro(&buf, 25, |d| parts.push(d.len())), 1);
         assert_eq!(split_gro(&buf, 0, |d| parts.push(d.len())), 1);
@@ -316,7 +329,10 @@ mod tests {
         if tx.max_segments() <= 1 {
             eprintln!("kernel without UDP GSO: batching falls back to one datagram per send");
         }
-        let sent: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1200]).chain([vec![99u8; 300]]).collect();
+        let sent: Vec<Vec<u8>> = (0..10u8)
+            .map(|i| vec![i; 1200])
+            .chain([vec![99u8; 300]])
+            .collect();
         for d in &sent {
             tx.send(to, d);
         }
@@ -334,7 +350,10 @@ mod tests {
     #[test]
     fn gro_receiver_splits_coalesced_buffers() {
         let (mut tx, mut rx, to) = pair(true, true);
-        let sent: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).chain([vec![7u8; 10]]).collect();
+        let sent: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| vec![i; 1000])
+            .chain([vec![7u8; 10]])
+            .collect();
         for d in &sent {
             tx.send(to, d);
         }
@@ -344,7 +363,11 @@ mod tests {
         if tx.max_segments() > 1 {
             // On loopback the GSO super-packet is delivered as one GRO buffer: far fewer receive
             // calls than datagrams.
-            assert!(rx.stats.recv_calls < 21, "{} recv calls", rx.stats.recv_calls);
+            assert!(
+                rx.stats.recv_calls < 21,
+                "{} recv calls",
+                rx.stats.recv_calls
+            );
         }
     }
 
@@ -354,16 +377,29 @@ mod tests {
         let (_, mut rx2, to2) = pair(false, false);
         // [1200,1200,500 | 1200 | (to2) 1200,1200 | 1300]: a short datagram ends a run, a larger
         // one cannot join it, a new destination flushes it.
-        let plan: Vec<(SocketAddr, usize)> =
-            vec![(to, 1200), (to, 1200), (to, 500), (to, 1200), (to2, 1200), (to2, 1200), (to, 1300)];
+        let plan: Vec<(SocketAddr, usize)> = vec![
+            (to, 1200),
+            (to, 1200),
+            (to, 500),
+            (to, 1200),
+            (to2, 1200),
+            (to2, 1200),
+            (to, 1300),
+        ];
         for (i, (dest, len)) in plan.iter().enumerate() {
             tx.send(*dest, &vec![i as u8; *len]);
         }
         tx.flush();
         let a = recv_all(&mut rx, 5);
         let b = recv_all(&mut rx2, 2);
-        assert_eq!(a.iter().map(|d| (d[0], d.len())).collect::<Vec<_>>(), [(0, 1200), (1, 1200), (2, 500), (3, 1200), (6, 1300)]);
-        assert_eq!(b.iter().map(|d| (d[0], d.len())).collect::<Vec<_>>(), [(4, 1200), (5, 1200)]);
+        assert_eq!(
+            a.iter().map(|d| (d[0], d.len())).collect::<Vec<_>>(),
+            [(0, 1200), (1, 1200), (2, 500), (3, 1200), (6, 1300)]
+        );
+        assert_eq!(
+            b.iter().map(|d| (d[0], d.len())).collect::<Vec<_>>(),
+            [(4, 1200), (5, 1200)]
+        );
         if tx.max_segments() > 1 {
             assert_eq!(tx.stats.send_calls, 4, "runs: [0,1,2] [3] [4,5] [6]");
         }

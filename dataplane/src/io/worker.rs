@@ -16,7 +16,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{error, info, warn};
 
 use super::udp::UdpShell;
-use crate::core::{Command, CoreConfig, Input, Output, Report, SharedCrypto, WallClock, WorkerCore};
+use crate::core::{
+    Command, CoreConfig, Input, Output, Report, SharedCrypto, WallClock, WorkerCore,
+};
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -61,7 +63,8 @@ pub fn spawn(
     let mut udp = UdpShell::bind(settings.bind, settings.batching, settings.socket_buffer)?;
     let local_addr = udp.local_addr()?;
     let poll = Poll::new()?;
-    poll.registry().register(udp.socket(), SOCKET, Interest::READABLE)?;
+    poll.registry()
+        .register(udp.socket(), SOCKET, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::bounded(settings.command_queue);
     let id = settings.core.worker;
@@ -131,14 +134,14 @@ impl Worker {
                 Duration::ZERO
             } else {
                 let now = Instant::now();
-                self.core
-                    .poll_timeout()
-                    .map_or(MAX_SLEEP, |t| t.saturating_duration_since(now).min(MAX_SLEEP))
+                self.core.poll_timeout().map_or(MAX_SLEEP, |t| {
+                    t.saturating_duration_since(now).min(MAX_SLEEP)
+                })
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                return Err(e);
             }
             // The loop's one clock read.
             let now = Instant::now();
@@ -207,7 +210,9 @@ impl Worker {
         } else {
             Interest::READABLE
         };
-        self.poll.registry().reregister(self.udp.socket(), SOCKET, interest)?;
+        self.poll
+            .registry()
+            .reregister(self.udp.socket(), SOCKET, interest)?;
         self.writable = on;
         Ok(())
     }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use bench::Peer;
 use control::{Event, Request, Response};
-use dataplane::core::{Command, CoreConfig, Input, Output, Report, SharedCrypto, WallClock, WorkerCore};
+use dataplane::core::{
+    Command, CoreConfig, Input, Output, Report, SharedCrypto, WallClock, WorkerCore,
+};
 
 pub const SERVER: &str = "10.0.0.1:40000";
 
@@ -175,7 +177,10 @@ impl Sim {
     }
 
     pub fn peer_mut(&mut self, id: &str) -> &mut SimPeer {
-        self.peers.iter_mut().find(|p| p.id == id).expect("peer exists")
+        self.peers
+            .iter_mut()
+            .find(|p| p.id == id)
+            .expect("peer exists")
     }
 
     /// Send a control request to the core and return its response.
@@ -196,7 +201,10 @@ impl Sim {
     /// Join peer `id` to `room` publishing `publish` (None: receive only). Panics on failure.
     pub fn join(&mut self, id: &str, room: &str, publish: Option<Publish>) {
         let resp = self.try_join(id, room, publish);
-        assert!(matches!(resp, Response::Joined { .. }), "join failed: {resp:?}");
+        assert!(
+            matches!(resp, Response::Joined { .. }),
+            "join failed: {resp:?}"
+        );
     }
 
     pub fn try_join(&mut self, id: &str, room: &str, publish: Option<Publish>) -> Response {
@@ -213,9 +221,16 @@ impl Sim {
             name: format!("name-{id}"),
             offer: Some(offer),
         });
-        if let Response::Joined { answer: Some(answer), .. } = &resp {
+        if let Response::Joined {
+            answer: Some(answer),
+            ..
+        } = &resp
+        {
             let answer = answer.clone();
-            self.peer_mut(id).peer.handle_answer(&answer).expect("answer applies");
+            self.peer_mut(id)
+                .peer
+                .handle_answer(&answer)
+                .expect("answer applies");
             self.flush_peer(self.index(id));
         }
         self.relay_offers();
@@ -237,7 +252,10 @@ impl Sim {
     }
 
     fn index(&self, id: &str) -> usize {
-        self.peers.iter().position(|p| p.id == id).expect("peer exists")
+        self.peers
+            .iter()
+            .position(|p| p.id == id)
+            .expect("peer exists")
     }
 
     fn collect_core_output(&mut self) {
@@ -247,7 +265,9 @@ impl Sim {
                     let from = self.server;
                     self.send(from, t.destination, t.contents);
                 }
-                Output::Report(Report::Response { tag, response }) => self.responses.push((tag, response)),
+                Output::Report(Report::Response { tag, response }) => {
+                    self.responses.push((tag, response))
+                }
                 Output::Report(Report::Event(e)) => {
                     if let Event::Offer { participant, sdp } = &e {
                         self.offers.push((participant.clone(), sdp.clone()));
@@ -275,7 +295,10 @@ impl Sim {
                 self.peers[i].ignore_offers -= 1;
                 continue;
             }
-            let answer = self.peers[i].peer.handle_offer(&sdp).expect("server offer applies");
+            let answer = self.peers[i]
+                .peer
+                .handle_offer(&sdp)
+                .expect("server offer applies");
             self.flush_peer(i);
             let resp = self.command(Request::Answer {
                 participant,
@@ -361,15 +384,22 @@ impl Sim {
                     Next::Audio(i) => format!("audio {}", self.peers[i].id),
                     Next::Video(i) => format!("video {}", self.peers[i].id),
                 };
-                panic!("simulation stuck at {:?}: {what} keeps asking for the past", self.now - self.start);
+                panic!(
+                    "simulation stuck at {:?}: {what} keeps asking for the past",
+                    self.now - self.start
+                );
             }
         } else {
             self.stuck = 0;
         }
-        self.now = if t > self.now { t } else { self.now + Duration::from_micros(1) };
+        self.now = if t > self.now {
+            t
+        } else {
+            self.now + Duration::from_micros(1)
+        };
         let now = self.now;
         self.steps += 1;
-        if std::env::var("SIM_TRACE").is_ok() && self.steps % 20_000 == 0 {
+        if std::env::var("SIM_TRACE").is_ok() && self.steps.is_multiple_of(20_000) {
             let what = match next {
                 Next::Packet => "packet".to_string(),
                 Next::Core => "core".to_string(),
@@ -377,7 +407,12 @@ impl Sim {
                 Next::Audio(i) => format!("audio {}", self.peers[i].id),
                 Next::Video(i) => format!("video {}", self.peers[i].id),
             };
-            eprintln!("step {} at {:?}: {what} flight={}", self.steps, now - self.start, self.flight.len());
+            eprintln!(
+                "step {} at {:?}: {what} flight={}",
+                self.steps,
+                now - self.start,
+                self.flight.len()
+            );
         }
         match next {
             Next::Packet => {
@@ -391,7 +426,8 @@ impl Sim {
                         destination: self.server,
                         data: &f.data,
                     });
-                } else if let Some(i) = self.peers.iter().position(|p| p.peer.local_addr() == f.to) {
+                } else if let Some(i) = self.peers.iter().position(|p| p.peer.local_addr() == f.to)
+                {
                     if self.peers[i].frozen {
                         return now;
                     }
@@ -418,11 +454,15 @@ impl Sim {
             }
             Next::Video(i) => {
                 let publ = self.peers[i].publish.unwrap_or_default();
-                self.peers[i].next_video = now + Duration::from_micros(1_000_000 / publ.fps.max(1) as u64);
-                if self.peers[i]
-                    .peer
-                    .send_video_frame(now, false, publ.packets_per_frame, publ.packet_size, publ.fps)
-                {
+                self.peers[i].next_video =
+                    now + Duration::from_micros(1_000_000 / publ.fps.max(1) as u64);
+                if self.peers[i].peer.send_video_frame(
+                    now,
+                    false,
+                    publ.packets_per_frame,
+                    publ.packet_size,
+                    publ.fps,
+                ) {
                     self.peers[i].keyframes_sent += 1;
                 }
                 self.flush_peer(i);
