@@ -51,6 +51,8 @@ pub struct Client {
     pub messages: Vec<Value>,
     /// Current other participants: (id, name).
     pub others: Vec<(String, String)>,
+    /// The SDP answer to our first offer (its candidate names the worker's UDP port).
+    pub answer_sdp: String,
     buf: Vec<u8>,
 }
 
@@ -142,7 +144,11 @@ impl Client {
             json!({"type": "offer", "sdp": offer}).to_string(),
         ))?;
         let answer = wait_for(&mut ws, "answer", &mut stash)?;
-        peer.handle_answer(answer["sdp"].as_str().context("answer without sdp")?)?;
+        let answer_sdp = answer["sdp"]
+            .as_str()
+            .context("answer without sdp")?
+            .to_string();
+        peer.handle_answer(&answer_sdp)?;
         if let MaybeTlsStream::Plain(s) = ws.get_mut() {
             s.set_nonblocking(true)?;
         }
@@ -158,6 +164,7 @@ impl Client {
             next_video: now,
             messages: Vec::new(),
             others,
+            answer_sdp,
             buf: vec![0; 2048],
         };
         for v in stash {
@@ -169,6 +176,15 @@ impl Client {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.peer.local_addr()
+    }
+
+    /// The UDP port of the server's ICE candidate in our answer (= the worker hosting the room).
+    pub fn server_port(&self) -> Option<u16> {
+        self.answer_sdp
+            .lines()
+            .find(|l| l.starts_with("a=candidate:"))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .and_then(|p| p.parse().ok())
     }
 
     pub fn ws_open(&self) -> bool {
