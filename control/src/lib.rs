@@ -22,6 +22,7 @@
 pub mod codec;
 mod framed;
 mod message;
+pub mod registry;
 
 pub use codec::{CodecError, DEFAULT_MAX_FRAME, FrameDecoder, encode_frame};
 pub use framed::{Framed, ReadStatus};

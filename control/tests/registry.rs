@@ -1,0 +1,237 @@
+//! Registry contract tests: the same checks against `MemoryRegistry` and `RedisRegistry` (a real
+//! `redis-server` started on a free loopback port).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control::registry::{
+    MemoryRegistry, NodeInfo, NodeLoad, NodeState, Placement, RedisRegistry, RedisSettings, Registry, RegistryError,
+    RegistryTiming,
+};
+
+const DEAD_AFTER: Duration = Duration::from_millis(600);
+
+struct RedisServer {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Start redis-server, or `None` (test skipped) if it is not installed and not required.
+    fn start() -> Option<Self> {
+        if Command::new("redis-server").arg("--version").output().is_err() {
+            assert!(std::env::var("SFU_REQUIRE_REDIS").is_err(), "redis-server is required but missing");
+            eprintln!("SKIPPED: redis-server not installed");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let dir = std::env::temp_dir().join(format!("sfu-redis-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let s = Self { child, dir, port };
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(s)
+    }
+
+    fn registry(&self, prefix: &str) -> RedisRegistry {
+        let mut s = RedisSettings::new(format!("redis://127.0.0.1:{}", self.port));
+        s.prefix = prefix.into();
+        s.timing = RegistryTiming { dead_after: DEAD_AFTER };
+        RedisRegistry::new(s).expect("registry")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn node(id: &str, participants: u32) -> NodeInfo {
+    NodeInfo {
+        node_id: id.into(),
+        media_ip: "127.0.0.1".into(),
+        media_ports: vec![40000],
+        capacity_rooms: 0,
+        load: NodeLoad {
+            participants,
+            ..NodeLoad::default()
+        },
+        state: NodeState::Serving,
+        version: "test".into(),
+    }
+}
+
+/// The contract. `r` and `other` share one registry (two processes' views).
+fn contract(r: &mut dyn Registry, other: &mut dyn Registry) {
+    assert_eq!(r.place_room("r0", &[]), Err(RegistryError::NoNodes), "no nodes yet");
+
+    r.heartbeat(&node("n1", 10)).expect("hb");
+    other.heartbeat(&node("n2", 0)).expect("hb");
+    let mut ids: Vec<String> = r.nodes().expect("nodes").into_iter().map(|n| n.node_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["n1", "n2"]);
+
+    // Least loaded wins; a placed room stays put (same epoch) for everyone.
+    let p1 = r.place_room("r1", &[]).expect("place");
+    assert_eq!(p1.node, "n2");
+    assert_eq!(other.place_room("r1", &[]).expect("place"), p1);
+    // Rooms count as load: n2 now has one room, n1 ten participants → n2 again, then still n2
+    // until it reaches n1's load.
+    let p2 = r.place_room("r2", &[]).expect("place");
+    assert_eq!(p2.node, "n2");
+    assert!(p2.epoch > p1.epoch, "every placement takes a new epoch");
+    assert_eq!(r.room_owners(&["r1".into(), "nope".into()]).expect("owners"), vec![Some(p1.clone()), None]);
+
+    // A draining node gets no new rooms but keeps its rooms.
+    let mut drain = node("n2", 0);
+    drain.state = NodeState::Draining;
+    other.heartbeat(&drain).expect("hb");
+    assert_eq!(r.place_room("r3", &[]).expect("place").node, "n1");
+    assert_eq!(r.place_room("r1", &[]).expect("place"), p1, "existing room stays on the draining node");
+    other.heartbeat(&node("n2", 0)).expect("hb");
+
+    // Capacity: a full node is skipped.
+    let mut full = node("n1", 0);
+    full.capacity_rooms = 1; // n1 already has r3
+    r.heartbeat(&full).expect("hb");
+    assert_eq!(r.place_room("r4", &[]).expect("place").node, "n2");
+    r.heartbeat(&node("n1", 10)).expect("hb");
+
+    // Release is compare-and-delete on the exact placement.
+    let stale = Placement {
+        node: p1.node.clone(),
+        epoch: p1.epoch + 1000,
+    };
+    assert_eq!(r.release_room("r1", &stale), Ok(false));
+    assert_eq!(r.release_room("r1", &p1), Ok(true));
+    assert_eq!(r.room_owners(&["r1".into()]).expect("owners"), vec![None]);
+
+    // Exclusion (a caller saw the owner fail): re-placed elsewhere with a larger epoch; the old
+    // owner can no longer release it (fencing).
+    let p5 = r.place_room("r5", &[]).expect("place");
+    let moved = r.place_room("r5", std::slice::from_ref(&p5.node)).expect("re-place");
+    assert_ne!(moved.node, p5.node);
+    assert!(moved.epoch > p5.epoch);
+    assert_eq!(r.release_room("r5", &p5), Ok(false));
+    assert_eq!(other.place_room("r5", &[]).expect("place"), moved);
+
+    // mark_dead: immediately re-placed; a heartbeat revives the node.
+    let owner = moved.node.clone();
+    other.mark_dead(&owner).expect("mark");
+    let again = r.place_room("r5", &[]).expect("place");
+    assert_ne!(again.node, owner);
+    assert!(again.epoch > moved.epoch);
+    r.heartbeat(&node(&owner, 0)).expect("hb");
+    assert!(r.nodes().expect("nodes").iter().any(|n| n.node_id == owner));
+
+    // Death by silence: n1 stops heartbeating; its rooms move on the next placement, and the
+    // reaper removes the node and its mappings.
+    let on_n1 = r.place_room("r6", &["n2".into()]).expect("place on n1");
+    assert_eq!(on_n1.node, "n1");
+    let end = Instant::now() + DEAD_AFTER * 3;
+    while Instant::now() < end {
+        other.heartbeat(&node("n2", 0)).expect("hb");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(r.nodes().expect("nodes").iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["n2"]);
+    let r6 = r.place_room("r6", &[]).expect("re-place");
+    assert_eq!(r6.node, "n2");
+    assert!(r6.epoch > on_n1.epoch);
+    let _ = r.place_room("r7", &["n2".into()]);
+    assert_eq!(r.reap_dead().expect("reap"), vec!["n1".to_string()]);
+    assert_eq!(r.reap_dead().expect("reap"), Vec::<String>::new());
+    assert_eq!(r.room_owners(&["r3".into()]).expect("owners"), vec![None], "dead node's rooms are gone");
+
+    other.deregister("n2").expect("deregister");
+    assert!(r.nodes().expect("nodes").is_empty());
+    assert_eq!(r.place_room("r8", &[]), Err(RegistryError::NoNodes));
+}
+
+#[test]
+fn memory_registry_contract() {
+    let timing = RegistryTiming { dead_after: DEAD_AFTER };
+    let mut a = MemoryRegistry::new(timing);
+    let mut b = a.clone();
+    contract(&mut a, &mut b);
+}
+
+#[test]
+fn redis_registry_contract() {
+    let Some(redis) = RedisServer::start() else { return };
+    let mut a = redis.registry("t1");
+    let mut b = redis.registry("t1");
+    contract(&mut a, &mut b);
+}
+
+#[test]
+fn redis_placement_is_atomic_under_concurrency() {
+    let Some(redis) = RedisServer::start() else { return };
+    let mut setup = redis.registry("t2");
+    for i in 0..4 {
+        setup.heartbeat(&node(&format!("n{i}"), 0)).expect("hb");
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let mut r = redis.registry("t2");
+            std::thread::spawn(move || (0..50).map(|i| r.place_room(&format!("room{i}"), &[]).expect("place")).collect::<Vec<_>>())
+        })
+        .collect();
+    let results: Vec<Vec<Placement>> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    for r in &results[1..] {
+        assert_eq!(r, &results[0], "every caller sees the same owner and epoch for each room");
+    }
+    let mut per_node = std::collections::HashMap::new();
+    for p in &results[0] {
+        *per_node.entry(p.node.clone()).or_insert(0) += 1;
+    }
+    assert!(per_node.values().all(|n| (10..=15).contains(n)), "spread by load: {per_node:?}");
+}
+
+#[test]
+fn redis_outage_is_a_fast_error_and_recovers() {
+    let Some(mut redis) = RedisServer::start() else { return };
+    let mut r = redis.registry("t3");
+    r.heartbeat(&node("n1", 0)).expect("hb");
+    let port = redis.port;
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    let t = Instant::now();
+    for _ in 0..5 {
+        assert!(matches!(r.place_room("x", &[]), Err(RegistryError::Unavailable(_))));
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "errors are fast: {:?}", t.elapsed());
+    // Redis returns on the same port: the registry reconnects by itself.
+    redis.child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&redis.dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("restart redis");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if r.heartbeat(&node("n1", 0)).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < end, "registry did not reconnect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(r.place_room("x", &[]).expect("place").node, "n1");
+}
