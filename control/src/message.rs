@@ -53,6 +53,13 @@ pub enum Request {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offer: Option<String>,
+        /// Fencing epoch of the room's placement (cluster mode). A join carrying an older epoch
+        /// than the dataplane knows for the room is refused with `unavailable`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        /// What the participant may do (from its token); everything by default.
+        #[serde(default)]
+        grants: Grants,
     },
     /// The client's SDP answer to the last [`Event::Offer`]. Answered by [`Response::Ok`].
     Answer { participant: String, sdp: String },
@@ -62,11 +69,38 @@ pub enum Request {
     Offer { participant: String, sdp: String },
     /// Remove the participant. Answered by [`Response::Ok`].
     Leave { participant: String },
-    /// Route the participant's events to this connection (after a signaling restart).
-    /// Answered by [`Response::Attached`]; an outstanding server offer is re-sent as an event.
-    Attach { participant: String },
+    /// Route the participant's events to this connection (session resume after a signaling
+    /// restart or reconnect). `resume_key` must be the key from its `joined` response. Answered by
+    /// [`Response::Attached`]; an outstanding server offer is re-sent as an event.
+    Attach {
+        participant: String,
+        resume_key: String,
+    },
     /// Node, room and participant statistics. Answered by [`Response::Stats`].
     Stats,
+    /// Stop taking new rooms, let existing rooms finish, then deregister and exit.
+    /// Answered by [`Response::Ok`].
+    Drain,
+    /// Remove every participant of a room (reason `closed` for them). Answered by [`Response::Ok`].
+    CloseRoom { room: String },
+}
+
+/// What a participant may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    /// Its tracks are forwarded to others.
+    pub publish: bool,
+    /// It receives the others' tracks.
+    pub subscribe: bool,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self {
+            publish: true,
+            subscribe: true,
+        }
+    }
 }
 
 /// Responses to [`Request`]s.
@@ -83,12 +117,18 @@ pub enum Response {
         port: u16,
         /// The other participants already in the room.
         participants: Vec<PeerInfo>,
+        /// Secret that authorizes a later [`Request::Attach`] of this participant.
+        #[serde(default)]
+        resume_key: String,
     },
     Answer {
         sdp: String,
     },
     Attached {
         room: String,
+        /// The participant's display name.
+        #[serde(default)]
+        name: String,
         participants: Vec<PeerInfo>,
     },
     Stats(NodeStats),
@@ -179,6 +219,37 @@ pub enum LeaveReason {
     Failed,
     /// The dataplane is shutting down.
     Shutdown,
+    /// Its room now belongs to another node (fencing after a partition); rejoin.
+    Moved,
+    /// No signaling connection owned it for the resume window.
+    Abandoned,
+    /// Its room was closed by an operator (`close_room`).
+    RoomClosed,
+}
+
+/// A control request carried over Redis pub/sub to a node's `rpc` channel (cluster mode).
+/// Replies ([`FromDataplane`]) go to the `reply_channel` of the sending signaling instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcEnvelope {
+    /// Id of the sending signaling instance.
+    pub from: String,
+    pub msg: ToDataplane,
+}
+
+/// A liveness beacon published on the health channel every 500 ms by every process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Beacon {
+    pub kind: BeaconKind,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BeaconKind {
+    Dataplane,
+    Signaling,
 }
 
 /// Public identity of a participant.
@@ -275,6 +346,8 @@ mod tests {
                 participant: "p".into(),
                 name: "n".into(),
                 offer: Some("v=0".into()),
+                epoch: None,
+                grants: Grants::default(),
             },
         };
         let json = String::from_utf8(encode(&msg)).expect("utf8");

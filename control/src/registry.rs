@@ -209,9 +209,15 @@ impl Registry for MemoryRegistry {
                     && now.saturating_duration_since(*t) <= dead_after
                     && n.state == NodeState::Serving
                     && (n.capacity_rooms == 0
-                        || g.node_rooms.get(*id).map_or(0, BTreeSet::len) < n.capacity_rooms as usize)
+                        || g.node_rooms.get(*id).map_or(0, BTreeSet::len)
+                            < n.capacity_rooms as usize)
             })
-            .min_by_key(|(id, (_, n))| (score(n, g.node_rooms.get(*id).map_or(0, BTreeSet::len)), (*id).clone()))
+            .min_by_key(|(id, (_, n))| {
+                (
+                    score(n, g.node_rooms.get(*id).map_or(0, BTreeSet::len)),
+                    (*id).clone(),
+                )
+            })
             .map(|(id, _)| id.clone())
             .ok_or(RegistryError::NoNodes)?;
         g.epoch += 1;
@@ -220,7 +226,10 @@ impl Registry for MemoryRegistry {
             epoch: g.epoch,
         };
         g.rooms.insert(room.to_string(), p.clone());
-        g.node_rooms.entry(best).or_default().insert(room.to_string());
+        g.node_rooms
+            .entry(best)
+            .or_default()
+            .insert(room.to_string());
         Ok(p)
     }
 
@@ -245,7 +254,9 @@ impl Registry for MemoryRegistry {
         let mut g = self.lock();
         if let Some((t, _)) = g.nodes.get_mut(node_id) {
             // Far enough in the past to be dead under any timing.
-            *t = Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or(*t);
+            *t = Instant::now()
+                .checked_sub(Duration::from_secs(3600))
+                .unwrap_or(*t);
         }
         Ok(())
     }
@@ -407,13 +418,16 @@ pub struct RedisConn {
 
 impl std::fmt::Debug for RedisConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConn").field("connected", &self.conn.is_some()).finish()
+        f.debug_struct("RedisConn")
+            .field("connected", &self.conn.is_some())
+            .finish()
     }
 }
 
 impl RedisConn {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, RegistryError> {
-        let client = redis::Client::open(url).map_err(|e| RegistryError::Unavailable(format!("bad redis url: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| RegistryError::Unavailable(format!("bad redis url: {e}")))?;
         Ok(Self {
             client,
             conn: None,
@@ -428,7 +442,9 @@ impl RedisConn {
         if self.conn.is_none() {
             let now = Instant::now();
             if now < self.next_attempt {
-                return Err(RegistryError::Unavailable("redis is down; reconnect pending".into()));
+                return Err(RegistryError::Unavailable(
+                    "redis is down; reconnect pending".into(),
+                ));
             }
             match self.client.get_connection_with_timeout(self.timeout) {
                 Ok(c) => {
@@ -450,12 +466,19 @@ impl RedisConn {
     }
 
     /// Run `f` on the connection; an I/O error drops the connection for a later reconnect.
-    pub fn with<T>(&mut self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T, RegistryError> {
+    pub fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, RegistryError> {
         let conn = self.get()?;
         match f(conn) {
             Ok(v) => Ok(v),
             Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                {
                     self.conn = None;
                     Err(RegistryError::Unavailable(e.to_string()))
                 } else {
@@ -467,7 +490,13 @@ impl RedisConn {
 
     /// PUBLISH `payload` on `channel`.
     pub fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<(), RegistryError> {
-        self.with(|c| redis::cmd("PUBLISH").arg(channel).arg(payload).query::<i64>(c)).map(|_| ())
+        self.with(|c| {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query::<i64>(c)
+        })
+        .map(|_| ())
     }
 }
 
@@ -514,7 +543,8 @@ impl RedisRegistry {
 
 impl Registry for RedisRegistry {
     fn heartbeat(&mut self, node: &NodeInfo) -> Result<(), RegistryError> {
-        let json = serde_json::to_string(node).map_err(|e| RegistryError::Protocol(e.to_string()))?;
+        let json =
+            serde_json::to_string(node).map_err(|e| RegistryError::Protocol(e.to_string()))?;
         let key = self.settings.node_key(&node.node_id);
         let nodes = format!("{}:nodes", self.settings.prefix);
         let ttl = self.dead_after_ms().max(1000) * 3 / 2;
@@ -575,7 +605,8 @@ impl Registry for RedisRegistry {
             inv.invoke(c)
         })?;
         let v = v.ok_or(RegistryError::NoNodes)?;
-        serde_json::from_str(&v).map_err(|e| RegistryError::Protocol(format!("placement {v:?}: {e}")))
+        serde_json::from_str(&v)
+            .map_err(|e| RegistryError::Protocol(format!("placement {v:?}: {e}")))
     }
 
     fn room_owners(&mut self, rooms: &[String]) -> Result<Vec<Option<Placement>>, RegistryError> {
@@ -609,7 +640,14 @@ impl Registry for RedisRegistry {
     fn mark_dead(&mut self, node_id: &str) -> Result<(), RegistryError> {
         let nodes = format!("{}:nodes", self.settings.prefix);
         self.conn
-            .with(|c| redis::cmd("ZADD").arg(&nodes).arg("XX").arg(0).arg(node_id).query::<i64>(c))
+            .with(|c| {
+                redis::cmd("ZADD")
+                    .arg(&nodes)
+                    .arg("XX")
+                    .arg(0)
+                    .arg(node_id)
+                    .query::<i64>(c)
+            })
             .map(|_| ())
     }
 
@@ -617,7 +655,8 @@ impl Registry for RedisRegistry {
         let prefix = self.settings.prefix.clone();
         let dead_after = self.dead_after_ms();
         let script = &self.reap;
-        self.conn.with(|c| script.arg(&prefix).arg(dead_after).invoke(c))
+        self.conn
+            .with(|c| script.arg(&prefix).arg(dead_after).invoke(c))
     }
 }
 
@@ -640,9 +679,15 @@ mod tests {
         // Port 1 on loopback: connection refused immediately.
         let mut r = RedisRegistry::new(RedisSettings::new("redis://127.0.0.1:1")).expect("client");
         let t = Instant::now();
-        assert!(matches!(r.place_room("x", &[]), Err(RegistryError::Unavailable(_))));
+        assert!(matches!(
+            r.place_room("x", &[]),
+            Err(RegistryError::Unavailable(_))
+        ));
         // The second call does not even try (backoff) and is immediate.
-        assert!(matches!(r.place_room("x", &[]), Err(RegistryError::Unavailable(_))));
+        assert!(matches!(
+            r.place_room("x", &[]),
+            Err(RegistryError::Unavailable(_))
+        ));
         assert!(t.elapsed() < Duration::from_secs(2));
     }
 }

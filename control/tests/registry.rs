@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use control::registry::{
-    MemoryRegistry, NodeInfo, NodeLoad, NodeState, Placement, RedisRegistry, RedisSettings, Registry, RegistryError,
-    RegistryTiming,
+    MemoryRegistry, NodeInfo, NodeLoad, NodeState, Placement, RedisRegistry, RedisSettings,
+    Registry, RegistryError, RegistryTiming,
 };
 
 const DEAD_AFTER: Duration = Duration::from_millis(600);
@@ -22,16 +22,37 @@ struct RedisServer {
 impl RedisServer {
     /// Start redis-server, or `None` (test skipped) if it is not installed and not required.
     fn start() -> Option<Self> {
-        if Command::new("redis-server").arg("--version").output().is_err() {
-            assert!(std::env::var("SFU_REQUIRE_REDIS").is_err(), "redis-server is required but missing");
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var("SFU_REQUIRE_REDIS").is_err(),
+                "redis-server is required but missing"
+            );
             eprintln!("SKIPPED: redis-server not installed");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        let dir = std::env::temp_dir().join(format!("sfu-redis-test-{}-{port}", std::process::id()));
+        let port = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("sfu-redis-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
@@ -50,7 +71,9 @@ impl RedisServer {
     fn registry(&self, prefix: &str) -> RedisRegistry {
         let mut s = RedisSettings::new(format!("redis://127.0.0.1:{}", self.port));
         s.prefix = prefix.into();
-        s.timing = RegistryTiming { dead_after: DEAD_AFTER };
+        s.timing = RegistryTiming {
+            dead_after: DEAD_AFTER,
+        };
         RedisRegistry::new(s).expect("registry")
     }
 }
@@ -80,11 +103,20 @@ fn node(id: &str, participants: u32) -> NodeInfo {
 
 /// The contract. `r` and `other` share one registry (two processes' views).
 fn contract(r: &mut dyn Registry, other: &mut dyn Registry) {
-    assert_eq!(r.place_room("r0", &[]), Err(RegistryError::NoNodes), "no nodes yet");
+    assert_eq!(
+        r.place_room("r0", &[]),
+        Err(RegistryError::NoNodes),
+        "no nodes yet"
+    );
 
     r.heartbeat(&node("n1", 10)).expect("hb");
     other.heartbeat(&node("n2", 0)).expect("hb");
-    let mut ids: Vec<String> = r.nodes().expect("nodes").into_iter().map(|n| n.node_id).collect();
+    let mut ids: Vec<String> = r
+        .nodes()
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
     ids.sort();
     assert_eq!(ids, ["n1", "n2"]);
 
@@ -97,14 +129,22 @@ fn contract(r: &mut dyn Registry, other: &mut dyn Registry) {
     let p2 = r.place_room("r2", &[]).expect("place");
     assert_eq!(p2.node, "n2");
     assert!(p2.epoch > p1.epoch, "every placement takes a new epoch");
-    assert_eq!(r.room_owners(&["r1".into(), "nope".into()]).expect("owners"), vec![Some(p1.clone()), None]);
+    assert_eq!(
+        r.room_owners(&["r1".into(), "nope".into()])
+            .expect("owners"),
+        vec![Some(p1.clone()), None]
+    );
 
     // A draining node gets no new rooms but keeps its rooms.
     let mut drain = node("n2", 0);
     drain.state = NodeState::Draining;
     other.heartbeat(&drain).expect("hb");
     assert_eq!(r.place_room("r3", &[]).expect("place").node, "n1");
-    assert_eq!(r.place_room("r1", &[]).expect("place"), p1, "existing room stays on the draining node");
+    assert_eq!(
+        r.place_room("r1", &[]).expect("place"),
+        p1,
+        "existing room stays on the draining node"
+    );
     other.heartbeat(&node("n2", 0)).expect("hb");
 
     // Capacity: a full node is skipped.
@@ -126,7 +166,9 @@ fn contract(r: &mut dyn Registry, other: &mut dyn Registry) {
     // Exclusion (a caller saw the owner fail): re-placed elsewhere with a larger epoch; the old
     // owner can no longer release it (fencing).
     let p5 = r.place_room("r5", &[]).expect("place");
-    let moved = r.place_room("r5", std::slice::from_ref(&p5.node)).expect("re-place");
+    let moved = r
+        .place_room("r5", std::slice::from_ref(&p5.node))
+        .expect("re-place");
     assert_ne!(moved.node, p5.node);
     assert!(moved.epoch > p5.epoch);
     assert_eq!(r.release_room("r5", &p5), Ok(false));
@@ -150,14 +192,25 @@ fn contract(r: &mut dyn Registry, other: &mut dyn Registry) {
         other.heartbeat(&node("n2", 0)).expect("hb");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(r.nodes().expect("nodes").iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["n2"]);
+    assert_eq!(
+        r.nodes()
+            .expect("nodes")
+            .iter()
+            .map(|n| n.node_id.as_str())
+            .collect::<Vec<_>>(),
+        ["n2"]
+    );
     let r6 = r.place_room("r6", &[]).expect("re-place");
     assert_eq!(r6.node, "n2");
     assert!(r6.epoch > on_n1.epoch);
     let _ = r.place_room("r7", &["n2".into()]);
     assert_eq!(r.reap_dead().expect("reap"), vec!["n1".to_string()]);
     assert_eq!(r.reap_dead().expect("reap"), Vec::<String>::new());
-    assert_eq!(r.room_owners(&["r3".into()]).expect("owners"), vec![None], "dead node's rooms are gone");
+    assert_eq!(
+        r.room_owners(&["r3".into()]).expect("owners"),
+        vec![None],
+        "dead node's rooms are gone"
+    );
 
     other.deregister("n2").expect("deregister");
     assert!(r.nodes().expect("nodes").is_empty());
@@ -166,7 +219,9 @@ fn contract(r: &mut dyn Registry, other: &mut dyn Registry) {
 
 #[test]
 fn memory_registry_contract() {
-    let timing = RegistryTiming { dead_after: DEAD_AFTER };
+    let timing = RegistryTiming {
+        dead_after: DEAD_AFTER,
+    };
     let mut a = MemoryRegistry::new(timing);
     let mut b = a.clone();
     contract(&mut a, &mut b);
@@ -174,7 +229,9 @@ fn memory_registry_contract() {
 
 #[test]
 fn redis_registry_contract() {
-    let Some(redis) = RedisServer::start() else { return };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let mut a = redis.registry("t1");
     let mut b = redis.registry("t1");
     contract(&mut a, &mut b);
@@ -182,7 +239,9 @@ fn redis_registry_contract() {
 
 #[test]
 fn redis_placement_is_atomic_under_concurrency() {
-    let Some(redis) = RedisServer::start() else { return };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let mut setup = redis.registry("t2");
     for i in 0..4 {
         setup.heartbeat(&node(&format!("n{i}"), 0)).expect("hb");
@@ -190,23 +249,38 @@ fn redis_placement_is_atomic_under_concurrency() {
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let mut r = redis.registry("t2");
-            std::thread::spawn(move || (0..50).map(|i| r.place_room(&format!("room{i}"), &[]).expect("place")).collect::<Vec<_>>())
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| r.place_room(&format!("room{i}"), &[]).expect("place"))
+                    .collect::<Vec<_>>()
+            })
         })
         .collect();
-    let results: Vec<Vec<Placement>> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    let results: Vec<Vec<Placement>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
     for r in &results[1..] {
-        assert_eq!(r, &results[0], "every caller sees the same owner and epoch for each room");
+        assert_eq!(
+            r, &results[0],
+            "every caller sees the same owner and epoch for each room"
+        );
     }
     let mut per_node = std::collections::HashMap::new();
     for p in &results[0] {
         *per_node.entry(p.node.clone()).or_insert(0) += 1;
     }
-    assert!(per_node.values().all(|n| (10..=15).contains(n)), "spread by load: {per_node:?}");
+    assert!(
+        per_node.values().all(|n| (10..=15).contains(n)),
+        "spread by load: {per_node:?}"
+    );
 }
 
 #[test]
 fn redis_outage_is_a_fast_error_and_recovers() {
-    let Some(mut redis) = RedisServer::start() else { return };
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
     let mut r = redis.registry("t3");
     r.heartbeat(&node("n1", 0)).expect("hb");
     let port = redis.port;
@@ -214,12 +288,28 @@ fn redis_outage_is_a_fast_error_and_recovers() {
     let _ = redis.child.wait();
     let t = Instant::now();
     for _ in 0..5 {
-        assert!(matches!(r.place_room("x", &[]), Err(RegistryError::Unavailable(_))));
+        assert!(matches!(
+            r.place_room("x", &[]),
+            Err(RegistryError::Unavailable(_))
+        ));
     }
-    assert!(t.elapsed() < Duration::from_secs(3), "errors are fast: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "errors are fast: {:?}",
+        t.elapsed()
+    );
     // Redis returns on the same port: the registry reconnects by itself.
     redis.child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(&redis.dir)
         .stdout(Stdio::null())

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ::control::registry::RedisSettings;
 use anyhow::Context;
 use clap::Parser;
 use dataplane::core::{CoreConfig, SharedCrypto};
+use dataplane::io::cluster::ClusterLink;
 use dataplane::io::control::{self, ControlServer, ControlSettings};
 use dataplane::io::worker::{self, WorkerSettings};
 use tracing::info;
@@ -71,6 +73,17 @@ struct Args {
     /// UDP socket send/receive buffer size in bytes (capped by net.core.[rw]mem_max).
     #[arg(long, env = "SFU_SOCKET_BUFFER", default_value_t = 8 << 20)]
     socket_buffer: usize,
+    /// Redis URL for cluster mode (node registry, room placement, rpc from any signaling).
+    /// Without it the node runs alone, with no Redis.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "SFU_REDIS_PREFIX", default_value = "sfu")]
+    redis_prefix: String,
+    /// Seconds a participant survives without any signaling connection (time for its client to
+    /// resume through another signaling instance).
+    #[arg(long, env = "SFU_RESUME_WINDOW_SECS", default_value_t = 30)]
+    resume_window_secs: u64,
     /// Log format.
     #[arg(long, env = "SFU_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
@@ -148,28 +161,60 @@ fn main() -> anyhow::Result<()> {
         socket_path: args.control_socket.clone(),
         node_id: node_id.clone(),
         max_frame: ::control::DEFAULT_MAX_FRAME,
+        resume_window: Duration::from_secs(args.resume_window_secs),
+        media_ip: args.public_ip.to_string(),
+        media_ports: handles.iter().map(|h| h.local_addr.port()).collect(),
+        capacity_rooms: (args.max_rooms_per_worker * workers).min(u32::MAX as usize) as u32,
     };
-    let server = ControlServer::new(
+    let drain = Arc::new(AtomicBool::new(false));
+    let mut server = ControlServer::new(
         settings,
         poll,
         listener,
         handles,
         report_rx,
+        None,
         shutdown.clone(),
+        drain.clone(),
     )?;
+    if let Some(url) = &args.redis_url {
+        let mut redis = RedisSettings::new(url.clone());
+        redis.prefix = args.redis_prefix.clone();
+        let link = ClusterLink::start(redis, server.node_info(), control_waker.clone())
+            .context("starting the Redis link")?;
+        server.set_cluster(link);
+        info!(redis = %url, "cluster mode: registering in Redis");
+    }
     let control_thread = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || server.run())?;
     info!(%node_id, workers, public_ip = %args.public_ip, %bind_ip, port_base = args.port_base,
         control_socket = %args.control_socket.display(), batching = !args.no_batching, "dataplane ready");
 
-    // The main thread waits for SIGINT/SIGTERM, then stops everything in order.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    if let Some(sig) = signals.forever().next() {
+    // The main thread waits for SIGINT/SIGTERM (stop now) or SIGUSR1 (drain: finish the rooms,
+    // then exit), then stops everything in order.
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
+    let handle = signals.handle();
+    {
+        // A completed drain sets `shutdown` from the control thread: stop waiting for signals.
+        let shutdown = shutdown.clone();
+        std::thread::spawn(move || {
+            while !shutdown.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            handle.close();
+        });
+    }
+    for sig in signals.forever() {
+        if sig == SIGUSR1 {
+            info!("SIGUSR1: draining");
+            drain.store(true, Ordering::SeqCst);
+            let _ = control_waker.wake();
+            continue;
+        }
         info!(signal = sig, "shutting down");
+        break;
     }
     shutdown.store(true, Ordering::SeqCst);
     let _ = control_waker.wake();

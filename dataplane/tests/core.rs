@@ -6,7 +6,7 @@ mod sim;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use control::{ErrorCode, Event, LeaveReason, Request, Response};
+use control::{ErrorCode, Event, Grants, LeaveReason, Request, Response};
 use dataplane::core::DropReason;
 use sim::{Publish, Sim};
 use str0m::media::MediaKind;
@@ -337,6 +337,8 @@ fn join_errors_are_clear() {
         participant: "p".into(),
         name: "n".into(),
         offer: Some("this is not sdp".into()),
+        epoch: None,
+        grants: Grants::default(),
     });
     assert!(
         matches!(
@@ -355,6 +357,8 @@ fn join_errors_are_clear() {
         participant: "a".into(),
         name: "impostor".into(),
         offer: Some(offer),
+        epoch: None,
+        grants: Grants::default(),
     });
     assert!(
         matches!(
@@ -528,13 +532,36 @@ fn attach_resends_the_outstanding_offer_to_the_new_connection() {
         .iter()
         .filter(|e| matches!(e, Event::Offer { participant, .. } if participant == "b"))
         .count();
+    let wrong = sim.command(Request::Attach {
+        participant: "b".into(),
+        resume_key: "not-the-key".into(),
+    });
+    assert!(
+        matches!(
+            wrong,
+            Response::Error {
+                code: ErrorCode::UnknownParticipant,
+                ..
+            }
+        ),
+        "{wrong:?}"
+    );
+    let resume_key = sim.resume_keys["b"].clone();
+    assert_eq!(resume_key.len(), 32);
     let resp = sim.command(Request::Attach {
         participant: "b".into(),
+        resume_key,
     });
-    let Response::Attached { room, participants } = resp else {
+    let Response::Attached {
+        room,
+        participants,
+        name,
+    } = resp
+    else {
         panic!("attach failed: {resp:?}");
     };
     assert_eq!(room, "r");
+    assert_eq!(name, "name-b");
     assert_eq!(
         participants
             .iter()
@@ -562,6 +589,7 @@ fn attach_resends_the_outstanding_offer_to_the_new_connection() {
     );
     let unknown = sim.command(Request::Attach {
         participant: "zz".into(),
+        resume_key: String::new(),
     });
     assert!(matches!(
         unknown,
@@ -582,6 +610,8 @@ fn two_step_join_reserves_then_answers_the_first_offer() {
         participant: "b".into(),
         name: "Bee".into(),
         offer: None,
+        epoch: None,
+        grants: Grants::default(),
     });
     let Response::Joined {
         answer: None,

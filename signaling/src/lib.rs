@@ -10,6 +10,8 @@
 //! - [`http`], [`page`]: the minimal HTTP needed to serve the page and upgrade `/ws`.
 //! - [`server`]: the mio event loop tying it together.
 
+pub mod auth;
+pub mod cluster;
 pub mod http;
 pub mod page;
 pub mod protocol;

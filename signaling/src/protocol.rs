@@ -11,11 +11,16 @@ pub const MAX_NAME_CHARS: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
+    /// Join a room (`room`, `name`, `token` when auth is on) or resume a session (`resume`).
     Join {
-        room: String,
-        name: String,
+        #[serde(default)]
+        room: Option<String>,
+        #[serde(default)]
+        name: Option<String>,
         #[serde(default)]
         token: Option<String>,
+        #[serde(default)]
+        resume: Option<String>,
     },
     Offer {
         sdp: String,
@@ -53,6 +58,10 @@ pub enum ErrorCode {
     RoomFull,
     Unauthorized,
     Unavailable,
+    /// Too many messages; slow down.
+    RateLimited,
+    /// A `join {resume}` whose session no longer exists (expired, or the node restarted).
+    ResumeFailed,
     Internal,
 }
 
@@ -78,6 +87,10 @@ pub enum ServerMsg {
         participant: PeerInfo,
         participants: Vec<PeerInfo>,
         ice_servers: Vec<IceServer>,
+        /// Token for `join {resume}` after a lost WebSocket.
+        resume: String,
+        /// This `joined` answers a resume: keep the same peer connection.
+        resumed: bool,
     },
     Answer {
         sdp: String,
@@ -94,6 +107,11 @@ pub enum ServerMsg {
     /// The server removed this participant.
     Left {
         reason: control::LeaveReason,
+    },
+    /// The room's media node failed or the room moved: the session is over; join again (the same
+    /// room lands on a healthy node).
+    RoomClosed {
+        reason: String,
     },
     Error {
         code: ErrorCode,
@@ -164,9 +182,10 @@ mod tests {
         assert_eq!(
             parse(r#"{"type":"join","room":"demo","name":"alice"}"#),
             Ok(ClientMsg::Join {
-                room: "demo".into(),
-                name: "alice".into(),
-                token: None
+                room: Some("demo".into()),
+                name: Some("alice".into()),
+                token: None,
+                resume: None,
             })
         );
         assert_eq!(parse(r#"{"type":"leave"}"#), Ok(ClientMsg::Leave {}));
@@ -213,10 +232,19 @@ mod tests {
                 username: None,
                 credential: None,
             }],
+            resume: "tok".into(),
+            resumed: false,
         };
         assert_eq!(
             m.to_json(),
-            r#"{"type":"joined","room":"r","participant":{"id":"p1","name":"A"},"participants":[],"ice_servers":[{"urls":["stun:x"]}]}"#
+            r#"{"type":"joined","room":"r","participant":{"id":"p1","name":"A"},"participants":[],"ice_servers":[{"urls":["stun:x"]}],"resume":"tok","resumed":false}"#
+        );
+        assert_eq!(
+            ServerMsg::RoomClosed {
+                reason: "node_failed".into()
+            }
+            .to_json(),
+            r#"{"type":"room_closed","reason":"node_failed"}"#
         );
         assert_eq!(
             ServerMsg::ParticipantLeft {

@@ -1,7 +1,12 @@
-//! The signaling server: one mio loop serving HTTP (the page), WebSockets (sessions) and the
-//! control connection to the local dataplane.
+//! The signaling server: one mio loop serving HTTP (the page), WebSockets (sessions), the
+//! control connection to the local dataplane and, in cluster mode, the Redis link to every node.
+//!
+//! Routing: a session's requests go to the node that owns its room. The local node is reached
+//! over the Unix socket; any other node (or the local one while its socket is down) over Redis
+//! pub/sub. Responses and events come back the same way and are matched by request id and
+//! participant id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,17 +14,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use control::registry::{Placement, RedisSettings, RegistryError};
 use control::{
     Framed, FromDataplane, PROTOCOL_VERSION, ReadStatus, Request, Response, ToDataplane,
 };
 use mio::net::{TcpListener, TcpStream, UnixStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use crate::auth::{Auth, TurnConfig};
+use crate::cluster::{Cluster, ClusterEvent, Job};
 use crate::http::{self, HeadError};
 use crate::page;
 use crate::protocol::{ErrorCode, IceServer, ServerMsg};
@@ -27,7 +35,10 @@ use crate::session::{Action, JoinContext, Session};
 
 const LISTENER: Token = Token(0);
 const CONTROL: Token = Token(1);
-const FIRST_CONN: usize = 2;
+const WAKER: Token = Token(2);
+const FIRST_CONN: usize = 3;
+/// A node not heard from for this long (while we hear others) has failed.
+const NODE_DEAD_AFTER: Duration = Duration::from_millis(1500);
 
 /// Server settings (see `main.rs` for the CLI).
 #[derive(Debug, Clone)]
@@ -35,9 +46,19 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub control_socket: PathBuf,
     pub ice_servers: Vec<IceServer>,
+    pub turn: Option<TurnConfig>,
+    /// HS256 secret for join tokens; `None` = no authentication.
+    pub jwt_secret: Option<Vec<u8>>,
+    /// Cluster mode: Redis registry and pub/sub.
+    pub redis: Option<RedisSettings>,
+    /// Id of this instance (its reply channel in cluster mode).
+    pub signaling_id: String,
     /// Largest WebSocket message; larger ones close the connection with 1009.
     pub max_message: usize,
     pub max_connections: usize,
+    /// Per connection: sustained messages per second and burst.
+    pub rate_per_sec: f64,
+    pub rate_burst: f64,
     /// An HTTP request head must arrive within this time.
     pub http_timeout: Duration,
     /// How long a control request may stay unanswered before the client gets `unavailable`.
@@ -50,8 +71,14 @@ impl Settings {
             listen,
             control_socket,
             ice_servers: Vec::new(),
+            turn: None,
+            jwt_secret: None,
+            redis: None,
+            signaling_id: format!("sig-{:08x}", rand::random::<u32>()),
             max_message: 1 << 20,
             max_connections: 20_000,
+            rate_per_sec: 20.0,
+            rate_burst: 50.0,
             http_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
         }
@@ -75,15 +102,24 @@ enum ConnState {
     Gone,
 }
 
+/// Token bucket limiting client messages per connection.
+struct RateLimit {
+    tokens: f64,
+    at: Instant,
+    /// Messages refused in a row; a client that keeps flooding is disconnected.
+    refused: u32,
+}
+
 struct Conn {
     state: ConnState,
     since: Instant,
     writable: bool,
     /// When we started closing the WebSocket; the socket is dropped 2 s later at the latest.
     closing: Option<Instant>,
+    rate: RateLimit,
 }
 
-/// The control connection to the dataplane.
+/// The control connection to the local dataplane.
 struct ControlLink {
     path: PathBuf,
     stream: Option<UnixStream>,
@@ -94,12 +130,29 @@ struct ControlLink {
     retry_at: Instant,
     backoff: Duration,
     writable: bool,
+    /// Since when the connection has been down (for node-failure detection without Redis).
+    down_since: Option<Instant>,
 }
 
 struct PendingRequest {
     conn: Option<usize>,
+    node: String,
     request: Request,
     sent: Instant,
+}
+
+/// Liveness of media nodes as seen from here.
+#[derive(Default)]
+struct Liveness {
+    /// Last beacon per dataplane node.
+    seen: HashMap<String, Instant>,
+    /// The Redis subscription came up at (None: down).
+    subscribed_since: Option<Instant>,
+    /// Last beacon of anyone (proof the subscription delivers).
+    last_any: Option<Instant>,
+    /// Nodes already declared failed (and when), so each failure is handled once.
+    failed: HashMap<String, Instant>,
+    next_check: Option<Instant>,
 }
 
 /// The server. See the module docs.
@@ -109,21 +162,37 @@ pub struct Server {
     listener: TcpListener,
     conns: Slab<Conn>,
     control: ControlLink,
+    local_node: Option<String>,
+    cluster: Option<Cluster>,
     pending: HashMap<u64, PendingRequest>,
+    placements: HashMap<u64, usize>,
     next_id: u64,
     by_participant: HashMap<String, usize>,
     ctx: JoinContext,
+    live: Liveness,
     shutdown: Arc<AtomicBool>,
 }
 
 impl Server {
-    pub fn bind(settings: Settings, shutdown: Arc<AtomicBool>) -> io::Result<Self> {
+    pub fn bind(settings: Settings, shutdown: Arc<AtomicBool>) -> anyhow::Result<Self> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(settings.listen)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let cluster = match &settings.redis {
+            Some(r) => Some(Cluster::start(
+                r.clone(),
+                settings.signaling_id.clone(),
+                waker,
+            )?),
+            None => None,
+        };
         let ctx = JoinContext {
             ice_servers: settings.ice_servers.clone(),
+            turn: settings.turn.clone(),
+            auth: settings.jwt_secret.as_deref().map(Auth::new),
+            now_unix: 0,
         };
         let control = ControlLink {
             path: settings.control_socket.clone(),
@@ -134,6 +203,7 @@ impl Server {
             retry_at: Instant::now(),
             backoff: Duration::from_millis(100),
             writable: false,
+            down_since: Some(Instant::now()),
         };
         Ok(Self {
             settings,
@@ -141,10 +211,14 @@ impl Server {
             listener,
             conns: Slab::with_capacity(1024),
             control,
+            local_node: None,
+            cluster,
             pending: HashMap::new(),
+            placements: HashMap::new(),
             next_id: 1,
             by_participant: HashMap::new(),
             ctx,
+            live: Liveness::default(),
             shutdown,
         })
     }
@@ -153,7 +227,14 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Run until the shutdown flag is set.
+    /// Whether this instance can serve joins: the local dataplane is connected, or (cluster mode)
+    /// Redis is reachable.
+    fn healthy(&self) -> bool {
+        self.control.ready || self.live.subscribed_since.is_some()
+    }
+
+    /// Run until the shutdown flag is set; then close every WebSocket with 1012 (service restart)
+    /// so clients resume through another instance right away.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         while !self.shutdown.load(Ordering::Relaxed) {
@@ -165,33 +246,57 @@ impl Server {
                 self.control
                     .retry_at
                     .saturating_duration_since(now)
-                    .min(Duration::from_millis(500))
+                    .min(Duration::from_millis(250))
             } else {
-                Duration::from_millis(500)
+                Duration::from_millis(250)
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 return Err(e);
             }
+            self.ctx.now_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
                     CONTROL => {
                         self.control_ready(ev.is_readable() || ev.is_read_closed() || ev.is_error())
                     }
+                    WAKER => {}
                     Token(t) => self.conn_ready(t - FIRST_CONN),
                 }
             }
-            self.expire(Instant::now());
+            self.handle_cluster();
+            let now = Instant::now();
+            self.expire(now);
+            self.check_nodes(now);
             self.flush_control();
         }
-        info!("signaling stopping");
+        info!("signaling stopping: closing websockets with 1012 so clients resume elsewhere");
+        let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        for id in ids {
+            if let Some(Conn {
+                state: ConnState::Ws { ws, .. },
+                ..
+            }) = self.conns.get_mut(id)
+            {
+                let _ = ws.close(Some(CloseFrame {
+                    code: CloseCode::Restart,
+                    reason: "signaling restarting; resume".into(),
+                }));
+                let _ = ws.flush();
+            }
+        }
+        if let Some(c) = self.cluster.take() {
+            c.stop();
+        }
         Ok(())
     }
 
     // -------------------------------------------------------------------------------------------
-    // Control connection
+    // Control connection (local dataplane)
 
     fn connect_control(&mut self, now: Instant) {
         match UnixStream::connect(&self.control.path) {
@@ -208,7 +313,7 @@ impl Server {
                 self.control.framed = Framed::new(control::DEFAULT_MAX_FRAME);
                 let hello = ToDataplane::Hello {
                     version: PROTOCOL_VERSION,
-                    client: format!("signaling@{}:{}", self.settings.listen, std::process::id()),
+                    client: format!("{}@{}", self.settings.signaling_id, self.settings.listen),
                 };
                 let _ = self.control.framed.queue(&hello);
                 self.control.stream = Some(stream);
@@ -232,7 +337,7 @@ impl Server {
             let status = self.control.framed.read_from(stream);
             loop {
                 match self.control.framed.next_message::<FromDataplane>() {
-                    Ok(Some(msg)) => self.handle_control_message(msg),
+                    Ok(Some(msg)) => self.handle_dataplane_message(msg, true),
                     Ok(None) => break,
                     Err(e) => {
                         warn!(error = %e, "bad frame from dataplane");
@@ -275,43 +380,59 @@ impl Server {
         }
         if self.control.ready {
             warn!("lost the dataplane control connection; sessions keep their media, reconnecting");
+            self.control.down_since = Some(Instant::now());
         }
         self.control.ready = false;
         self.control.retry_at = Instant::now() + Duration::from_millis(100);
         self.control.backoff = Duration::from_millis(200);
-        // Every outstanding request fails now: the dataplane will not answer it on a new connection.
-        let pending: Vec<(u64, PendingRequest)> = self.pending.drain().collect();
-        for (_, p) in pending {
-            self.fail_request(p, "the media server connection was lost");
+        // Requests sent over the socket will not be answered on a new connection.
+        let local = self.local_node.clone();
+        let lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| Some(&p.node) == local.as_ref() && self.cluster.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some(p) = self.pending.remove(&id) {
+                self.fail_request(p, "the media server connection was lost");
+            }
         }
     }
 
-    fn handle_control_message(&mut self, msg: FromDataplane) {
+    /// A message from a dataplane: over the socket (`local`) or Redis.
+    fn handle_dataplane_message(&mut self, msg: FromDataplane, local: bool) {
         match msg {
             FromDataplane::Welcome {
                 node_id, workers, ..
-            } => {
-                info!(%node_id, workers, "connected to dataplane");
+            } if local => {
+                info!(%node_id, workers, "connected to the local dataplane");
                 self.control.ready = true;
+                self.control.down_since = None;
                 self.control.backoff = Duration::from_millis(100);
-                // Re-attach every joined session to this connection.
+                self.live.failed.remove(&node_id);
+                self.local_node = Some(node_id.clone());
+                // Re-attach every session on this node to this connection.
                 let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
                 for id in ids {
                     let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
-                        Some(ConnState::Ws { session, .. }) => session.handle_control_restored(),
+                        Some(ConnState::Ws { session, .. }) => {
+                            session.handle_control_restored(&node_id)
+                        }
                         _ => continue,
                     };
                     self.apply(id, actions);
                 }
+            }
+            FromDataplane::Welcome { .. } => {}
+            FromDataplane::Health { stats } => {
+                self.control.last_health = Some((Instant::now(), stats));
             }
             FromDataplane::Response { id, response } => {
                 let Some(p) = self.pending.remove(&id) else {
                     return;
                 };
                 self.deliver_response(p, response);
-            }
-            FromDataplane::Health { stats } => {
-                self.control.last_health = Some((Instant::now(), stats));
             }
             FromDataplane::Event { event } => {
                 let Some(conn) = self.by_participant.get(event.participant()).copied() else {
@@ -326,6 +447,143 @@ impl Server {
         }
     }
 
+    fn handle_cluster(&mut self) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let events: Vec<ClusterEvent> = c.rx.try_iter().collect();
+        for e in events {
+            match e {
+                ClusterEvent::Placed { ticket, result } => {
+                    let Some(conn) = self.placements.remove(&ticket) else {
+                        continue;
+                    };
+                    self.deliver_placement(conn, result);
+                }
+                ClusterEvent::Reply(msg) => self.handle_dataplane_message(msg, false),
+                ClusterEvent::Beacon(b) => {
+                    let now = Instant::now();
+                    self.live.last_any = Some(now);
+                    if b.kind == control::BeaconKind::Dataplane {
+                        self.live.seen.insert(b.id.clone(), now);
+                        self.live.failed.remove(&b.id);
+                    }
+                }
+                ClusterEvent::Subscribed(up) => {
+                    self.live.subscribed_since = up.then(Instant::now);
+                }
+                ClusterEvent::RpcFailed { msg, .. } => {
+                    if let ToDataplane::Request { id, .. } = msg
+                        && let Some(p) = self.pending.remove(&id)
+                    {
+                        self.fail_request(p, "the media node could not be reached; retry later");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Declare failed the nodes that went silent, and close their rooms for their clients.
+    fn check_nodes(&mut self, now: Instant) {
+        if self.live.next_check.is_some_and(|t| now < t) {
+            return;
+        }
+        self.live.next_check = Some(now + Duration::from_millis(250));
+        let mut dead: HashSet<String> = HashSet::new();
+        if self.cluster.is_some() {
+            // Silence only means something while the subscription demonstrably delivers.
+            let healthy = self
+                .live
+                .subscribed_since
+                .is_some_and(|t| now.duration_since(t) > NODE_DEAD_AFTER)
+                && self
+                    .live
+                    .last_any
+                    .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+            if healthy {
+                let since = self.live.subscribed_since.unwrap_or(now);
+                for (_, c) in self.conns.iter() {
+                    if let ConnState::Ws { session, .. } = &c.state
+                        && let Some(node) = session.node()
+                        && now.duration_since(self.live.seen.get(node).copied().unwrap_or(since))
+                            > NODE_DEAD_AFTER
+                    {
+                        dead.insert(node.to_string());
+                    }
+                }
+            }
+        } else if let (Some(local), Some(down)) = (&self.local_node, self.control.down_since)
+            && now.duration_since(down) > NODE_DEAD_AFTER
+        {
+            dead.insert(local.clone());
+        }
+        for node in dead {
+            if self.live.failed.contains_key(&node) {
+                continue;
+            }
+            warn!(%node, "media node failed: closing its rooms for our clients");
+            self.live.failed.insert(node.clone(), now);
+            if let Some(c) = &self.cluster {
+                c.send(Job::MarkDead { node: node.clone() });
+            }
+            let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+            for id in ids {
+                let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
+                    Some(ConnState::Ws { session, .. }) => session.handle_node_failed(&node),
+                    _ => continue,
+                };
+                self.apply(id, actions);
+            }
+            let stale: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.node == node)
+                .map(|(i, _)| *i)
+                .collect();
+            for id in stale {
+                if let Some(p) = self.pending.remove(&id) {
+                    self.fail_request(p, "the media node failed");
+                }
+            }
+        }
+    }
+
+    fn deliver_placement(&mut self, conn: usize, result: Result<Placement, RegistryError>) {
+        let actions = match self.conns.get_mut(conn).map(|c| &mut c.state) {
+            Some(ConnState::Ws { session, .. }) => session.handle_placement(result),
+            _ => return,
+        };
+        self.apply(conn, actions);
+    }
+
+    fn place(&mut self, conn: usize, room: String, exclude: Vec<String>) {
+        match &self.cluster {
+            Some(c) => {
+                let ticket = self.next_id;
+                self.next_id += 1;
+                self.placements.insert(ticket, conn);
+                c.send(Job::Place {
+                    ticket,
+                    room,
+                    exclude,
+                });
+            }
+            None => {
+                // Single node: the local dataplane owns every room.
+                let result = match &self.local_node {
+                    Some(node) if self.control.ready && !exclude.contains(node) => Ok(Placement {
+                        node: node.clone(),
+                        epoch: 0,
+                    }),
+                    _ => Err(RegistryError::Unavailable(
+                        "the media server is not reachable".into(),
+                    )),
+                };
+                self.deliver_placement(conn, result);
+            }
+        }
+    }
+
     fn deliver_response(&mut self, p: PendingRequest, response: Response) {
         let Some(conn) = p.conn.filter(|c| self.conns.contains(*c)) else {
             // The client went away while its join was in flight: undo it.
@@ -334,6 +592,7 @@ impl Server {
             {
                 self.send_request(
                     None,
+                    p.node.clone(),
                     Request::Leave {
                         participant: participant.clone(),
                     },
@@ -355,24 +614,30 @@ impl Server {
         self.deliver_response(p, resp);
     }
 
-    fn send_request(&mut self, conn: Option<usize>, request: Request) {
+    /// Send `request` to `node`: over the socket if it is the local node and the socket is up,
+    /// else over Redis, else fail it with `unavailable`.
+    fn send_request(&mut self, conn: Option<usize>, node: String, request: Request) {
+        let id = self.next_id;
+        self.next_id += 1;
         let p = PendingRequest {
             conn,
+            node: node.clone(),
             request,
             sent: Instant::now(),
         };
-        if !self.control.ready {
-            self.fail_request(p, "the media server is not reachable; retry later");
-            return;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
         let msg = ToDataplane::Request {
             id,
             request: p.request.clone(),
         };
-        if self.control.framed.queue(&msg).is_err() {
-            self.fail_request(p, "the media server is not keeping up; retry later");
+        if self.local_node.as_ref() == Some(&node) && self.control.ready {
+            if self.control.framed.queue(&msg).is_err() {
+                self.fail_request(p, "the media server is not keeping up; retry later");
+                return;
+            }
+        } else if let Some(c) = &self.cluster {
+            c.send(Job::Rpc { node, msg });
+        } else {
+            self.fail_request(p, "the media server is not reachable; retry later");
             return;
         }
         self.pending.insert(id, p);
@@ -408,6 +673,11 @@ impl Server {
                         since: Instant::now(),
                         writable: false,
                         closing: None,
+                        rate: RateLimit {
+                            tokens: self.settings.rate_burst,
+                            at: Instant::now(),
+                            refused: 0,
+                        },
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -517,7 +787,7 @@ impl Server {
             );
         }
         let resp = match head.path.as_str() {
-            "/healthz" if self.control.ready => http::response(200, "OK", "text/plain", b"ok\n"),
+            "/healthz" if self.healthy() => http::response(200, "OK", "text/plain", b"ok\n"),
             "/healthz" => http::response(
                 503,
                 "Service Unavailable",
@@ -631,7 +901,39 @@ impl Server {
             };
             match ws.read() {
                 Ok(Message::Text(text)) => {
-                    let actions = session.handle_text(text.as_str(), new_participant_id);
+                    // Rate limit: a token bucket per connection.
+                    let now = Instant::now();
+                    let r = &mut conn.rate;
+                    r.tokens = (r.tokens
+                        + now.duration_since(r.at).as_secs_f64() * self.settings.rate_per_sec)
+                        .min(self.settings.rate_burst);
+                    r.at = now;
+                    if r.tokens < 1.0 {
+                        r.refused += 1;
+                        if r.refused > 200 {
+                            debug!(conn = id, "client keeps flooding; closing with 1008");
+                            let _ = ws.close(Some(CloseFrame {
+                                code: CloseCode::Policy,
+                                reason: "rate limit".into(),
+                            }));
+                            let _ = ws.flush();
+                            return self.disconnect(id);
+                        }
+                        if r.refused == 1 || r.refused.is_multiple_of(50) {
+                            let msg = ServerMsg::error(
+                                ErrorCode::RateLimited,
+                                format!(
+                                    "more than {} messages per second; message dropped",
+                                    self.settings.rate_per_sec
+                                ),
+                            );
+                            self.apply(id, vec![Action::Send(msg)]);
+                        }
+                        continue;
+                    }
+                    r.tokens -= 1.0;
+                    r.refused = 0;
+                    let actions = session.handle_text(text.as_str(), &self.ctx, new_participant_id);
                     self.apply(id, actions);
                 }
                 Ok(Message::Binary(_)) => {
@@ -690,11 +992,24 @@ impl Server {
                     }
                 }
                 Action::Request(request) => {
-                    if let Request::Join { participant, .. } = &request {
-                        self.by_participant.insert(participant.clone(), id);
+                    let node = match self.conns.get(id).map(|c| &c.state) {
+                        Some(ConnState::Ws { session, .. }) => session.node().map(str::to_string),
+                        _ => None,
+                    };
+                    if let Some(p) = match &request {
+                        Request::Join { participant, .. } | Request::Attach { participant, .. } => {
+                            Some(participant)
+                        }
+                        _ => None,
+                    } {
+                        self.by_participant.insert(p.clone(), id);
                     }
-                    self.send_request(Some(id), request);
+                    match node {
+                        Some(node) => self.send_request(Some(id), node, request),
+                        None => warn!(conn = id, "request without a node; dropped"),
+                    }
                 }
+                Action::Place { room, exclude } => self.place(id, room, exclude),
                 Action::Close => {
                     if let Some(Conn {
                         state: ConnState::Ws { ws, .. },
@@ -738,16 +1053,24 @@ impl Server {
         }
     }
 
-    /// The client's WebSocket is gone: the session leaves and the connection is removed.
+    /// The client's WebSocket is gone. The participant stays on its node for the resume window
+    /// (the client may resume through any instance); the connection is removed.
     fn disconnect(&mut self, id: usize) {
         let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
-            Some(ConnState::Ws { session, .. }) => session.handle_disconnect(),
+            Some(ConnState::Ws { session, .. }) => {
+                let node = session.node().map(str::to_string);
+                session
+                    .handle_disconnect()
+                    .into_iter()
+                    .map(|a| (node.clone(), a))
+                    .collect()
+            }
             _ => vec![],
         };
         self.remove(id);
-        for action in actions {
-            if let Action::Request(r) = action {
-                self.send_request(None, r);
+        for (node, action) in actions {
+            if let (Some(node), Action::Request(r)) = (node, action) {
+                self.send_request(None, node, r);
             }
         }
     }

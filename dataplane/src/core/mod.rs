@@ -105,12 +105,35 @@ impl WallClock {
     }
 }
 
-/// A command from the control thread: a control-protocol request and an opaque `tag` that comes
-/// back in the matching [`Report::Response`].
+/// A command from the control thread: an operation and an opaque `tag` that comes back in the
+/// matching [`Report::Response`].
 #[derive(Debug, Clone)]
 pub struct Command {
     pub tag: u64,
-    pub request: Request,
+    pub op: Op,
+}
+
+/// What a [`Command`] asks for.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// A control-protocol request from signaling.
+    Request(Request),
+    /// Remove a participant for a reason other than its own `leave` (the control thread uses it
+    /// for sessions abandoned by their signaling).
+    Remove {
+        participant: String,
+        reason: LeaveReason,
+    },
+}
+
+impl Command {
+    /// A command carrying a control request.
+    pub fn request(tag: u64, request: Request) -> Self {
+        Self {
+            tag,
+            op: Op::Request(request),
+        }
+    }
 }
 
 /// What the core tells the control thread.
@@ -493,13 +516,21 @@ impl WorkerCore {
         if self.next_stats.is_none() {
             self.next_stats = Some(now + self.cfg.stats_interval);
         }
-        let response = match cmd.request {
-            Request::Join {
-                room,
+        let request = match cmd.op {
+            Op::Request(r) => r,
+            Op::Remove {
                 participant,
-                name,
-                offer,
-            } => self.handle_join(now, cmd.tag, room, participant, name, offer.as_deref()),
+                reason,
+            } => {
+                if let Some(idx) = self.by_id.get(&participant).copied() {
+                    self.remove_participant(idx, now, reason);
+                }
+                self.run_work(now);
+                return;
+            }
+        };
+        let response = match request {
+            join @ Request::Join { .. } => self.handle_join(now, cmd.tag, join),
             Request::Answer { participant, sdp } => self.handle_answer(now, &participant, &sdp),
             Request::Offer { participant, sdp } => {
                 self.handle_client_offer(now, &participant, &sdp)
@@ -511,8 +542,22 @@ impl WorkerCore {
                 }
                 None => Some(unknown(&participant)),
             },
-            Request::Attach { participant } => self.handle_attach(cmd.tag, &participant),
-            Request::Stats => Some(Response::error(
+            Request::Attach {
+                participant,
+                resume_key,
+            } => self.handle_attach(cmd.tag, &participant, &resume_key),
+            Request::CloseRoom { room } => {
+                let members = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.participants.clone())
+                    .unwrap_or_default();
+                for idx in members {
+                    self.remove_participant(idx, now, LeaveReason::RoomClosed);
+                }
+                Some(Response::Ok)
+            }
+            Request::Stats | Request::Drain => Some(Response::error(
                 ErrorCode::BadRequest,
                 "handled by the control thread, not a worker",
             )),
@@ -533,15 +578,19 @@ impl WorkerCore {
     }
 
     /// Returns `None` when the response was already emitted (it must precede the events).
-    fn handle_join(
-        &mut self,
-        now: Instant,
-        tag: u64,
-        room: String,
-        id: String,
-        name: String,
-        offer: Option<&str>,
-    ) -> Option<Response> {
+    fn handle_join(&mut self, now: Instant, tag: u64, join: Request) -> Option<Response> {
+        let Request::Join {
+            room,
+            participant: id,
+            name,
+            offer,
+            grants,
+            ..
+        } = join
+        else {
+            return None;
+        };
+        let offer = offer.as_deref();
         if self.by_id.contains_key(&id) {
             return Some(Response::error(
                 ErrorCode::DuplicateParticipant,
@@ -628,6 +677,8 @@ impl WorkerCore {
             now,
         );
         p.initial_done = initial_done;
+        p.grants = grants;
+        let resume_key = p.resume_key.clone();
         let idx = ParticipantIdx(self.participants.insert(p));
         self.by_id.insert(id.clone(), idx);
         self.demux.insert_ufrag(ufrag, idx);
@@ -653,6 +704,7 @@ impl WorkerCore {
                 worker: self.cfg.worker,
                 port: self.cfg.local_addr.port(),
                 participants: peers,
+                resume_key,
             },
         );
         let me = PeerInfo { id, name };
@@ -683,11 +735,15 @@ impl WorkerCore {
 
     /// A signaling connection took over the participant's events: tell it the room and re-send
     /// the outstanding server offer (the previous connection may have died before relaying it).
-    fn handle_attach(&mut self, tag: u64, id: &str) -> Option<Response> {
+    fn handle_attach(&mut self, tag: u64, id: &str, resume_key: &str) -> Option<Response> {
         let Some(idx) = self.by_id.get(id).copied() else {
             return Some(unknown(id));
         };
         let p = self.participants.get(idx.0)?;
+        if p.resume_key != resume_key {
+            // Same answer as for an unknown id: a wrong key reveals nothing.
+            return Some(unknown(id));
+        }
         let participants = self
             .rooms
             .get(&p.room)
@@ -709,6 +765,7 @@ impl WorkerCore {
         });
         let response = Response::Attached {
             room: p.room.clone(),
+            name: p.name.clone(),
             participants,
         };
         // The response must precede the re-sent offer.
@@ -931,7 +988,8 @@ impl WorkerCore {
                 }
             }
             RtcEvent::MediaAdded(m)
-                if matches!(m.direction, Direction::RecvOnly | Direction::SendRecv)
+                if p.grants.publish
+                    && matches!(m.direction, Direction::RecvOnly | Direction::SendRecv)
                     && p.track_in(m.mid).is_none() =>
             {
                 let ti = TrackInIdx(self.tracks_in.insert(TrackIn {

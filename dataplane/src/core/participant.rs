@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use control::Grants;
 use str0m::Rtc;
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
@@ -63,6 +64,10 @@ pub struct Participant {
     pub scheduled: Option<Instant>,
     pub rtp_in: u64,
     pub rtp_out: u64,
+    /// What it may do (publish, subscribe).
+    pub grants: Grants,
+    /// Authorizes `attach` (session resume); handed to signaling in `joined`.
+    pub resume_key: String,
 }
 
 impl Participant {
@@ -94,6 +99,8 @@ impl Participant {
             scheduled: None,
             rtp_in: 0,
             rtp_out: 0,
+            grants: Grants::default(),
+            resume_key: format!("{:032x}", rand::random::<u128>()),
         }
     }
 

@@ -1,10 +1,12 @@
-//! The control thread: serves the Unix socket for signaling processes and routes between them and
-//! the workers. It never touches media; workers never wait for it.
+//! The control thread: serves the Unix socket for local signaling processes and, in cluster mode,
+//! requests from remote signaling instances over Redis pub/sub; routes between them and the
+//! workers. It never touches media and never waits for a worker.
 //!
-//! Routing state kept here: room → worker (a room lives on exactly one worker), participant →
-//! (worker, owning connection), request tags → (connection, request id). A connection that
-//! closes loses its participants' events but not the participants: media keeps flowing and a new
-//! connection takes them over with `attach`.
+//! Routing state kept here: room → (worker, fencing epoch), participant → (worker, owning peer),
+//! request tags → (peer, request id). A peer (a local connection or a remote signaling instance)
+//! that goes away orphans its participants but does not remove them: media keeps flowing, and
+//! another signaling instance takes them over with `attach` (session resume). Participants
+//! orphaned for longer than the resume window are removed (`abandoned`).
 
 use std::collections::HashMap;
 use std::io;
@@ -13,9 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use control::registry::{NodeInfo, NodeLoad, NodeState, Placement};
 use control::{
-    ErrorCode, Framed, FromDataplane, NodeStats, PROTOCOL_VERSION, ReadStatus, Request, Response,
-    ToDataplane, WorkerStats,
+    BeaconKind, ErrorCode, Framed, FromDataplane, LeaveReason, NodeStats, PROTOCOL_VERSION,
+    ReadStatus, Request, Response, ToDataplane, WorkerStats,
 };
 use crossbeam_channel::{Receiver, TrySendError};
 use mio::net::{UnixListener, UnixStream};
@@ -23,14 +26,17 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
+use super::cluster::{ClusterCmd, ClusterIn, ClusterLink};
 use super::worker::WorkerHandle;
-use crate::core::{Command, Report};
+use crate::core::{Command, Op, Report};
 
 const LISTENER: Token = Token(0);
 pub const CONTROL_WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
-/// How often every connection gets a [`FromDataplane::Health`] report.
+/// How often every local connection gets a [`FromDataplane::Health`] report.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// A remote signaling instance silent for this long is considered gone.
+const REMOTE_PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Settings of the control thread.
 #[derive(Debug, Clone)]
@@ -38,20 +44,36 @@ pub struct ControlSettings {
     pub socket_path: PathBuf,
     pub node_id: String,
     pub max_frame: usize,
+    /// Participants without any signaling owner for this long are removed.
+    pub resume_window: Duration,
+    /// For the registry: public media IP and worker ports, room capacity.
+    pub media_ip: String,
+    pub media_ports: Vec<u16>,
+    pub capacity_rooms: u32,
 }
 
-struct Conn {
-    stream: UnixStream,
-    framed: Framed,
-    /// Name from `hello`; `None` until the handshake is done.
-    client: Option<String>,
-    writable: bool,
+enum Peer {
+    /// A signaling process on this host, over the Unix socket.
+    Local {
+        stream: UnixStream,
+        framed: Framed,
+        /// Name from `hello`; `None` until the handshake is done.
+        client: Option<String>,
+        writable: bool,
+    },
+    /// A signaling instance elsewhere, over Redis pub/sub.
+    Remote {
+        signaling: String,
+        last_seen: Instant,
+    },
 }
 
 struct Route {
     worker: u32,
     room: String,
     owner: Option<usize>,
+    /// When it lost its owner.
+    orphaned_since: Option<Instant>,
 }
 
 #[derive(Clone, Copy)]
@@ -61,7 +83,7 @@ enum PendingKind {
 }
 
 struct Pending {
-    conn: usize,
+    peer: usize,
     id: u64,
     kind: PendingKind,
     participant: String,
@@ -71,6 +93,7 @@ struct Pending {
 struct RoomEntry {
     worker: u32,
     members: usize,
+    epoch: Option<u64>,
 }
 
 /// Bind the socket (replacing a stale one) before anything else starts.
@@ -98,25 +121,37 @@ pub struct ControlServer {
     settings: ControlSettings,
     poll: Poll,
     listener: UnixListener,
-    conns: Slab<Conn>,
+    peers: Slab<Peer>,
+    remote_ids: HashMap<String, usize>,
     workers: Vec<WorkerHandle>,
     reports: Receiver<(u32, Report)>,
+    cluster: Option<ClusterLink>,
+    /// The Redis subscription is up (remote peers can be heard).
+    subscribed: bool,
     rooms: HashMap<String, RoomEntry>,
     routes: HashMap<String, Route>,
     pending: HashMap<u64, Pending>,
     next_tag: u64,
     stats: Vec<WorkerStats>,
     shutdown: Arc<AtomicBool>,
+    drain: Arc<AtomicBool>,
+    draining: bool,
+    deregistered: bool,
+    /// Packets forwarded at the last load report, for the rate.
+    last_forwarded: (Instant, u64),
 }
 
 impl ControlServer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: ControlSettings,
         poll: Poll,
         mut listener: UnixListener,
         workers: Vec<WorkerHandle>,
         reports: Receiver<(u32, Report)>,
+        cluster: Option<ClusterLink>,
         shutdown: Arc<AtomicBool>,
+        drain: Arc<AtomicBool>,
     ) -> io::Result<Self> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -132,29 +167,69 @@ impl ControlServer {
             settings,
             poll,
             listener,
-            conns: Slab::new(),
+            peers: Slab::new(),
+            remote_ids: HashMap::new(),
             workers,
             reports,
+            cluster,
+            subscribed: false,
             rooms: HashMap::new(),
             routes: HashMap::new(),
             pending: HashMap::new(),
             next_tag: 1,
             stats,
             shutdown,
+            drain,
+            draining: false,
+            deregistered: false,
+            last_forwarded: (Instant::now(), 0),
         })
     }
 
-    /// Create the poll whose waker the workers use to signal reports.
+    /// Attach the Redis link (cluster mode).
+    pub fn set_cluster(&mut self, link: ClusterLink) {
+        self.cluster = Some(link);
+    }
+
+    /// Create the poll whose waker the workers and cluster threads use.
     pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), CONTROL_WAKER)?);
         Ok((poll, waker))
     }
 
+    /// This node as the registry sees it.
+    pub fn node_info(&self) -> NodeInfo {
+        let participants = self.stats.iter().map(|w| w.participants).sum();
+        let rooms = self.stats.iter().map(|w| w.rooms.len() as u32).sum();
+        let forwarded: u64 = self.stats.iter().map(|w| w.rtp_forwarded).sum();
+        let (t, f) = self.last_forwarded;
+        let secs = t.elapsed().as_secs_f64().max(0.001);
+        NodeInfo {
+            node_id: self.settings.node_id.clone(),
+            media_ip: self.settings.media_ip.clone(),
+            media_ports: self.settings.media_ports.clone(),
+            capacity_rooms: self.settings.capacity_rooms,
+            load: NodeLoad {
+                rooms,
+                participants,
+                packets_per_sec: (forwarded.saturating_sub(f) as f64 / secs) as u64,
+                cpu_percent: 0.0,
+            },
+            state: if self.draining {
+                NodeState::Draining
+            } else {
+                NodeState::Serving
+            },
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
     /// Run until shutdown; then wait (bounded) for the workers to stop and return them.
     pub fn run(mut self) -> Vec<WorkerHandle> {
         let mut events = Events::with_capacity(128);
         let mut next_health = Instant::now() + HEALTH_INTERVAL;
+        let mut next_sweep = Instant::now() + Duration::from_secs(1);
         loop {
             if let Err(e) = self
                 .poll
@@ -169,19 +244,29 @@ impl ControlServer {
                     LISTENER => self.accept(),
                     CONTROL_WAKER => {}
                     Token(t) => {
-                        let id = t - FIRST_CONN;
                         if ev.is_readable() || ev.is_read_closed() {
-                            self.read_conn(id);
+                            self.read_local(t - FIRST_CONN);
                         }
                     }
                 }
             }
             self.handle_reports();
-            if Instant::now() >= next_health {
-                next_health = Instant::now() + HEALTH_INTERVAL;
+            self.handle_cluster();
+            let now = Instant::now();
+            if now >= next_health {
+                next_health = now + HEALTH_INTERVAL;
                 self.broadcast_health();
+                if let Some(c) = &self.cluster {
+                    c.send(ClusterCmd::Node(self.node_info()));
+                }
+                let forwarded = self.stats.iter().map(|w| w.rtp_forwarded).sum();
+                self.last_forwarded = (now, forwarded);
             }
-            self.flush_conns();
+            if now >= next_sweep {
+                next_sweep = now + Duration::from_secs(1);
+                self.sweep(now);
+            }
+            self.flush_locals();
             if self.shutdown.load(Ordering::Relaxed) {
                 break;
             }
@@ -195,10 +280,83 @@ impl ControlServer {
         while Instant::now() < deadline && self.workers.iter().any(|w| !w.thread.is_finished()) {
             std::thread::sleep(Duration::from_millis(10));
             self.handle_reports();
-            self.flush_conns();
+            self.flush_locals();
+        }
+        if let Some(c) = self.cluster.take() {
+            c.stop();
         }
         let _ = std::fs::remove_file(&self.settings.socket_path);
         std::mem::take(&mut self.workers)
+    }
+
+    /// Once a second: expire silent remote peers, remove abandoned participants, progress a drain.
+    fn sweep(&mut self, now: Instant) {
+        if self.subscribed {
+            let silent: Vec<usize> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| matches!(p, Peer::Remote { last_seen, .. } if now.duration_since(*last_seen) > REMOTE_PEER_TIMEOUT))
+                .map(|(i, _)| i)
+                .collect();
+            for id in silent {
+                self.close_peer(id);
+            }
+        }
+        let abandoned: Vec<(String, u32)> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| {
+                r.orphaned_since
+                    .is_some_and(|t| now.duration_since(t) > self.settings.resume_window)
+            })
+            .map(|(p, r)| (p.clone(), r.worker))
+            .collect();
+        for (participant, worker) in abandoned {
+            info!(%participant, "no signaling for the resume window: removing");
+            if let Some(r) = self.routes.get_mut(&participant) {
+                r.orphaned_since = None;
+            }
+            self.command(
+                worker,
+                Op::Remove {
+                    participant,
+                    reason: LeaveReason::Abandoned,
+                },
+            );
+        }
+        if self.drain.load(Ordering::Relaxed) && !self.draining {
+            self.start_drain();
+        }
+        if self.draining && self.routes.is_empty() && !self.deregistered {
+            match &self.cluster {
+                Some(c) => {
+                    info!("drain complete: deregistering");
+                    c.send(ClusterCmd::Deregister);
+                    self.deregistered = true;
+                }
+                None => {
+                    info!("drain complete: exiting");
+                    self.shutdown.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        info!("draining: no new rooms; existing rooms continue until empty");
+        self.draining = true;
+        if let Some(c) = &self.cluster {
+            c.send(ClusterCmd::Node(self.node_info()));
+        }
+    }
+
+    fn command(&self, worker: u32, op: Op) -> bool {
+        let Some(w) = self.workers.get(worker as usize) else {
+            return false;
+        };
+        let ok = w.commands.try_send(Command { tag: 0, op }).is_ok();
+        let _ = w.waker.wake();
+        ok
     }
 
     fn node_stats(&self) -> NodeStats {
@@ -213,9 +371,17 @@ impl ControlServer {
             stats: self.node_stats(),
         };
         let ready: Vec<usize> = self
-            .conns
+            .peers
             .iter()
-            .filter(|(_, c)| c.client.is_some())
+            .filter(|(_, p)| {
+                matches!(
+                    p,
+                    Peer::Local {
+                        client: Some(_),
+                        ..
+                    }
+                )
+            })
             .map(|(i, _)| i)
             .collect();
         for id in ready {
@@ -223,11 +389,14 @@ impl ControlServer {
         }
     }
 
+    // -------------------------------------------------------------------------------------------
+    // Peers
+
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
-                    let entry = self.conns.vacant_entry();
+                    let entry = self.peers.vacant_entry();
                     let token = Token(entry.key() + FIRST_CONN);
                     if let Err(e) =
                         self.poll
@@ -237,8 +406,8 @@ impl ControlServer {
                         warn!(error = %e, "register control connection");
                         continue;
                     }
-                    debug!(conn = entry.key(), "control connection accepted");
-                    entry.insert(Conn {
+                    debug!(peer = entry.key(), "control connection accepted");
+                    entry.insert(Peer::Local {
                         stream,
                         framed: Framed::new(self.settings.max_frame),
                         client: None,
@@ -254,104 +423,139 @@ impl ControlServer {
         }
     }
 
-    fn read_conn(&mut self, id: usize) {
-        let Some(conn) = self.conns.get_mut(id) else {
+    fn read_local(&mut self, id: usize) {
+        let Some(Peer::Local { stream, framed, .. }) = self.peers.get_mut(id) else {
             return;
         };
-        let status = conn.framed.read_from(&mut conn.stream);
+        let status = framed.read_from(stream);
         loop {
-            let Some(conn) = self.conns.get_mut(id) else {
+            let Some(Peer::Local { framed, .. }) = self.peers.get_mut(id) else {
                 return;
             };
-            match conn.framed.next_message::<ToDataplane>() {
+            match framed.next_message::<ToDataplane>() {
                 Ok(Some(msg)) => self.handle_message(id, msg),
                 Ok(None) => break,
                 Err(e) => {
-                    warn!(conn = id, error = %e, "bad control frame; closing connection");
-                    self.close_conn(id);
+                    warn!(peer = id, error = %e, "bad control frame; closing connection");
+                    self.close_peer(id);
                     return;
                 }
             }
         }
         if !matches!(status, Ok(ReadStatus::Open)) {
-            self.close_conn(id);
+            self.close_peer(id);
         }
     }
 
-    fn close_conn(&mut self, id: usize) {
-        let Some(mut conn) = self.conns.try_remove(id) else {
+    fn close_peer(&mut self, id: usize) {
+        let Some(peer) = self.peers.try_remove(id) else {
             return;
         };
-        let _ = conn.framed.flush_to(&mut conn.stream);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let who = match peer {
+            Peer::Local {
+                mut stream,
+                mut framed,
+                client,
+                ..
+            } => {
+                let _ = framed.flush_to(&mut stream);
+                let _ = self.poll.registry().deregister(&mut stream);
+                client.unwrap_or_else(|| "local".into())
+            }
+            Peer::Remote { signaling, .. } => {
+                self.remote_ids.remove(&signaling);
+                signaling
+            }
+        };
+        let now = Instant::now();
         let mut orphaned = 0;
         for r in self.routes.values_mut() {
             if r.owner == Some(id) {
                 r.owner = None;
+                r.orphaned_since = Some(now);
                 orphaned += 1;
             }
         }
-        info!(conn = id, client = ?conn.client, orphaned, "control connection closed; its sessions keep running");
+        info!(peer = id, %who, orphaned, "signaling peer gone; its sessions keep running for the resume window");
     }
 
-    fn send(&mut self, conn: usize, msg: &FromDataplane) {
-        if let Some(c) = self.conns.get_mut(conn)
-            && let Err(e) = c.framed.queue(msg)
-        {
-            warn!(conn, error = %e, "control connection not reading; closing it");
-            self.close_conn(conn);
+    fn send(&mut self, peer: usize, msg: &FromDataplane) {
+        match self.peers.get_mut(peer) {
+            Some(Peer::Local { framed, .. }) => {
+                if let Err(e) = framed.queue(msg) {
+                    warn!(peer, error = %e, "control connection not reading; closing it");
+                    self.close_peer(peer);
+                }
+            }
+            Some(Peer::Remote { signaling, .. }) => {
+                if let Some(c) = &self.cluster {
+                    c.send(ClusterCmd::Publish {
+                        channel: c.settings.reply_channel(signaling),
+                        payload: control::encode(msg),
+                    });
+                }
+            }
+            None => {}
         }
     }
 
-    fn respond(&mut self, conn: usize, id: u64, response: Response) {
-        self.send(conn, &FromDataplane::Response { id, response });
+    fn respond(&mut self, peer: usize, id: u64, response: Response) {
+        self.send(peer, &FromDataplane::Response { id, response });
     }
 
-    fn handle_message(&mut self, conn: usize, msg: ToDataplane) {
-        let hello_done = self.conns.get(conn).is_some_and(|c| c.client.is_some());
+    fn welcome(&self) -> FromDataplane {
+        FromDataplane::Welcome {
+            version: PROTOCOL_VERSION,
+            node_id: self.settings.node_id.clone(),
+            workers: self.workers.len() as u32,
+        }
+    }
+
+    fn handle_message(&mut self, peer: usize, msg: ToDataplane) {
+        let hello_done = match self.peers.get(peer) {
+            Some(Peer::Local { client, .. }) => client.is_some(),
+            Some(Peer::Remote { .. }) => true,
+            None => return,
+        };
         match msg {
             ToDataplane::Hello { version, client } => {
                 if version != PROTOCOL_VERSION {
                     self.respond(
-                        conn,
+                        peer,
                         0,
                         Response::error(
                             ErrorCode::UnsupportedVersion,
                             format!("protocol version {version} not supported; this dataplane speaks {PROTOCOL_VERSION}"),
                         ),
                     );
-                    self.flush_conns();
-                    self.close_conn(conn);
+                    self.flush_locals();
+                    self.close_peer(peer);
                     return;
                 }
-                info!(conn, %client, "control client connected");
-                if let Some(c) = self.conns.get_mut(conn) {
-                    c.client = Some(client);
+                info!(peer, %client, "control client connected");
+                if let Some(Peer::Local { client: c, .. }) = self.peers.get_mut(peer) {
+                    *c = Some(client);
                 }
-                let welcome = FromDataplane::Welcome {
-                    version: PROTOCOL_VERSION,
-                    node_id: self.settings.node_id.clone(),
-                    workers: self.workers.len() as u32,
-                };
-                self.send(conn, &welcome);
+                let welcome = self.welcome();
+                self.send(peer, &welcome);
             }
             ToDataplane::Request { id, .. } if !hello_done => {
                 self.respond(
-                    conn,
+                    peer,
                     id,
                     Response::error(ErrorCode::BadRequest, "hello first"),
                 );
-                self.flush_conns();
-                self.close_conn(conn);
+                self.flush_locals();
+                self.close_peer(peer);
             }
-            ToDataplane::Request { id, request } => self.handle_request(conn, id, request),
+            ToDataplane::Request { id, request } => self.handle_request(peer, id, request),
         }
     }
 
-    fn handle_request(&mut self, conn: usize, id: u64, request: Request) {
+    fn handle_request(&mut self, peer: usize, id: u64, request: Request) {
         if self.shutdown.load(Ordering::Relaxed) {
             self.respond(
-                conn,
+                peer,
                 id,
                 Response::error(ErrorCode::Unavailable, "dataplane is shutting down"),
             );
@@ -360,15 +564,35 @@ impl ControlServer {
         let (worker, kind, participant, room) = match &request {
             Request::Stats => {
                 let stats = self.node_stats();
-                self.respond(conn, id, Response::Stats(stats));
+                self.respond(peer, id, Response::Stats(stats));
                 return;
             }
+            Request::Drain => {
+                self.drain.store(true, Ordering::SeqCst);
+                self.start_drain();
+                self.respond(peer, id, Response::Ok);
+                return;
+            }
+            Request::CloseRoom { room } => {
+                let Some(r) = self.rooms.get(room) else {
+                    self.respond(
+                        peer,
+                        id,
+                        Response::error(ErrorCode::BadRequest, format!("no room {room:?} here")),
+                    );
+                    return;
+                };
+                (r.worker, PendingKind::Other, String::new(), None)
+            }
             Request::Join {
-                room, participant, ..
+                room,
+                participant,
+                epoch,
+                ..
             } => {
                 if self.routes.contains_key(participant) {
                     self.respond(
-                        conn,
+                        peer,
                         id,
                         Response::error(
                             ErrorCode::DuplicateParticipant,
@@ -377,20 +601,59 @@ impl ControlServer {
                     );
                     return;
                 }
-                let worker = match self.rooms.get(room) {
-                    Some(r) => r.worker,
-                    None => self.least_loaded_worker(),
+                match self.rooms.get_mut(room) {
+                    Some(r) => {
+                        if let (Some(known), Some(e)) = (r.epoch, *epoch)
+                            && e < known
+                        {
+                            self.respond(
+                                peer,
+                                id,
+                                Response::error(
+                                    ErrorCode::Unavailable,
+                                    "stale room placement; look the room up again",
+                                ),
+                            );
+                            return;
+                        }
+                        if epoch.is_some() && *epoch != r.epoch {
+                            r.epoch = *epoch;
+                            self.room_placed(room);
+                        }
+                    }
+                    None => {
+                        if self.draining {
+                            self.respond(
+                                peer,
+                                id,
+                                Response::error(ErrorCode::Unavailable, "node is draining"),
+                            );
+                            return;
+                        }
+                        let worker = self.least_loaded_worker();
+                        self.rooms.insert(
+                            room.clone(),
+                            RoomEntry {
+                                worker,
+                                members: 0,
+                                epoch: *epoch,
+                            },
+                        );
+                        self.room_placed(room);
+                    }
+                }
+                let Some(r) = self.rooms.get_mut(room) else {
+                    return;
                 };
-                self.rooms
-                    .entry(room.clone())
-                    .or_insert(RoomEntry { worker, members: 0 })
-                    .members += 1;
+                r.members += 1;
+                let worker = r.worker;
                 self.routes.insert(
                     participant.clone(),
                     Route {
                         worker,
                         room: room.clone(),
-                        owner: Some(conn),
+                        owner: Some(peer),
+                        orphaned_since: None,
                     },
                 );
                 (
@@ -403,10 +666,10 @@ impl ControlServer {
             Request::Answer { participant, .. }
             | Request::Offer { participant, .. }
             | Request::Leave { participant }
-            | Request::Attach { participant } => {
+            | Request::Attach { participant, .. } => {
                 let Some(route) = self.routes.get_mut(participant) else {
                     self.respond(
-                        conn,
+                        peer,
                         id,
                         Response::error(
                             ErrorCode::UnknownParticipant,
@@ -416,7 +679,8 @@ impl ControlServer {
                     return;
                 };
                 if matches!(request, Request::Attach { .. }) {
-                    route.owner = Some(conn);
+                    // Ownership moves only once the worker verified the resume key (see
+                    // `handle_reports`); until then events keep going to the old owner.
                 }
                 (route.worker, PendingKind::Other, participant.clone(), None)
             }
@@ -425,21 +689,22 @@ impl ControlServer {
         self.next_tag += 1;
         let Some(w) = self.workers.get(worker as usize) else {
             self.respond(
-                conn,
+                peer,
                 id,
                 Response::error(ErrorCode::Internal, "no such worker"),
             );
             return;
         };
-        match w.commands.try_send(Command { tag, request }) {
+        let is_attach = matches!(request, Request::Attach { .. });
+        match w.commands.try_send(Command::request(tag, request)) {
             Ok(()) => {
                 let _ = w.waker.wake();
                 self.pending.insert(
                     tag,
                     Pending {
-                        conn,
+                        peer,
                         id,
-                        kind,
+                        kind: if is_attach { PendingKind::Other } else { kind },
                         participant,
                         room,
                     },
@@ -450,11 +715,40 @@ impl ControlServer {
                     self.forget_join(&participant, room.as_deref());
                 }
                 self.respond(
-                    conn,
+                    peer,
                     id,
                     Response::error(ErrorCode::Unavailable, "worker is overloaded; retry later"),
                 );
             }
+        }
+    }
+
+    /// Tell the registry thread this node hosts `room` under its current epoch.
+    fn room_placed(&self, room: &str) {
+        if let (Some(c), Some(epoch)) = (&self.cluster, self.rooms.get(room).and_then(|r| r.epoch))
+        {
+            c.send(ClusterCmd::RoomPlaced {
+                room: room.to_string(),
+                placement: Placement {
+                    node: self.settings.node_id.clone(),
+                    epoch,
+                },
+            });
+        }
+    }
+
+    /// The room is gone from this node: release its registry mapping.
+    fn room_gone(&mut self, room: &str) {
+        if let Some(r) = self.rooms.remove(room)
+            && let (Some(c), Some(epoch)) = (&self.cluster, r.epoch)
+        {
+            c.send(ClusterCmd::RoomClosed {
+                room: room.to_string(),
+                placement: Placement {
+                    node: self.settings.node_id.clone(),
+                    epoch,
+                },
+            });
         }
     }
 
@@ -481,7 +775,7 @@ impl ControlServer {
         {
             r.members = r.members.saturating_sub(1);
             if r.members == 0 {
-                self.rooms.remove(room);
+                self.room_gone(room);
             }
         }
     }
@@ -493,14 +787,23 @@ impl ControlServer {
                     let Some(p) = self.pending.remove(&tag) else {
                         continue;
                     };
-                    if let (PendingKind::Join, Response::Error { .. }) = (p.kind, &response) {
-                        self.forget_join(&p.participant, p.room.as_deref());
+                    match (&p.kind, &response) {
+                        (PendingKind::Join, Response::Error { .. }) => {
+                            self.forget_join(&p.participant, p.room.as_deref())
+                        }
+                        (_, Response::Attached { .. }) => {
+                            if let Some(r) = self.routes.get_mut(&p.participant) {
+                                r.owner = Some(p.peer);
+                                r.orphaned_since = None;
+                            }
+                        }
+                        _ => {}
                     }
-                    self.respond(p.conn, p.id, response);
+                    self.respond(p.peer, p.id, response);
                 }
                 Report::Event(event) => {
                     match self.routes.get(event.participant()).and_then(|r| r.owner) {
-                        Some(conn) => self.send(conn, &FromDataplane::Event { event }),
+                        Some(peer) => self.send(peer, &FromDataplane::Event { event }),
                         None => debug!(
                             participant = event.participant(),
                             "event for a participant without signaling"
@@ -517,13 +820,17 @@ impl ControlServer {
                     {
                         r.members = r.members.saturating_sub(1);
                         if r.members == 0 {
-                            self.rooms.remove(&route.room);
+                            self.room_gone(&route.room);
                         }
                     }
                 }
                 Report::RoomClosed { room } => {
-                    if self.rooms.get(&room).is_some_and(|r| r.worker == worker) {
-                        self.rooms.remove(&room);
+                    if self
+                        .rooms
+                        .get(&room)
+                        .is_some_and(|r| r.worker == worker && r.members == 0)
+                    {
+                        self.room_gone(&room);
                     }
                 }
                 Report::Stats(s) => {
@@ -535,38 +842,122 @@ impl ControlServer {
         }
     }
 
-    fn flush_conns(&mut self) {
-        let mut dead = Vec::new();
-        for (id, c) in self.conns.iter_mut() {
-            if c.framed.pending_out() == 0 {
-                continue;
-            }
-            match c.framed.flush_to(&mut c.stream) {
-                Ok(true) => {
-                    if c.writable {
-                        let _ = self.poll.registry().reregister(
-                            &mut c.stream,
-                            Token(id + FIRST_CONN),
-                            Interest::READABLE,
-                        );
-                        c.writable = false;
+    fn handle_cluster(&mut self) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let msgs: Vec<ClusterIn> = c.rx.try_iter().collect();
+        for m in msgs {
+            match m {
+                ClusterIn::Rpc(env) => {
+                    let peer = match self.remote_ids.get(&env.from) {
+                        Some(p) => *p,
+                        None => {
+                            let p = self.peers.insert(Peer::Remote {
+                                signaling: env.from.clone(),
+                                last_seen: Instant::now(),
+                            });
+                            self.remote_ids.insert(env.from.clone(), p);
+                            p
+                        }
+                    };
+                    if let Some(Peer::Remote { last_seen, .. }) = self.peers.get_mut(peer) {
+                        *last_seen = Instant::now();
+                    }
+                    match env.msg {
+                        // A remote peer needs no handshake, but gets the node's identity.
+                        ToDataplane::Hello { .. } => {
+                            let welcome = self.welcome();
+                            self.send(peer, &welcome);
+                        }
+                        msg => self.handle_message(peer, msg),
                     }
                 }
-                Ok(false) => {
-                    if !c.writable {
-                        let _ = self.poll.registry().reregister(
-                            &mut c.stream,
-                            Token(id + FIRST_CONN),
-                            Interest::READABLE | Interest::WRITABLE,
+                ClusterIn::Beacon(b) => {
+                    if b.kind == BeaconKind::Signaling
+                        && let Some(p) = self.remote_ids.get(&b.id)
+                        && let Some(Peer::Remote { last_seen, .. }) = self.peers.get_mut(*p)
+                    {
+                        *last_seen = Instant::now();
+                    }
+                }
+                ClusterIn::Fenced { room } => {
+                    let members: Vec<(String, u32)> = self
+                        .routes
+                        .iter()
+                        .filter(|(_, r)| r.room == room)
+                        .map(|(p, r)| (p.clone(), r.worker))
+                        .collect();
+                    for (participant, worker) in members {
+                        self.command(
+                            worker,
+                            Op::Remove {
+                                participant,
+                                reason: LeaveReason::Moved,
+                            },
                         );
-                        c.writable = true;
+                    }
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        // Never release the new owner's mapping.
+                        r.epoch = None;
+                    }
+                }
+                ClusterIn::Subscribed(up) => {
+                    self.subscribed = up;
+                    if up {
+                        // Silence while we could not hear anyone proves nothing.
+                        let now = Instant::now();
+                        for (_, p) in self.peers.iter_mut() {
+                            if let Peer::Remote { last_seen, .. } = p {
+                                *last_seen = now;
+                            }
+                        }
+                    }
+                }
+                ClusterIn::Deregistered => {
+                    info!("deregistered: exiting after the drain");
+                    self.shutdown.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn flush_locals(&mut self) {
+        let mut dead = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            let Peer::Local {
+                stream,
+                framed,
+                writable,
+                ..
+            } = p
+            else {
+                continue;
+            };
+            if framed.pending_out() == 0 {
+                continue;
+            }
+            match framed.flush_to(stream) {
+                Ok(done) => {
+                    if done == *writable {
+                        let interest = if done {
+                            Interest::READABLE
+                        } else {
+                            Interest::READABLE | Interest::WRITABLE
+                        };
+                        let _ = self.poll.registry().reregister(
+                            stream,
+                            Token(id + FIRST_CONN),
+                            interest,
+                        );
+                        *writable = !done;
                     }
                 }
                 Err(_) => dead.push(id),
             }
         }
         for id in dead {
-            self.close_conn(id);
+            self.close_peer(id);
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! - [`udp`]: one worker's UDP socket with GRO/recvmmsg receive and GSO send via quinn-udp.
 //! - [`worker`]: one pinned mio event loop per core around a [`crate::core::WorkerCore`].
-//! - [`control`]: the control thread serving the Unix socket for signaling.
+//! - [`control`]: the control thread serving the Unix socket (and, in cluster mode, Redis rpc).
+//! - [`cluster`]: the Redis threads of cluster mode (registry heartbeats, pub/sub).
 
+pub mod cluster;
 pub mod control;
 pub mod udp;
 pub mod worker;

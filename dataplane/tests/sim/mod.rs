@@ -106,6 +106,8 @@ pub struct Sim {
     pub closed_rooms: Vec<String>,
     /// Server offers waiting for a peer answer (participant, sdp).
     offers: Vec<(String, String)>,
+    /// Resume keys from `joined`, by participant.
+    pub resume_keys: std::collections::HashMap<String, String>,
 }
 
 impl Sim {
@@ -141,6 +143,7 @@ impl Sim {
             steps: 0,
             closed_rooms: Vec::new(),
             offers: Vec::new(),
+            resume_keys: std::collections::HashMap::new(),
         }
     }
 
@@ -187,15 +190,23 @@ impl Sim {
     pub fn command(&mut self, request: Request) -> Response {
         let tag = self.next_tag;
         self.next_tag += 1;
+        let joining = match &request {
+            Request::Join { participant, .. } => Some(participant.clone()),
+            _ => None,
+        };
         self.core
-            .handle_input(Input::Command(self.now, Command { tag, request }));
+            .handle_input(Input::Command(self.now, Command::request(tag, request)));
         self.collect_core_output();
         let pos = self
             .responses
             .iter()
             .position(|(t, _)| *t == tag)
             .expect("the core answers every command synchronously");
-        self.responses.remove(pos).1
+        let resp = self.responses.remove(pos).1;
+        if let (Some(id), Response::Joined { resume_key, .. }) = (joining, &resp) {
+            self.resume_keys.insert(id, resume_key.clone());
+        }
+        resp
     }
 
     /// Join peer `id` to `room` publishing `publish` (None: receive only). Panics on failure.
@@ -220,6 +231,8 @@ impl Sim {
             participant: id.into(),
             name: format!("name-{id}"),
             offer: Some(offer),
+            epoch: None,
+            grants: control::Grants::default(),
         });
         if let Response::Joined {
             answer: Some(answer),

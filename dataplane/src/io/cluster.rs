@@ -1,0 +1,330 @@
+//! The dataplane's link to Redis (cluster mode): two threads, so Redis latency or outages never
+//! touch a worker loop or block the control thread.
+//!
+//! - **registry** thread: heartbeats the node into the registry every 2 s, publishes a liveness
+//!   beacon every 500 ms, releases the mappings of rooms that emptied, checks every 2 s that the
+//!   rooms this node hosts are still mapped to it with the same fencing epoch (reporting
+//!   [`ClusterIn::Fenced`] otherwise), reaps dead nodes every 5 s, and publishes replies for the
+//!   control thread.
+//! - **subscriber** thread: receives control requests on the node's rpc channel and beacons on
+//!   the health channel, and hands them to the control thread (channel + waker).
+//!
+//! Every Redis call has a timeout; on failure the threads retry with backoff and the node keeps
+//! serving its calls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use control::registry::{NodeInfo, Placement, RedisConn, RedisRegistry, RedisSettings, Registry};
+use control::{Beacon, BeaconKind, RpcEnvelope};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use mio::Waker;
+use tracing::{debug, info, warn};
+
+const BEACON_INTERVAL: Duration = Duration::from_millis(500);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+const REAP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// From the control thread to the registry thread.
+#[derive(Debug)]
+pub enum ClusterCmd {
+    Publish {
+        channel: String,
+        payload: Vec<u8>,
+    },
+    /// The latest description of this node (load, state) for heartbeats.
+    Node(NodeInfo),
+    /// This node now hosts `room` under `placement`.
+    RoomPlaced {
+        room: String,
+        placement: Placement,
+    },
+    /// `room` emptied: release its mapping if still ours.
+    RoomClosed {
+        room: String,
+        placement: Placement,
+    },
+    /// Remove this node from the registry (end of a drain).
+    Deregister,
+}
+
+/// From the cluster threads to the control thread.
+#[derive(Debug)]
+pub enum ClusterIn {
+    Rpc(RpcEnvelope),
+    Beacon(Beacon),
+    /// A room this node hosts is now mapped elsewhere: its participants must leave.
+    Fenced {
+        room: String,
+    },
+    /// The subscription is (re)established or lost.
+    Subscribed(bool),
+    Deregistered,
+}
+
+/// Handle the control thread holds.
+pub struct ClusterLink {
+    pub settings: RedisSettings,
+    tx: Sender<ClusterCmd>,
+    pub rx: Receiver<ClusterIn>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ClusterLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLink")
+            .field("prefix", &self.settings.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterLink {
+    /// Start both threads. `waker` wakes the control thread when something arrives.
+    pub fn start(
+        settings: RedisSettings,
+        node: NodeInfo,
+        waker: Arc<Waker>,
+    ) -> anyhow::Result<Self> {
+        let node_id = node.node_id.clone();
+        let registry = RedisRegistry::new(settings.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let publisher =
+            RedisConn::new(&settings.url, settings.timeout).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (in_tx, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let in_tx = in_tx.clone();
+            let waker = waker.clone();
+            let settings = settings.clone();
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("registry".into())
+                    .spawn(move || {
+                        RegistryLoop {
+                            settings,
+                            registry,
+                            publisher,
+                            node,
+                            rooms: HashMap::new(),
+                            pending_release: Vec::new(),
+                            out: in_tx,
+                            waker,
+                        }
+                        .run(&cmd_rx, &stop)
+                    })?,
+            );
+        }
+        {
+            let settings = settings.clone();
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("subscriber".into())
+                    .spawn(move || subscriber(&settings, &node_id, &in_tx, &waker, &stop))?,
+            );
+        }
+        Ok(Self {
+            settings,
+            tx,
+            rx,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn send(&self, cmd: ClusterCmd) {
+        let _ = self.tx.send(cmd);
+    }
+
+    /// Stop the threads (bounded: they check the flag at least every 500 ms).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+struct RegistryLoop {
+    settings: RedisSettings,
+    registry: RedisRegistry,
+    publisher: RedisConn,
+    node: NodeInfo,
+    /// Rooms hosted here and their placements (for fencing checks).
+    rooms: HashMap<String, Placement>,
+    /// Releases that failed (Redis down), retried on every heartbeat.
+    pending_release: Vec<(String, Placement)>,
+    out: Sender<ClusterIn>,
+    waker: Arc<Waker>,
+}
+
+impl RegistryLoop {
+    fn emit(&self, m: ClusterIn) {
+        let _ = self.out.send(m);
+        let _ = self.waker.wake();
+    }
+
+    fn run(mut self, cmds: &Receiver<ClusterCmd>, stop: &AtomicBool) {
+        let mut next_beacon = Instant::now();
+        let mut next_heartbeat = Instant::now();
+        let mut next_reap = Instant::now() + REAP_INTERVAL;
+        let mut redis_ok = true;
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = next_beacon
+                .min(next_heartbeat)
+                .saturating_duration_since(now);
+            match cmds.recv_timeout(wait.min(Duration::from_millis(250))) {
+                Ok(cmd) => self.handle(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now = Instant::now();
+            if now >= next_beacon {
+                next_beacon = now + BEACON_INTERVAL;
+                let beacon = Beacon {
+                    kind: BeaconKind::Dataplane,
+                    id: self.node.node_id.clone(),
+                    draining: Some(self.node.state == control::registry::NodeState::Draining),
+                };
+                let _ = self
+                    .publisher
+                    .publish(&self.settings.health_channel(), &control::encode(&beacon));
+            }
+            if now >= next_heartbeat {
+                next_heartbeat = now + HEARTBEAT_INTERVAL;
+                let ok = self.heartbeat();
+                if ok != redis_ok {
+                    if ok {
+                        info!("registry reachable again");
+                    } else {
+                        warn!("registry unreachable; calls in progress continue, retrying");
+                    }
+                    redis_ok = ok;
+                }
+            }
+            if now >= next_reap {
+                next_reap = now + REAP_INTERVAL;
+                match self.registry.reap_dead() {
+                    Ok(dead) if !dead.is_empty() => info!(?dead, "reaped dead nodes"),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: ClusterCmd) {
+        match cmd {
+            ClusterCmd::Publish { channel, payload } => {
+                if let Err(e) = self.publisher.publish(&channel, &payload) {
+                    debug!(%channel, error = %e, "publish failed");
+                }
+            }
+            ClusterCmd::Node(info) => self.node = info,
+            ClusterCmd::RoomPlaced { room, placement } => {
+                self.rooms.insert(room, placement);
+            }
+            ClusterCmd::RoomClosed { room, placement } => {
+                if self.rooms.get(&room) == Some(&placement) {
+                    self.rooms.remove(&room);
+                }
+                if self.registry.release_room(&room, &placement).is_err() {
+                    self.pending_release.push((room, placement));
+                }
+            }
+            ClusterCmd::Deregister => {
+                if let Err(e) = self.registry.deregister(&self.node.node_id) {
+                    warn!(error = %e, "deregister failed");
+                }
+                self.emit(ClusterIn::Deregistered);
+            }
+        }
+    }
+
+    /// Heartbeat, retry releases, check fencing. Returns whether Redis answered.
+    fn heartbeat(&mut self) -> bool {
+        if let Err(e) = self.registry.heartbeat(&self.node) {
+            debug!(error = %e, "heartbeat failed");
+            return false;
+        }
+        let pending = std::mem::take(&mut self.pending_release);
+        for (room, p) in pending {
+            if self.registry.release_room(&room, &p).is_err() {
+                self.pending_release.push((room, p));
+            }
+        }
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        if let Ok(owners) = self.registry.room_owners(&rooms) {
+            for (room, owner) in rooms.into_iter().zip(owners) {
+                let mine = self.rooms.get(&room);
+                // A room with no mapping at all (e.g. reaped while Redis thought we were dead) is
+                // re-claimed by the next join; only a mapping to someone else fences us.
+                if let (Some(owner), Some(mine)) = (owner, mine)
+                    && (owner.node != mine.node || owner.epoch > mine.epoch)
+                {
+                    warn!(%room, ?owner, ?mine, "room re-placed elsewhere: closing it here");
+                    self.rooms.remove(&room);
+                    self.emit(ClusterIn::Fenced { room });
+                }
+            }
+        }
+        true
+    }
+}
+
+fn subscriber(
+    settings: &RedisSettings,
+    node_id: &str,
+    out: &Sender<ClusterIn>,
+    waker: &Waker,
+    stop: &AtomicBool,
+) {
+    let emit = |m: ClusterIn| {
+        let _ = out.send(m);
+        let _ = waker.wake();
+    };
+    let mut backoff = Duration::from_millis(100);
+    while !stop.load(Ordering::Relaxed) {
+        let result = (|| -> redis::RedisResult<()> {
+            let client = redis::Client::open(settings.url.as_str())?;
+            let mut conn = client.get_connection_with_timeout(settings.timeout)?;
+            let mut ps = conn.as_pubsub();
+            ps.subscribe(settings.rpc_channel(node_id))?;
+            ps.subscribe(settings.health_channel())?;
+            ps.set_read_timeout(Some(Duration::from_millis(500)))?;
+            emit(ClusterIn::Subscribed(true));
+            backoff = Duration::from_millis(100);
+            while !stop.load(Ordering::Relaxed) {
+                let msg = match ps.get_message() {
+                    Ok(m) => m,
+                    Err(e) if e.is_timeout() => continue,
+                    Err(e) => return Err(e),
+                };
+                let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                if msg.get_channel_name() == settings.health_channel() {
+                    if let Ok(b) = control::decode::<Beacon>(&payload) {
+                        emit(ClusterIn::Beacon(b));
+                    }
+                } else {
+                    match control::decode::<RpcEnvelope>(&payload) {
+                        Ok(env) => emit(ClusterIn::Rpc(env)),
+                        Err(e) => debug!(error = %e, "bad rpc message"),
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            debug!(error = %e, "subscriber disconnected");
+            emit(ClusterIn::Subscribed(false));
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}

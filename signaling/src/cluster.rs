@@ -1,0 +1,251 @@
+//! Signaling's link to Redis (cluster mode): room placement, rpc to remote dataplanes, liveness.
+//!
+//! Two threads keep Redis off the event loop: a **worker** (placement lookups, publishes, a
+//! signaling beacon every 500 ms) and a **subscriber** (this instance's reply channel and the
+//! health channel). Results come back to the loop over a channel plus its `mio::Waker`, so a slow
+//! or dead Redis never stalls other sessions; every Redis call has a timeout and fails fast with
+//! `unavailable`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use control::registry::{
+    Placement, RedisConn, RedisRegistry, RedisSettings, Registry, RegistryError,
+};
+use control::{Beacon, BeaconKind, FromDataplane, RpcEnvelope, ToDataplane};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use mio::Waker;
+use tracing::{debug, info, warn};
+
+const BEACON_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Work for the cluster worker thread.
+#[derive(Debug)]
+pub enum Job {
+    /// Look up (or make) the placement of `room`; answered by [`ClusterEvent::Placed`].
+    Place {
+        ticket: u64,
+        room: String,
+        exclude: Vec<String>,
+    },
+    /// Send a control message to a node's rpc channel.
+    Rpc { node: String, msg: ToDataplane },
+    /// Tell the registry a node failed.
+    MarkDead { node: String },
+}
+
+/// What the cluster threads report to the event loop.
+#[derive(Debug)]
+pub enum ClusterEvent {
+    Placed {
+        ticket: u64,
+        result: Result<Placement, RegistryError>,
+    },
+    /// A response or event from a remote dataplane.
+    Reply(FromDataplane),
+    Beacon(Beacon),
+    /// The subscription is up or down (liveness of nodes can only be judged while it is up).
+    Subscribed(bool),
+    /// An rpc publish failed (Redis down): the request will not be answered.
+    RpcFailed {
+        node: String,
+        msg: ToDataplane,
+    },
+}
+
+/// The event loop's handle on the cluster threads.
+pub struct Cluster {
+    pub signaling_id: String,
+    pub settings: RedisSettings,
+    tx: Sender<Job>,
+    pub rx: Receiver<ClusterEvent>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("signaling_id", &self.signaling_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    pub fn start(
+        settings: RedisSettings,
+        signaling_id: String,
+        waker: Arc<Waker>,
+    ) -> anyhow::Result<Self> {
+        let registry = RedisRegistry::new(settings.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let publisher =
+            RedisConn::new(&settings.url, settings.timeout).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (tx, jobs) = crossbeam_channel::unbounded();
+        let (out, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (settings, id, out, waker, stop) = (
+                settings.clone(),
+                signaling_id.clone(),
+                out.clone(),
+                waker.clone(),
+                stop.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster".into())
+                    .spawn(move || {
+                        worker(
+                            &settings, &id, registry, publisher, &jobs, &out, &waker, &stop,
+                        )
+                    })?,
+            );
+        }
+        {
+            let (settings, id, stop) = (settings.clone(), signaling_id.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("subscriber".into())
+                    .spawn(move || subscriber(&settings, &id, &out, &waker, &stop))?,
+            );
+        }
+        info!(%signaling_id, redis = %settings.url, "cluster mode");
+        Ok(Self {
+            signaling_id,
+            settings,
+            tx,
+            rx,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn send(&self, job: Job) {
+        let _ = self.tx.send(job);
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    settings: &RedisSettings,
+    signaling_id: &str,
+    mut registry: RedisRegistry,
+    mut publisher: RedisConn,
+    jobs: &Receiver<Job>,
+    out: &Sender<ClusterEvent>,
+    waker: &Waker,
+    stop: &AtomicBool,
+) {
+    let emit = |e: ClusterEvent| {
+        let _ = out.send(e);
+        let _ = waker.wake();
+    };
+    let mut next_beacon = Instant::now();
+    let beacon = control::encode(&Beacon {
+        kind: BeaconKind::Signaling,
+        id: signaling_id.to_string(),
+        draining: None,
+    });
+    while !stop.load(Ordering::Relaxed) {
+        let wait = next_beacon.saturating_duration_since(Instant::now());
+        match jobs.recv_timeout(wait.min(Duration::from_millis(250))) {
+            Ok(Job::Place {
+                ticket,
+                room,
+                exclude,
+            }) => {
+                let result = registry.place_room(&room, &exclude);
+                emit(ClusterEvent::Placed { ticket, result });
+            }
+            Ok(Job::Rpc { node, msg }) => {
+                let env = RpcEnvelope {
+                    from: signaling_id.to_string(),
+                    msg,
+                };
+                if let Err(e) =
+                    publisher.publish(&settings.rpc_channel(&node), &control::encode(&env))
+                {
+                    debug!(%node, error = %e, "rpc publish failed");
+                    emit(ClusterEvent::RpcFailed { node, msg: env.msg });
+                }
+            }
+            Ok(Job::MarkDead { node }) => {
+                if let Err(e) = registry.mark_dead(&node) {
+                    debug!(%node, error = %e, "mark_dead failed");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if Instant::now() >= next_beacon {
+            next_beacon = Instant::now() + BEACON_INTERVAL;
+            let _ = publisher.publish(&settings.health_channel(), &beacon);
+        }
+    }
+}
+
+fn subscriber(
+    settings: &RedisSettings,
+    signaling_id: &str,
+    out: &Sender<ClusterEvent>,
+    waker: &Waker,
+    stop: &AtomicBool,
+) {
+    let emit = |e: ClusterEvent| {
+        let _ = out.send(e);
+        let _ = waker.wake();
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut was_up = false;
+    while !stop.load(Ordering::Relaxed) {
+        let result = (|| -> redis::RedisResult<()> {
+            let client = redis::Client::open(settings.url.as_str())?;
+            let mut conn = client.get_connection_with_timeout(settings.timeout)?;
+            let mut ps = conn.as_pubsub();
+            ps.subscribe(settings.reply_channel(signaling_id))?;
+            ps.subscribe(settings.health_channel())?;
+            ps.set_read_timeout(Some(Duration::from_millis(500)))?;
+            emit(ClusterEvent::Subscribed(true));
+            was_up = true;
+            backoff = Duration::from_millis(100);
+            while !stop.load(Ordering::Relaxed) {
+                let msg = match ps.get_message() {
+                    Ok(m) => m,
+                    Err(e) if e.is_timeout() => continue,
+                    Err(e) => return Err(e),
+                };
+                let payload = msg.get_payload_bytes();
+                if msg.get_channel_name() == settings.health_channel() {
+                    if let Ok(b) = control::decode::<Beacon>(payload) {
+                        emit(ClusterEvent::Beacon(b));
+                    }
+                } else {
+                    match control::decode::<FromDataplane>(payload) {
+                        Ok(m) => emit(ClusterEvent::Reply(m)),
+                        Err(e) => warn!(error = %e, "bad reply from a dataplane"),
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            if was_up {
+                warn!(error = %e, "redis subscription lost; reconnecting");
+                emit(ClusterEvent::Subscribed(false));
+                was_up = false;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
