@@ -53,6 +53,16 @@ pub struct Client {
     pub others: Vec<(String, String)>,
     /// The SDP answer to our first offer (its candidate names the worker's UDP port).
     pub answer_sdp: String,
+    /// Token to resume the session after a lost WebSocket.
+    pub resume_token: Option<String>,
+    pub name: String,
+    epoch: Instant,
+    /// Signaling URLs to resume through when the WebSocket drops (tried in turn).
+    pub resume_urls: Vec<String>,
+    next_resume_url: usize,
+    /// Successful resumes, and when the WebSocket was last lost.
+    pub resumes: u32,
+    pub ws_lost_at: Option<Instant>,
     buf: Vec<u8>,
 }
 
@@ -119,6 +129,7 @@ impl Client {
             .as_str()
             .context("joined without id")?
             .to_string();
+        let resume_token = joined["resume"].as_str().map(str::to_string);
         let others = joined["participants"]
             .as_array()
             .map(|a| {
@@ -165,6 +176,13 @@ impl Client {
             messages: Vec::new(),
             others,
             answer_sdp,
+            resume_token,
+            name: name.to_string(),
+            epoch,
+            resume_urls: Vec::new(),
+            next_resume_url: 0,
+            resumes: 0,
+            ws_lost_at: None,
             buf: vec![0; 2048],
         };
         for v in stash {
@@ -231,6 +249,99 @@ impl Client {
         }
     }
 
+    /// Resume the session through `ws_url` after the WebSocket was lost: same peer connection,
+    /// no ICE restart.
+    pub fn resume(&mut self, ws_url: &str, timeout: Duration) -> anyhow::Result<()> {
+        let token = self.resume_token.clone().context("no resume token")?;
+        let (mut ws, _) =
+            tungstenite::connect(ws_url).with_context(|| format!("connecting {ws_url}"))?;
+        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+            s.set_read_timeout(Some(timeout))?;
+            s.set_nodelay(true)?;
+        }
+        ws.send(Message::text(
+            json!({"type": "join", "resume": token}).to_string(),
+        ))?;
+        let mut stash = Vec::new();
+        let joined = wait_for(&mut ws, "joined", &mut stash)?;
+        anyhow::ensure!(joined["resumed"] == true, "not a resume: {joined}");
+        if let Some(t) = joined["resume"].as_str() {
+            self.resume_token = Some(t.to_string());
+        }
+        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+            s.set_nonblocking(true)?;
+        }
+        self.ws = ws;
+        self.ws_open = true;
+        self.resumes += 1;
+        for v in stash {
+            self.handle_server_message(v)?;
+        }
+        Ok(())
+    }
+
+    /// After `room_closed` (the room's node failed): join the room again on the same WebSocket
+    /// with a fresh peer connection (the room lands on a healthy node).
+    pub fn rejoin(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        if let MaybeTlsStream::Plain(s) = self.ws.get_mut() {
+            s.set_nonblocking(false)?;
+            s.set_read_timeout(Some(timeout))?;
+        }
+        self.ws.send(Message::text(
+            json!({"type": "join", "room": self.room, "name": self.name}).to_string(),
+        ))?;
+        let mut stash = Vec::new();
+        let joined = wait_for(&mut self.ws, "joined", &mut stash)?;
+        self.id = joined["participant"]["id"]
+            .as_str()
+            .context("joined without id")?
+            .to_string();
+        self.resume_token = joined["resume"].as_str().map(str::to_string);
+        self.others = joined["participants"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| {
+                        Some((
+                            p["id"].as_str()?.to_string(),
+                            p["name"].as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        udp.set_nonblocking(true)?;
+        let now = Instant::now();
+        self.peer = Peer::new(self.id.clone(), udp.local_addr()?, now, self.epoch);
+        self.udp = udp;
+        let (audio, video) = self.media.map_or((false, false), |m| (m.audio, m.video));
+        let offer = self.peer.create_offer(audio, video);
+        self.ws.send(Message::text(
+            json!({"type": "offer", "sdp": offer}).to_string(),
+        ))?;
+        let answer = wait_for(&mut self.ws, "answer", &mut stash)?;
+        self.answer_sdp = answer["sdp"]
+            .as_str()
+            .context("answer without sdp")?
+            .to_string();
+        let sdp = self.answer_sdp.clone();
+        self.peer.handle_answer(&sdp)?;
+        if let MaybeTlsStream::Plain(s) = self.ws.get_mut() {
+            s.set_nonblocking(true)?;
+        }
+        for v in stash {
+            self.handle_server_message(v)?;
+        }
+        self.flush_udp();
+        Ok(())
+    }
+
+    /// Messages of `kind` received so far.
+    pub fn count(&self, kind: &str) -> usize {
+        self.messages.iter().filter(|m| m["type"] == kind).count()
+    }
+
     /// Leave politely.
     pub fn leave(&mut self) -> anyhow::Result<()> {
         self.send_ws(json!({"type": "leave"}))
@@ -238,16 +349,24 @@ impl Client {
 
     /// Do all pending work: WebSocket messages, received datagrams, timers, media due.
     pub fn poll(&mut self, now: Instant) -> anyhow::Result<()> {
+        if !self.ws_open && !self.resume_urls.is_empty() && self.resume_token.is_some() {
+            // Reconnect and resume through the next instance (bounded per attempt).
+            let url = self.resume_urls[self.next_resume_url % self.resume_urls.len()].clone();
+            self.next_resume_url += 1;
+            if let Err(e) = self.resume(&url, Duration::from_secs(2)) {
+                tracing::debug!(client = %self.id, %url, error = %e, "resume attempt failed");
+            }
+        }
         while self.ws_open {
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
                     let v: Value = serde_json::from_str(t.as_str())?;
                     self.handle_server_message(v)?;
                 }
-                Ok(Message::Close(_)) => self.ws_open = false,
+                Ok(Message::Close(_)) => self.ws_lost(),
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => self.ws_open = false,
+                Err(_) => self.ws_lost(),
             }
         }
         loop {
@@ -282,6 +401,11 @@ impl Client {
         }
         self.flush_udp();
         Ok(())
+    }
+
+    fn ws_lost(&mut self) {
+        self.ws_open = false;
+        self.ws_lost_at = Some(Instant::now());
     }
 
     fn flush_udp(&mut self) {
