@@ -200,11 +200,21 @@ pub struct Node {
     pub dataplane: Proc,
     pub signaling: Vec<(SocketAddr, Proc)>,
     extra_dataplane_args: Vec<String>,
+    extra_signaling_args: Vec<String>,
 }
 
 impl Node {
     /// Start a dataplane with `workers` workers and one signaling instance; wait until healthy.
     pub fn start(workers: u16, dataplane_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(workers, dataplane_args, &[])
+    }
+
+    /// Like [`Node::start`], with extra signaling arguments.
+    pub fn start_with(
+        workers: u16,
+        dataplane_args: &[&str],
+        signaling_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("sfu-node")?;
         let control_socket = dir.0.join("control.sock");
         let udp_base = free_udp_ports(workers)?;
@@ -218,6 +228,7 @@ impl Node {
             dataplane,
             signaling: Vec::new(),
             extra_dataplane_args: extra,
+            extra_signaling_args: signaling_args.iter().map(|s| s.to_string()).collect(),
         };
         node.add_signaling()?;
         Ok(node)
@@ -254,12 +265,13 @@ impl Node {
     pub fn add_signaling(&mut self) -> anyhow::Result<SocketAddr> {
         let port = free_tcp_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let args = vec![
+        let mut args = vec![
             "--listen".into(),
             addr.to_string(),
             "--control-socket".into(),
             self.control_socket.display().to_string(),
         ];
+        args.extend(self.extra_signaling_args.iter().cloned());
         let n = self.signaling.len();
         let p = Proc::spawn(
             "signaling",
@@ -270,6 +282,36 @@ impl Node {
         self.signaling.push((addr, p));
         self.wait_healthy(addr, Duration::from_secs(20))?;
         Ok(addr)
+    }
+
+    /// Kill signaling instance `i` (SIGKILL).
+    pub fn kill_signaling(&mut self, i: usize) {
+        if let Some((_, p)) = self.signaling.get_mut(i) {
+            p.kill();
+        }
+    }
+
+    /// Start signaling instance `i` again on its address; wait until healthy.
+    pub fn restart_signaling(&mut self, i: usize) -> anyhow::Result<()> {
+        let Some((addr, old)) = self.signaling.get_mut(i) else {
+            bail!("no signaling instance {i}");
+        };
+        old.kill();
+        let addr = *addr;
+        let mut args = vec![
+            "--listen".into(),
+            addr.to_string(),
+            "--control-socket".into(),
+            self.control_socket.display().to_string(),
+        ];
+        args.extend(self.extra_signaling_args.iter().cloned());
+        let log = self
+            .dir
+            .0
+            .join(format!("signaling-{i}-{}-restart.log", addr.port()));
+        let p = Proc::spawn("signaling", &binary("signaling")?, &args, log)?;
+        self.signaling[i].1 = p;
+        self.wait_healthy(addr, Duration::from_secs(20))
     }
 
     /// Restart the dataplane (after a kill).

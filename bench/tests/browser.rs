@@ -3,9 +3,15 @@
 //!
 //! Without `/usr/bin/chromium` or the npm dependencies the test is skipped with a loud message,
 //! unless `SFU_REQUIRE_BROWSER=1` (set by `./scripts/test`), in which case that is a failure.
+//!
+//! The script can kill and restart signaling through a small HTTP endpoint this test serves
+//! (`RESTART_SIGNALING_URL`: `POST /kill`, `POST /start`), for the reconnect scenario.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bench::harness::Node;
@@ -29,6 +35,49 @@ fn browser_available() -> Result<(), String> {
     Ok(())
 }
 
+/// Serve `POST /kill` and `POST /start` for signaling instance 0 of `node` until the listener is
+/// dropped with the test. Returns the base URL.
+fn restart_endpoint(node: Arc<Mutex<Node>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(match stream.try_clone() {
+                Ok(s) => s,
+                Err(_) => continue,
+            });
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            // Drain the headers.
+            let mut h = String::new();
+            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
+                h.clear();
+            }
+            let mut node = node.lock().unwrap_or_else(|e| e.into_inner());
+            let (status, body) = if line.starts_with("POST /kill") {
+                node.kill_signaling(0);
+                ("200 OK", "killed".to_string())
+            } else if line.starts_with("POST /start") {
+                match node.restart_signaling(0) {
+                    Ok(()) => ("200 OK", "started".to_string()),
+                    Err(e) => ("500 Internal Server Error", format!("{e:#}")),
+                }
+            } else {
+                ("404 Not Found", "no".to_string())
+            };
+            let mut s = stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
 #[test]
 fn browser_two_pages_see_each_other_and_chat() {
     if let Err(why) = browser_available() {
@@ -41,20 +90,23 @@ fn browser_two_pages_see_each_other_and_chat() {
     }
     let node = Node::start(2, &[]).expect("node starts");
     let base = format!("http://{}", node.signaling[0].0);
+    let node = Arc::new(Mutex::new(node));
+    let restart_url = restart_endpoint(node.clone());
     let out_dir = repo_root().join("test-output");
     let started = Instant::now();
     let status = Command::new("node")
         .arg(repo_root().join("scripts/browser/e2e.mjs"))
         .env("BASE_URL", &base)
         .env("OUT_DIR", &out_dir)
+        .env("RESTART_SIGNALING_URL", &restart_url)
         .current_dir(repo_root().join("scripts/browser"))
         .status()
         .expect("run node");
     let took = started.elapsed();
+    let logs = node.lock().map(|n| n.logs()).unwrap_or_default();
     assert!(
         status.success(),
-        "browser e2e failed after {took:?}\n{}",
-        node.logs()
+        "browser e2e failed after {took:?}\n{logs}"
     );
-    assert!(took < Duration::from_secs(120));
+    assert!(took < Duration::from_secs(180));
 }

@@ -275,3 +275,249 @@ fn bad_input_over_websocket_gets_clear_errors() {
         node.logs()
     );
 }
+
+fn read_json(
+    ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+) -> Value {
+    loop {
+        if let tungstenite::Message::Text(t) = ws.read().expect("read") {
+            return serde_json::from_str(t.as_str()).expect("json");
+        }
+    }
+}
+
+#[test]
+fn join_tokens_are_enforced_when_a_secret_is_configured() {
+    const SECRET: &str = "test-secret-0123456789abcdef";
+    let node = Node::start_with(1, &[], &["--jwt-secret", SECRET]).expect("node starts");
+    let mint = |args: &[&str]| -> String {
+        let out = std::process::Command::new(bench::harness::binary("signaling").expect("binary"))
+            .args(["token", "--secret"])
+            .args(args)
+            .output()
+            .expect("mint");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string()
+    };
+    let good = mint(&[
+        SECRET,
+        "--room",
+        "secure",
+        "--identity",
+        "u1",
+        "--name",
+        "Token Name",
+    ]);
+    let foreign_room = mint(&[SECRET, "--room", "elsewhere", "--identity", "u1"]);
+    let wrong_secret = mint(&[
+        "another-secret-0123456789abcdef",
+        "--room",
+        "secure",
+        "--identity",
+        "u1",
+    ]);
+    let expired = mint(&[
+        SECRET,
+        "--room",
+        "secure",
+        "--identity",
+        "u1",
+        "--ttl-secs",
+        "0",
+    ]);
+    std::thread::sleep(Duration::from_secs(7)); // past the 5 s leeway
+
+    let (mut ws, _) = tungstenite::connect(node.ws_url(0)).expect("connect");
+    for (token, what) in [
+        (None, "missing"),
+        (Some(&foreign_room), "foreign room"),
+        (Some(&wrong_secret), "wrong secret"),
+        (Some(&expired), "expired"),
+        (Some(&"garbage".to_string()), "garbage"),
+    ] {
+        let mut m = json!({"type":"join","room":"secure","name":"n"});
+        if let Some(t) = token {
+            m["token"] = json!(t);
+        }
+        ws.send(tungstenite::Message::text(m.to_string()))
+            .expect("send");
+        let v = read_json(&mut ws);
+        assert_eq!(
+            (v["type"].as_str(), v["code"].as_str()),
+            (Some("error"), Some("unauthorized")),
+            "{what}: {v}"
+        );
+    }
+    ws.send(tungstenite::Message::text(
+        json!({"type":"join","room":"secure","name":"ignored","token":good}).to_string(),
+    ))
+    .expect("send");
+    let v = read_json(&mut ws);
+    assert_eq!(v["type"], "joined", "{v}");
+    assert_eq!(
+        v["participant"]["name"], "Token Name",
+        "the token's name wins"
+    );
+}
+
+#[test]
+fn flooding_client_is_rate_limited_then_disconnected() {
+    let node = Node::start(1, &[]).expect("node starts");
+    let (mut ws, _) = tungstenite::connect(node.ws_url(0)).expect("connect");
+    // 400 messages at once: the first burst is processed, then rate_limited errors, then 1008.
+    for _ in 0..400 {
+        if ws
+            .send(tungstenite::Message::text(
+                r#"{"type":"candidate","candidate":"x"}"#,
+            ))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut limited = 0;
+    let mut close = None;
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                if v["code"] == "rate_limited" {
+                    limited += 1;
+                }
+            }
+            Ok(tungstenite::Message::Close(f)) => {
+                close = f.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(limited >= 1, "rate_limited errors: {limited}");
+    assert_eq!(
+        close,
+        Some(1008),
+        "a flooding client is closed with policy violation"
+    );
+    // Others are unaffected.
+    let (mut ws2, _) = tungstenite::connect(node.ws_url(0)).expect("connect");
+    ws2.send(tungstenite::Message::text(
+        r#"{"type":"join","room":"calm","name":"c"}"#,
+    ))
+    .expect("send");
+    assert_eq!(read_json(&mut ws2)["type"], "joined");
+}
+
+#[test]
+fn turn_credentials_from_joined_are_accepted_by_coturn() {
+    if std::process::Command::new("turnserver")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("SFU_REQUIRE_TURN").is_err(),
+            "coturn is required but missing"
+        );
+        eprintln!("SKIPPED: coturn not installed");
+        return;
+    }
+    const SECRET: &str = "turn-test-secret";
+    let dir = bench::harness::TempDir::new("sfu-turn").expect("dir");
+    let port = bench::harness::free_udp_ports(1).expect("port");
+    let relay = bench::harness::free_udp_ports(20).expect("relay ports");
+    let turn_args: Vec<String> = [
+        "-n".to_string(),
+        "--listening-ip=127.0.0.1".into(),
+        format!("--listening-port={port}"),
+        "--relay-ip=127.0.0.1".into(),
+        format!("--min-port={relay}"),
+        format!("--max-port={}", relay + 19),
+        "--use-auth-secret".into(),
+        format!("--static-auth-secret={SECRET}"),
+        "--realm=sfu.test".into(),
+        "--fingerprint".into(),
+        "--no-tls".into(),
+        "--no-dtls".into(),
+        "--no-cli".into(),
+        "--allow-loopback-peers".into(),
+        "--no-multicast-peers".into(),
+        format!("--userdb={}", dir.0.join("turndb").display()),
+        format!("--pidfile={}", dir.0.join("turn.pid").display()),
+        format!("--log-file={}", dir.0.join("turn.log").display()),
+        "--simple-log".into(),
+    ]
+    .to_vec();
+    let _turn = bench::harness::Proc::spawn(
+        "turnserver",
+        std::path::Path::new("turnserver"),
+        &turn_args,
+        dir.0.join("turn.out"),
+    )
+    .expect("coturn");
+    let turn_url = format!("turn:127.0.0.1:{port}?transport=udp");
+    let node = Node::start_with(1, &[], &["--turn-url", &turn_url, "--turn-secret", SECRET])
+        .expect("node");
+    let (mut ws, _) = tungstenite::connect(node.ws_url(0)).expect("connect");
+    ws.send(tungstenite::Message::text(
+        r#"{"type":"join","room":"turn","name":"t"}"#,
+    ))
+    .expect("send");
+    let joined = read_json(&mut ws);
+    let turn = joined["ice_servers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["urls"][0] == turn_url.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("no TURN entry in {joined}"));
+    let user = turn["username"].as_str().expect("username").to_string();
+    let pass = turn["credential"].as_str().expect("credential").to_string();
+    assert!(
+        user.ends_with(joined["participant"]["id"].as_str().expect("id")),
+        "{user}"
+    );
+    std::thread::sleep(Duration::from_millis(500)); // coturn startup
+    let uclient = |pass: &str| -> String {
+        let out = std::process::Command::new("turnutils_uclient")
+            .args([
+                "-y",
+                "-u",
+                &user,
+                "-w",
+                pass,
+                "-p",
+                &port.to_string(),
+                "-n",
+                "5",
+                "-m",
+                "1",
+                "-l",
+                "100",
+                "127.0.0.1",
+            ])
+            .output()
+            .expect("turnutils_uclient");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let ok = uclient(&pass);
+    assert!(
+        ok.contains("Total lost packets 0") && !ok.contains("Cannot complete Allocation"),
+        "coturn refused our credentials:\n{ok}"
+    );
+    let bad = uclient("AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    assert!(
+        bad.contains("Cannot complete Allocation"),
+        "coturn accepted a forged credential:\n{bad}"
+    );
+}
