@@ -1,7 +1,8 @@
 // Browser client for the SFU video chat. Plain standards JavaScript, no build step.
 // Implements docs/protocol.md: WebSocket JSON signaling on /ws, one RTCPeerConnection to the SFU,
 // sendonly camera + microphone, server-initiated renegotiation (the client is the impolite peer),
-// and the `chat` DataChannel.
+// the `chat` DataChannel, and session resume after a lost WebSocket (docs/protocol.md, "Connection
+// loss and resume"): the peer connection and its media survive a signaling restart.
 //
 // Security: every name and chat text is rendered with textContent, never innerHTML.
 'use strict';
@@ -11,6 +12,9 @@
   const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
   // C0 and C1 control characters (the server refuses names containing them).
   const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+  // Reconnecting after a lost WebSocket: exponential backoff with a little jitter, for at most the
+  // server's resume window. A connection attempt that does not open in time is abandoned.
+  const RETRY = { firstDelayMs: 250, factor: 2, maxDelayMs: 4000, jitter: 0.2, windowMs: 30000, connectTimeoutMs: 5000 };
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -63,11 +67,24 @@
     localStream: null,
     chain: Promise.resolve(), // every incoming signaling message is handled in order on this chain
     bannerTimer: 0,
+    bannerTag: null, // what the visible banner is about ('reconnect', 'media', …), so it is hidden by the right event
     needsUnmute: false,
+    resumeToken: null, // joined.resume: resumes this session on a new WebSocket
+    sessionReady: false, // the current WebSocket carries our joined session: signaling messages may be sent
+    outbox: [], // {msg, offerSdp} offers/answers produced while the session was detached; sent after the resume
+    retry: null, // {mode: 'resume' | 'join', startedAt, attempt, timer, deadlineTimer} while reconnecting
+    rejoining: false, // a fresh join replaces a lost session (resume failed, room closed)
+    lastOfferSdp: null, // the last server offer applied
+    resentOfferSdp: null, // a server offer answered by a queued answer: ignore it when re-sent after the resume
   };
 
-  // Exposed for tests and debugging; properties are updated as objects are created.
-  const sfu = { pc: null, ws: null, participantId: null, dc: null, localStream: null, room: null, name: null };
+  // Exposed for tests and debugging; properties are updated as objects are created (and replaced
+  // after a rejoin). After a resume `pc` and `dc` stay the same objects and `ws` is the new socket.
+  const sfu = {
+    pc: null, ws: null, participantId: null, dc: null, localStream: null, room: null, name: null,
+    resumes: 0, // sessions resumed on a new WebSocket (same peer connection)
+    rejoins: 0, // fresh joins after a failed resume or a closed room (new peer connection)
+  };
   window.sfu = sfu;
 
   // ---------------------------------------------------------------- status & banner
@@ -78,22 +95,26 @@
     document.body.dataset.callState = dataState;
   }
 
-  function showBanner(kind, text, { autoHideMs = 0 } = {}) {
+  function showBanner(kind, text, { autoHideMs = 0, tag = null } = {}) {
     clearTimeout(state.bannerTimer);
     el.banner.dataset.state = kind;
     el.bannerText.textContent = text;
     el.banner.hidden = false;
-    if (autoHideMs > 0) state.bannerTimer = setTimeout(hideBanner, autoHideMs);
+    state.bannerTag = tag;
+    if (autoHideMs > 0) state.bannerTimer = setTimeout(() => hideBanner(tag), autoHideMs);
   }
 
-  function hideBanner() {
+  /** Hide the banner; with `tag`, only if the visible banner is about that. */
+  function hideBanner(tag) {
+    if (typeof tag === 'string' && state.bannerTag !== tag) return;
     clearTimeout(state.bannerTimer);
     el.banner.hidden = true;
     el.banner.dataset.state = 'none';
     el.bannerText.textContent = '';
+    state.bannerTag = null;
   }
 
-  el.bannerClose.addEventListener('click', hideBanner);
+  el.bannerClose.addEventListener('click', () => hideBanner());
 
   // ---------------------------------------------------------------- validation
 
@@ -180,29 +201,43 @@
 
     // Start the camera in parallel with the signaling handshake; awaited before the first offer.
     state.mediaPromise = getLocalMedia();
-    openSocket();
+    openSocket('join');
   }
 
-  function openSocket() {
+  /**
+   * Open a WebSocket to /ws. `mode` 'join' sends a normal `join`; 'resume' sends `join {resume}`
+   * to take the existing session (and its peer connection) over.
+   */
+  function openSocket(mode = 'join') {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     let ws;
     try {
       ws = new WebSocket(`${proto}//${location.host}/ws`);
     } catch (err) {
-      fail('error', 'Could not connect to the server.', String(err));
+      if (state.retry) scheduleAttempt();
+      else fail('error', 'Could not connect to the server.', String(err));
       return;
     }
     sfu.ws = ws;
+    state.sessionReady = false;
     let opened = false;
+    // An attempt that hangs (e.g. packets silently dropped) is abandoned; its close schedules the next.
+    const connectTimer = state.retry ? setTimeout(() => {
+      if (!opened && sfu.ws === ws) ws.close();
+    }, RETRY.connectTimeoutMs) : 0;
     ws.addEventListener('open', () => {
       opened = true;
-      const join = { type: 'join', room: state.room, name: state.name };
-      if (state.token) join.token = state.token;
-      send(join);
-      setStatus('connecting', 'Joining room…');
+      clearTimeout(connectTimer);
+      if (sfu.ws !== ws || state.ended) return;
+      if (mode === 'resume') {
+        rawSend(ws, { type: 'join', resume: state.resumeToken });
+      } else {
+        sendJoin(ws);
+        if (!state.rejoining) setStatus('connecting', 'Joining room…');
+      }
     });
     ws.addEventListener('message', (ev) => {
-      if (typeof ev.data !== 'string') return;
+      if (typeof ev.data !== 'string' || sfu.ws !== ws) return;
       let msg;
       try {
         msg = JSON.parse(ev.data);
@@ -211,20 +246,55 @@
         return;
       }
       if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') return;
-      enqueue(() => handleMessage(msg));
+      enqueue(() => handleMessage(msg, ws));
     });
     ws.addEventListener('close', (ev) => {
+      clearTimeout(connectTimer);
       if (sfu.ws !== ws) return;
       // Let queued messages (e.g. `left`, `error`) be handled first so their status wins.
-      enqueue(() => onSocketClosed(ev, opened));
+      enqueue(() => onSocketClosed(ev, opened, ws));
     });
   }
 
-  function send(msg) {
-    const ws = sfu.ws;
+  function sendJoin(ws) {
+    const join = { type: 'join', room: state.room, name: state.name };
+    if (state.token) join.token = state.token;
+    rawSend(ws, join);
+  }
+
+  function rawSend(ws, msg) {
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
-    ws.send(JSON.stringify(msg));
-    return true;
+    try {
+      ws.send(JSON.stringify(msg));
+      return true;
+    } catch (err) {
+      console.warn('could not send on the signaling connection:', err);
+      return false;
+    }
+  }
+
+  /**
+   * Send a signaling message of the joined session. While the session is detached (the WebSocket
+   * was lost and is being resumed) offers and answers are queued and sent after the resume (or
+   * dropped if it fails); anything else is dropped. Never throws.
+   */
+  function send(msg) {
+    if (state.sessionReady && rawSend(sfu.ws, msg)) return true;
+    if (state.joined && !state.ended && (msg.type === 'offer' || msg.type === 'answer')) {
+      state.outbox.push({ msg, offerSdp: msg.type === 'answer' ? state.lastOfferSdp : null });
+      console.info(`signaling connection is down: ${msg.type} queued until the session is resumed`);
+    }
+    return false;
+  }
+
+  /** Stop using the current WebSocket (its events are ignored from now on) and close it. */
+  function detachSocket(code = 1000, reason = '') {
+    const ws = sfu.ws;
+    sfu.ws = null;
+    state.sessionReady = false;
+    try {
+      if (ws && ws.readyState <= WebSocket.OPEN) ws.close(code, reason);
+    } catch { /* already closed */ }
   }
 
   function enqueue(fn) {
@@ -235,9 +305,15 @@
     return state.chain;
   }
 
-  function onSocketClosed(ev, opened) {
-    if (state.ended) return;
-    if (!opened) {
+  function onSocketClosed(ev, opened, ws) {
+    if (state.ended || sfu.ws !== ws) return;
+    state.sessionReady = false;
+    if (state.joined && state.resumeToken) {
+      // Signaling restarted or crashed (1012, 1006, …): media is unaffected. Resume the session.
+      connectionLost('resume', 'Connection to the server lost — reconnecting…');
+    } else if (state.rejoining || (state.retry && state.retry.mode === 'join')) {
+      connectionLost('join', 'Connection to the server lost — rejoining…');
+    } else if (!opened) {
       fail('error', 'Could not reach the server.', 'The connection to the server could not be opened. Please try again later.');
     } else if (ev.code === 1009) {
       fail('disconnected', 'Disconnected', 'The server closed the connection (message too big).');
@@ -246,17 +322,140 @@
     }
   }
 
+  // ---------------------------------------------------------------- reconnect & resume
+
+  /** The WebSocket is gone: start (or continue) reconnecting in `mode` with backoff. */
+  function connectionLost(mode, bannerText) {
+    if (!state.retry || state.retry.mode !== mode) beginRetry(mode, bannerText);
+    scheduleAttempt();
+  }
+
+  function beginRetry(mode, bannerText) {
+    stopRetry();
+    const r = { mode, startedAt: Date.now(), attempt: 0, timer: 0, deadlineTimer: 0 };
+    r.deadlineTimer = setTimeout(() => enqueue(() => onRetryDeadline(r)), RETRY.windowMs);
+    state.retry = r;
+    console.info(`signaling connection lost: ${mode === 'resume' ? 'resuming the session' : 'rejoining'} (for up to ${RETRY.windowMs / 1000} s)`);
+    if (bannerText) showBanner('warning', bannerText, { tag: 'reconnect' });
+    refreshStatus();
+  }
+
+  function stopRetry() {
+    const r = state.retry;
+    if (!r) return;
+    clearTimeout(r.timer);
+    clearTimeout(r.deadlineTimer);
+    state.retry = null;
+  }
+
+  function scheduleAttempt() {
+    const r = state.retry;
+    if (!r || state.ended) return;
+    clearTimeout(r.timer);
+    const base = Math.min(RETRY.maxDelayMs, RETRY.firstDelayMs * RETRY.factor ** r.attempt);
+    const delay = Math.round(base * (1 + Math.random() * RETRY.jitter));
+    r.attempt += 1;
+    r.timer = setTimeout(() => {
+      if (state.retry !== r || state.ended) return;
+      console.info(`reconnect attempt ${r.attempt} (${r.mode})`);
+      openSocket(r.mode);
+    }, delay);
+  }
+
+  function onRetryDeadline(r) {
+    if (state.retry !== r || state.ended) return;
+    if (r.mode === 'resume') {
+      resumeFailed('timeout');
+    } else {
+      fail('disconnected', 'Disconnected from server', 'Could not reconnect to the server. Check your network and click Rejoin.');
+    }
+  }
+
+  /** The session cannot be resumed: drop it (and its peer connection) and join afresh. */
+  function resumeFailed(why) {
+    console.info(`session resume failed (${why}): joining the room again`);
+    stopRetry();
+    detachSocket();
+    resetSession();
+    state.rejoining = true;
+    beginRetry('join', why === 'timeout'
+      ? 'Could not reconnect to the server in time — rejoining…'
+      : 'The session could not be resumed — rejoining…');
+    openSocket('join');
+  }
+
+  /**
+   * Forget the server session: close the peer connection (the local camera stream is kept),
+   * remove remote tiles and the participant list. The caller starts a fresh join.
+   */
+  function resetSession() {
+    const { pc, dc } = sfu;
+    sfu.pc = null;
+    sfu.dc = null;
+    try { if (dc) dc.close(); } catch { /* already closed */ }
+    try { if (pc) pc.close(); } catch { /* already closed */ }
+    for (const id of Array.from(state.tiles.keys())) removeTile(id);
+    state.participants.clear();
+    state.trackOwner.clear();
+    state.leftIds.clear();
+    state.joined = false;
+    state.self = null;
+    sfu.participantId = null;
+    state.resumeToken = null;
+    state.sessionReady = false;
+    state.outbox = [];
+    state.lastOfferSdp = null;
+    state.resentOfferSdp = null;
+    renderPeople();
+    renderChatTargets();
+    updateChatControls();
+  }
+
+  /** The status indicator, from the signaling connection and the peer connection state. */
+  function refreshStatus() {
+    if (state.ended) return;
+    if (state.retry) {
+      setStatus('reconnecting', state.retry.mode === 'resume' ? 'Reconnecting…' : 'Rejoining…');
+      return;
+    }
+    if (!state.joined) {
+      if (state.rejoining) setStatus('reconnecting', 'Rejoining…');
+      return; // the join flow sets its own 'connecting' texts
+    }
+    const pc = sfu.pc;
+    const s = pc ? (pc.connectionState || iceToConnectionState(pc.iceConnectionState)) : 'new';
+    switch (s) {
+      case 'connected':
+        setStatus('connected', 'Connected');
+        hideBanner('media');
+        hideBanner('reconnect');
+        break;
+      case 'disconnected':
+        setStatus('reconnecting', 'Media connection interrupted…');
+        break;
+      case 'failed':
+        setStatus('failed', 'Media connection failed');
+        break;
+      case 'closed':
+        setStatus('closed', 'Connection closed');
+        break;
+      default:
+        setStatus('connecting', 'Connecting media…');
+    }
+  }
+
   // ---------------------------------------------------------------- signaling messages
 
-  async function handleMessage(msg) {
-    if (state.ended) return;
+  async function handleMessage(msg, ws) {
+    if (state.ended || sfu.ws !== ws) return;
     switch (msg.type) {
-      case 'joined': return onJoined(msg);
+      case 'joined': return msg.resumed === true ? onResumed(msg) : onJoined(msg);
       case 'answer': return onAnswer(msg);
       case 'offer': return onOffer(msg);
       case 'participant_joined': return onParticipantJoined(msg);
       case 'participant_left': return onParticipantLeft(msg);
       case 'left': return onLeft(msg);
+      case 'room_closed': return onRoomClosed(msg);
       case 'error': return onError(msg);
       default:
         console.warn('ignoring unknown signaling message type', msg.type);
@@ -267,7 +466,17 @@
     if (state.joined) return;
     const me = msg.participant;
     if (!me || typeof me.id !== 'string') throw new Error('malformed joined message');
+    stopRetry();
+    const rejoin = state.rejoining;
+    state.rejoining = false;
+    if (rejoin) {
+      sfu.rejoins += 1;
+      addSystemMessage('Rejoined the room.');
+    }
     state.joined = true;
+    state.sessionReady = true;
+    state.resumeToken = typeof msg.resume === 'string' && msg.resume ? msg.resume : null;
+    state.outbox = [];
     state.self = { id: me.id, name: typeof me.name === 'string' ? me.name : state.name };
     sfu.participantId = me.id;
     el.localName.textContent = `${state.self.name} (you)`;
@@ -279,8 +488,9 @@
     renderChatTargets();
     setStatus('connecting', 'Connecting media…');
 
+    // On a rejoin this is the stream opened for the first join (never prompts again).
     const stream = await state.mediaPromise;
-    if (state.ended) return;
+    if (state.ended || !state.joined || !state.self || state.self.id !== me.id) return;
 
     const config = { iceServers: sanitizeIceServers(msg.ice_servers), bundlePolicy: 'max-bundle' };
     if (state.relayOnly) config.iceTransportPolicy = 'relay';
@@ -298,6 +508,71 @@
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     send({ type: 'offer', sdp: pc.localDescription.sdp });
+  }
+
+  /**
+   * `joined {resumed: true}`: the session (and its peer connection) survived the lost WebSocket.
+   * Keep the same RTCPeerConnection (no renegotiation, no ICE restart); refresh what may have
+   * changed meanwhile and send what was queued.
+   */
+  function onResumed(msg) {
+    const pc = sfu.pc;
+    if (!state.joined || !pc || !state.retry || state.retry.mode !== 'resume') {
+      console.warn('ignoring unexpected resumed joined');
+      return;
+    }
+    stopRetry();
+    state.sessionReady = true;
+    if (typeof msg.resume === 'string' && msg.resume) state.resumeToken = msg.resume;
+    sfu.resumes += 1;
+    console.info('session resumed on a new signaling connection');
+
+    // Participants who left or joined while we were away (their events went to the lost socket).
+    const now = new Map();
+    for (const p of Array.isArray(msg.participants) ? msg.participants : []) {
+      if (p && typeof p.id === 'string' && (!state.self || p.id !== state.self.id)) now.set(p.id, String(p.name ?? p.id));
+    }
+    for (const [id, name] of Array.from(state.participants)) {
+      if (now.has(id)) continue;
+      state.participants.delete(id);
+      state.leftIds.add(id);
+      removeTile(id);
+      addSystemMessage(`${name} left`);
+    }
+    for (const id of Array.from(state.tiles.keys())) {
+      if (!now.has(id)) removeTile(id);
+    }
+    for (const [id, name] of now) {
+      const known = state.participants.has(id);
+      state.participants.set(id, name);
+      state.leftIds.delete(id);
+      const tile = state.tiles.get(id);
+      if (tile) {
+        tile.nameEl.textContent = name;
+        setInitial(tile.tile, name);
+      }
+      if (!known) addSystemMessage(`${name} joined`);
+    }
+    renderPeople();
+    renderChatTargets();
+
+    // Send what was produced while detached. The server re-sends its outstanding offer right
+    // after `joined`: if a queued answer answers it, that copy is ignored (see onOffer).
+    const queued = state.outbox;
+    state.outbox = [];
+    let offerSent = false;
+    for (const { msg: m, offerSdp } of queued) {
+      if (!rawSend(sfu.ws, m)) break;
+      if (m.type === 'answer') state.resentOfferSdp = offerSdp;
+      if (m.type === 'offer') offerSent = true;
+    }
+    // Our own offer was sent but its answer may have been lost with the old connection.
+    if (!offerSent && pc.signalingState === 'have-local-offer' && pc.localDescription) {
+      rawSend(sfu.ws, { type: 'offer', sdp: pc.localDescription.sdp });
+    }
+
+    hideBanner('reconnect');
+    refreshStatus();
   }
 
   function sanitizeIceServers(list) {
@@ -333,7 +608,16 @@
       console.info('glare: ignoring server offer while our offer is outstanding');
       return;
     }
-    await pc.setRemoteDescription({ type: 'offer', sdp: String(msg.sdp) });
+    const sdp = String(msg.sdp);
+    const resent = state.resentOfferSdp;
+    state.resentOfferSdp = null;
+    if (resent !== null && sdp === resent && pc.signalingState === 'stable') {
+      // Re-sent after a resume, and already answered by the answer queued during the outage.
+      console.info('ignoring re-sent server offer: already answered');
+      return;
+    }
+    state.lastOfferSdp = sdp;
+    await pc.setRemoteDescription({ type: 'offer', sdp });
     const answer = await pc.createAnswer();
     await pc.setLocalDescription(answer);
     send({ type: 'answer', sdp: pc.localDescription.sdp });
@@ -375,14 +659,67 @@
       closed: 'the connection was closed',
       failed: 'the session failed',
       shutdown: 'the server is shutting down',
+      abandoned: 'the connection to the server was lost for too long',
+      room_closed: 'the room was closed',
     };
     const why = reasons[msg.reason] || String(msg.reason || 'unknown reason');
-    fail('disconnected', 'Removed from the room', `You were removed from the room: ${why}.`);
+    // The server closes the WebSocket next; no automatic reconnect.
+    fail('closed', 'Removed from the room', `You were removed from the room: ${why}.`);
+  }
+
+  /**
+   * The media node hosting the room failed (or the room moved). The WebSocket stays open: drop the
+   * peer connection and join again on it; the room is placed on a healthy node.
+   */
+  function onRoomClosed(msg) {
+    if (!state.joined) return;
+    const moved = msg.reason === 'moved';
+    console.info(`room closed (${String(msg.reason)}): joining again`);
+    stopRetry();
+    resetSession();
+    state.rejoining = true;
+    showBanner('warning', moved
+      ? 'The room moved to another media server — rejoining…'
+      : 'The media server for this room failed — rejoining…', { tag: 'reconnect' });
+    refreshStatus();
+    sendJoin(sfu.ws);
   }
 
   function onError(msg) {
     const code = String(msg.code || 'error');
     const text = String(msg.message || '');
+    if (code === 'rate_limited') {
+      // The message was dropped; the connection stays usable.
+      console.warn('signaling rate limit hit:', text);
+      if (state.bannerTag !== 'reconnect') {
+        showBanner('warning', 'Too many requests: the server dropped a message. Slow down a little.', { autoHideMs: 5000, tag: 'rate' });
+      }
+      return;
+    }
+    if (state.retry && state.retry.mode === 'resume' && !state.sessionReady) {
+      // The answer to our `join {resume}`.
+      if (code === 'resume_failed') {
+        resumeFailed('rejected');
+      } else {
+        // e.g. unavailable: the node is not reachable from this instance yet. Try again.
+        console.warn(`resume refused (${code}): retrying`);
+        detachSocket();
+        scheduleAttempt();
+      }
+      return;
+    }
+    if (code === 'resume_failed') {
+      if (state.joined) resumeFailed('rejected');
+      return;
+    }
+    if (state.rejoining && !state.joined && (code === 'unavailable' || code === 'internal')) {
+      // No healthy node yet for the room: retry the fresh join with backoff.
+      console.warn(`rejoin refused (${code}): retrying`);
+      if (!state.retry) beginRetry('join', null);
+      detachSocket();
+      scheduleAttempt();
+      return;
+    }
     const friendly = {
       room_full: 'This room is full.',
       unauthorized: 'You are not allowed to join this room (missing or invalid token).',
@@ -411,26 +748,11 @@
     const onState = () => {
       if (state.ended || sfu.pc !== pc) return;
       const s = pc.connectionState || iceToConnectionState(pc.iceConnectionState);
-      switch (s) {
-        case 'connected':
-          if (state.joined) {
-            setStatus('connected', 'Connected');
-            if (el.banner.dataset.state === 'warning-connection') hideBanner();
-          }
-          break;
-        case 'disconnected':
-          setStatus('disconnected', 'Connection interrupted – reconnecting…');
-          break;
-        case 'failed':
-          setStatus('failed', 'Media connection failed');
-          showBanner('error', 'The media connection failed. Check your network (a firewall may block UDP) and rejoin.');
-          break;
-        case 'closed':
-          setStatus('closed', 'Connection closed');
-          break;
-        default:
-          setStatus('connecting', 'Connecting media…');
+      if (s === 'failed') {
+        showBanner('error', 'The media connection failed. Check your network (a firewall may block UDP) and rejoin.', { tag: 'media' });
       }
+      // While signaling reconnects the status says so; refreshStatus() knows both.
+      refreshStatus();
     };
     pc.addEventListener('connectionstatechange', onState);
     if (!('connectionState' in pc)) pc.addEventListener('iceconnectionstatechange', onState);
@@ -613,14 +935,14 @@
       video.play().catch(() => {});
       if (!state.needsUnmute) {
         state.needsUnmute = true;
-        showBanner('info', 'Click anywhere to turn on sound.');
+        showBanner('info', 'Click anywhere to turn on sound.', { tag: 'unmute' });
         const unmute = () => {
           state.needsUnmute = false;
           for (const t of state.tiles.values()) {
             t.video.muted = false;
             t.video.play().catch(() => {});
           }
-          if (el.banner.dataset.state === 'info') hideBanner();
+          hideBanner('unmute');
         };
         document.addEventListener('click', unmute, { once: true, capture: true });
         document.addEventListener('keydown', unmute, { once: true, capture: true });
@@ -844,6 +1166,9 @@
 
   function teardown() {
     state.ended = true;
+    stopRetry();
+    state.outbox = [];
+    state.sessionReady = false;
     const { dc, pc, ws } = sfu;
     try { if (dc) dc.close(); } catch { /* already closed */ }
     try { if (pc) pc.close(); } catch { /* already closed */ }
@@ -866,6 +1191,8 @@
 
   function leave() {
     if (state.ended) return;
+    // Best effort: while signaling is reconnecting there is no session to leave; the server then
+    // removes us after its resume window (or the ICE timeout once our peer connection is closed).
     send({ type: 'leave' });
     teardown();
     setStatus('closed', 'You left the room');
@@ -885,9 +1212,16 @@
     }
     setTimeout(() => { el.invite.textContent = 'Copy invite link'; }, 2000);
   });
-  window.addEventListener('pagehide', () => {
-    if (!state.ended && state.joined) send({ type: 'leave' });
-  });
+  // Closing the WebSocket alone does not remove us (the server keeps the session for a resume), so a
+  // closing tab says `leave` explicitly (best effort; the frame is queued before the close frame).
+  const leaveOnUnload = () => {
+    if (state.ended || !state.joined) return;
+    send({ type: 'leave' });
+    teardown();
+    setStatus('closed', 'You left the room');
+  };
+  window.addEventListener('pagehide', leaveOnUnload);
+  window.addEventListener('beforeunload', leaveOnUnload);
 
   // ---------------------------------------------------------------- boot
 

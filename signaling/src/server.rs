@@ -879,7 +879,11 @@ impl Server {
         if written < response.len() {
             return self.remove(id);
         }
+        // Small I/O buffers: signaling messages are small and an idle session should cost little
+        // memory (tungstenite's default read buffer is 128 KiB per connection).
         let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
             .max_message_size(Some(self.settings.max_message))
             .max_frame_size(Some(self.settings.max_message));
         let ws = WebSocket::from_raw_socket(stream, Role::Server, Some(config));

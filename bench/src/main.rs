@@ -1,0 +1,224 @@
+//! `bench`: load and capacity measurements against the real binaries.
+//!
+//! ```text
+//! cargo build --release --bins
+//! ulimit -n 65536
+//! ./target/release/bench signaling --sessions 5000 --joins 3000     # single node
+//! ./target/release/bench signaling --cluster --joins 2000           # two nodes + Redis
+//! ```
+//!
+//! Services are started by the bench itself on loopback (release binaries next to this one).
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bench::harness::{Cluster, Node, cpu_seconds};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+#[derive(Debug, Parser)]
+#[command(about = "Load and capacity measurements for the SFU")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Signaling capacity: idle sessions held, join throughput, Redis round trips per join.
+    Signaling {
+        /// Joined sessions to open and hold.
+        #[arg(long, default_value_t = 5000)]
+        sessions: usize,
+        /// Seconds to hold them (measuring signaling CPU while idle).
+        #[arg(long, default_value_t = 10)]
+        hold_secs: u64,
+        /// Joins in the join storm (connect, join, joined, leave, close).
+        #[arg(long, default_value_t = 2000)]
+        joins: usize,
+        /// Concurrent clients in the storm.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Two nodes and Redis instead of one node.
+        #[arg(long)]
+        cluster: bool,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+}
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn read_json(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        match ws.read()? {
+            Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+            Message::Close(f) => bail!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Connect and join `room`; returns the socket after `joined`.
+fn join(url: &str, room: &str) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tungstenite::connect(url)?;
+    ws.send(Message::text(json!({"type":"join","room":room,"name":"bench"}).to_string()))?;
+    let v = read_json(&mut ws)?;
+    if v["type"] != "joined" {
+        bail!("join failed: {v}");
+    }
+    Ok(ws)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Client round trips Redis has served: `EVALSHA` + `PUBLISH` calls (every call our processes make
+/// on the join path is one of these; `INFO stats` would also count the commands run inside the
+/// Lua scripts, which are not round trips).
+fn redis_commands(port: u16) -> u64 {
+    let out = std::process::Command::new("redis-cli").args(["-p", &port.to_string(), "INFO", "commandstats"]).output();
+    out.ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_publish:"))
+                .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let Cli { cmd } = Cli::parse();
+    let Cmd::Signaling { sessions, hold_secs, joins, concurrency, cluster, json } = cmd;
+    // One node (or two with Redis). Sessions never connect media, so give them a long ICE timeout.
+    let dp_args = ["--ice-timeout-secs", "3600", "--max-participants-per-room", "100000"];
+    let (urls, sig_pid, dp_pid, redis_port, _node, _cluster) = if cluster {
+        let c = Cluster::start(2, &dp_args, &["--rate-limit", "1000"])?;
+        let urls: Vec<String> = c.nodes.iter().map(|n| n.ws_url()).collect();
+        let sig = c.nodes[0].signaling.pid().context("pid")?;
+        let dp = c.nodes[0].dataplane.pid().context("pid")?;
+        let port = c.redis.port;
+        (urls, sig, dp, Some(port), None, Some(c))
+    } else {
+        let n = Node::start_with(1, &dp_args, &["--rate-limit", "1000"])?;
+        let urls = vec![n.ws_url(0)];
+        let sig = n.signaling[0].1.pid().context("pid")?;
+        let dp = n.dataplane.pid().context("pid")?;
+        (urls, sig, dp, None, Some(n), None)
+    };
+    let url = urls[0].clone();
+    let mut results = serde_json::Map::new();
+    results.insert("mode".into(), json!(if cluster { "cluster" } else { "single" }));
+
+    // 1. Idle sessions: open and join `sessions` WebSockets (100 rooms), hold them.
+    let rss0 = rss_kib(sig_pid);
+    let t = Instant::now();
+    let mut held = Vec::with_capacity(sessions);
+    for i in 0..sessions {
+        held.push(join(&url, &format!("idle-{}", i % 100)).with_context(|| format!("session {i}"))?);
+    }
+    let open_time = t.elapsed();
+    let cpu0 = cpu_seconds(sig_pid).unwrap_or(0.0);
+    std::thread::sleep(Duration::from_secs(hold_secs));
+    let idle_cpu = cpu_seconds(sig_pid).unwrap_or(0.0) - cpu0;
+    let rss1 = rss_kib(sig_pid);
+    println!(
+        "idle: {sessions} joined sessions held on one signaling instance; opened in {open_time:.2?}; \
+         signaling RSS {rss0} → {rss1} KiB ({:.1} KiB/session); CPU while idle {:.3} s over {hold_secs} s",
+        (rss1.saturating_sub(rss0)) as f64 / sessions as f64,
+        idle_cpu
+    );
+    results.insert("idle_sessions".into(), json!(sessions));
+    results.insert("idle_rss_kib_per_session".into(), json!((rss1.saturating_sub(rss0)) as f64 / sessions as f64));
+    results.insert("idle_cpu_seconds".into(), json!(idle_cpu));
+    for mut ws in held.drain(..) {
+        let _ = ws.send(Message::text(r#"{"type":"leave"}"#));
+        let _ = ws.close(None);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    // 2. Join storm: `concurrency` threads, each connect → join → joined → leave → close.
+    let redis0 = redis_port.map(redis_commands);
+    let base_t = Instant::now();
+    if let Some(p) = redis_port {
+        // Background Redis traffic (heartbeats, beacons) over one second, subtracted below.
+        std::thread::sleep(Duration::from_secs(2));
+        let bg = redis_commands(p).saturating_sub(redis0.unwrap_or(0));
+        results.insert("redis_background_per_sec".into(), json!(bg as f64 / base_t.elapsed().as_secs_f64()));
+    }
+    let redis1 = redis_port.map(redis_commands);
+    let sig_cpu0 = cpu_seconds(sig_pid).unwrap_or(0.0);
+    let dp_cpu0 = cpu_seconds(dp_pid).unwrap_or(0.0);
+    let t = Instant::now();
+    let per = joins / concurrency.max(1);
+    let handles: Vec<_> = (0..concurrency)
+        .map(|w| {
+            // In cluster mode half the clients go through the other instance (relayed joins).
+            let url = urls[w % urls.len()].clone();
+            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                let mut lat = Vec::with_capacity(per);
+                for i in 0..per {
+                    let t = Instant::now();
+                    let mut ws = join(&url, &format!("storm-{w}-{i}"))?;
+                    lat.push(t.elapsed());
+                    ws.send(Message::text(r#"{"type":"leave"}"#))?;
+                    let _ = read_json(&mut ws);
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.join().map_err(|_| anyhow::anyhow!("storm thread panicked"))??);
+    }
+    let wall = t.elapsed();
+    let done = lat.len();
+    let sig_cpu = cpu_seconds(sig_pid).unwrap_or(0.0) - sig_cpu0;
+    let dp_cpu = cpu_seconds(dp_pid).unwrap_or(0.0) - dp_cpu0;
+    lat.sort();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    println!(
+        "storm: {done} joins in {wall:.2?} = {:.0} joins/s (wall, {concurrency} clients on the same 2 cores); \
+         join→joined p50 {:.2?} p99 {:.2?}; signaling CPU {:.0} µs/join = {:.0} joins/s per core; \
+         dataplane CPU {:.0} µs/join (incl. the leave)",
+        done as f64 / wall.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        sig_cpu * 1e6 / done as f64,
+        done as f64 / sig_cpu.max(1e-9),
+        dp_cpu * 1e6 / done as f64
+    );
+    results.insert("storm_joins".into(), json!(done));
+    results.insert("storm_joins_per_sec_wall".into(), json!(done as f64 / wall.as_secs_f64()));
+    results.insert("storm_join_p50_ms".into(), json!(pct(0.5).as_secs_f64() * 1e3));
+    results.insert("storm_join_p99_ms".into(), json!(pct(0.99).as_secs_f64() * 1e3));
+    results.insert("signaling_cpu_us_per_join".into(), json!(sig_cpu * 1e6 / done as f64));
+    results.insert("signaling_joins_per_core_sec".into(), json!(done as f64 / sig_cpu.max(1e-9)));
+    if let (Some(p), Some(r1)) = (redis_port, redis1) {
+        let cmds = redis_commands(p).saturating_sub(r1);
+        let bg = results.get("redis_background_per_sec").and_then(Value::as_f64).unwrap_or(0.0) * wall.as_secs_f64();
+        let per_join = (cmds as f64 - bg) / done as f64;
+        println!(
+            "redis: {cmds} EVALSHA+PUBLISH calls during the storm, ~{bg:.0} of them background → {per_join:.2} per join+leave \
+             (half the joins relayed: placement EVALSHA + join/leave PUBLISHes + their reply PUBLISHes from the node + the \
+             release EVALSHA when the room empties)"
+        );
+        results.insert("redis_commands_per_join_and_leave".into(), json!(per_join));
+    }
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&Value::Object(results))?)?;
+        println!("results written to {}", path.display());
+    }
+    Ok(())
+}
