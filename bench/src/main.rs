@@ -63,21 +63,39 @@ fn read_json(ws: &mut Ws) -> anyhow::Result<Value> {
     }
 }
 
-/// Connect and join `room`; returns the socket after `joined`.
-fn join(url: &str, room: &str) -> anyhow::Result<Ws> {
+/// Connect and join `room`; returns the socket after `joined` and the node hosting the room.
+fn join(url: &str, room: &str) -> anyhow::Result<(Ws, String)> {
     let (mut ws, _) = tungstenite::connect(url)?;
-    ws.send(Message::text(json!({"type":"join","room":room,"name":"bench"}).to_string()))?;
+    ws.send(Message::text(
+        json!({"type":"join","room":room,"name":"bench"}).to_string(),
+    ))?;
     let v = read_json(&mut ws)?;
     if v["type"] != "joined" {
         bail!("join failed: {v}");
     }
-    Ok(ws)
+    // The resume token names the node (base64url JSON {"n": node, ...}).
+    use base64::Engine;
+    let node = v["resume"]
+        .as_str()
+        .and_then(|t| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(t)
+                .ok()
+        })
+        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+        .and_then(|t| t["n"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    Ok((ws, node))
 }
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -85,13 +103,22 @@ fn rss_kib(pid: u32) -> u64 {
 /// on the join path is one of these; `INFO stats` would also count the commands run inside the
 /// Lua scripts, which are not round trips).
 fn redis_commands(port: u16) -> u64 {
-    let out = std::process::Command::new("redis-cli").args(["-p", &port.to_string(), "INFO", "commandstats"]).output();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output();
     out.ok()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
                 .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_publish:"))
-                .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+                .filter_map(|l| {
+                    l.split("calls=")
+                        .nth(1)?
+                        .split(',')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
                 .sum()
         })
         .unwrap_or(0)
@@ -99,12 +126,25 @@ fn redis_commands(port: u16) -> u64 {
 
 fn main() -> anyhow::Result<()> {
     let Cli { cmd } = Cli::parse();
-    let Cmd::Signaling { sessions, hold_secs, joins, concurrency, cluster, json } = cmd;
+    let Cmd::Signaling {
+        sessions,
+        hold_secs,
+        joins,
+        concurrency,
+        cluster,
+        json,
+    } = cmd;
     // One node (or two with Redis). Sessions never connect media, so give them a long ICE timeout.
-    let dp_args = ["--ice-timeout-secs", "3600", "--max-participants-per-room", "100000"];
+    let dp_args = [
+        "--ice-timeout-secs",
+        "3600",
+        "--max-participants-per-room",
+        "100000",
+    ];
     let (urls, sig_pid, dp_pid, redis_port, _node, _cluster) = if cluster {
         let c = Cluster::start(2, &dp_args, &["--rate-limit", "1000"])?;
         let urls: Vec<String> = c.nodes.iter().map(|n| n.ws_url()).collect();
+        // url i belongs to node i: "node-a", "node-b".
         let sig = c.nodes[0].signaling.pid().context("pid")?;
         let dp = c.nodes[0].dataplane.pid().context("pid")?;
         let port = c.redis.port;
@@ -118,14 +158,21 @@ fn main() -> anyhow::Result<()> {
     };
     let url = urls[0].clone();
     let mut results = serde_json::Map::new();
-    results.insert("mode".into(), json!(if cluster { "cluster" } else { "single" }));
+    results.insert(
+        "mode".into(),
+        json!(if cluster { "cluster" } else { "single" }),
+    );
 
     // 1. Idle sessions: open and join `sessions` WebSockets (100 rooms), hold them.
     let rss0 = rss_kib(sig_pid);
     let t = Instant::now();
     let mut held = Vec::with_capacity(sessions);
     for i in 0..sessions {
-        held.push(join(&url, &format!("idle-{}", i % 100)).with_context(|| format!("session {i}"))?);
+        held.push(
+            join(&url, &format!("idle-{}", i % 100))
+                .with_context(|| format!("session {i}"))?
+                .0,
+        );
     }
     let open_time = t.elapsed();
     let cpu0 = cpu_seconds(sig_pid).unwrap_or(0.0);
@@ -139,7 +186,10 @@ fn main() -> anyhow::Result<()> {
         idle_cpu
     );
     results.insert("idle_sessions".into(), json!(sessions));
-    results.insert("idle_rss_kib_per_session".into(), json!((rss1.saturating_sub(rss0)) as f64 / sessions as f64));
+    results.insert(
+        "idle_rss_kib_per_session".into(),
+        json!((rss1.saturating_sub(rss0)) as f64 / sessions as f64),
+    );
     results.insert("idle_cpu_seconds".into(), json!(idle_cpu));
     for mut ws in held.drain(..) {
         let _ = ws.send(Message::text(r#"{"type":"leave"}"#));
@@ -154,7 +204,10 @@ fn main() -> anyhow::Result<()> {
         // Background Redis traffic (heartbeats, beacons) over one second, subtracted below.
         std::thread::sleep(Duration::from_secs(2));
         let bg = redis_commands(p).saturating_sub(redis0.unwrap_or(0));
-        results.insert("redis_background_per_sec".into(), json!(bg as f64 / base_t.elapsed().as_secs_f64()));
+        results.insert(
+            "redis_background_per_sec".into(),
+            json!(bg as f64 / base_t.elapsed().as_secs_f64()),
+        );
     }
     let redis1 = redis_port.map(redis_commands);
     let sig_cpu0 = cpu_seconds(sig_pid).unwrap_or(0.0);
@@ -165,12 +218,16 @@ fn main() -> anyhow::Result<()> {
         .map(|w| {
             // In cluster mode half the clients go through the other instance (relayed joins).
             let url = urls[w % urls.len()].clone();
-            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+            let local_node = format!("node-{}", (b'a' + (w % urls.len()) as u8) as char);
+            std::thread::spawn(move || -> anyhow::Result<Vec<(Duration, bool)>> {
                 let mut lat = Vec::with_capacity(per);
                 for i in 0..per {
                     let t = Instant::now();
-                    let mut ws = join(&url, &format!("storm-{w}-{i}"))?;
-                    lat.push(t.elapsed());
+                    let (mut ws, node) = join(&url, &format!("storm-{w}-{i}"))?;
+                    lat.push((
+                        t.elapsed(),
+                        !node.is_empty() && node != local_node && cluster,
+                    ));
                     ws.send(Message::text(r#"{"type":"leave"}"#))?;
                     let _ = read_json(&mut ws);
                 }
@@ -178,16 +235,47 @@ fn main() -> anyhow::Result<()> {
             })
         })
         .collect();
-    let mut lat = Vec::new();
+    let mut all = Vec::new();
     for h in handles {
-        lat.extend(h.join().map_err(|_| anyhow::anyhow!("storm thread panicked"))??);
+        all.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("storm thread panicked"))??,
+        );
     }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    if cluster {
+        let local: Vec<Duration> = all.iter().filter(|(_, r)| !r).map(|(d, _)| *d).collect();
+        let relayed: Vec<Duration> = all.iter().filter(|(_, r)| *r).map(|(d, _)| *d).collect();
+        println!(
+            "relay cost: join→joined p50 {:.2?} when the room is on the local node ({} joins) vs {:.2?} when relayed over Redis ({} joins)",
+            median(local.clone()),
+            local.len(),
+            median(relayed.clone()),
+            relayed.len()
+        );
+        results.insert(
+            "join_p50_local_ms".into(),
+            json!(median(local).as_secs_f64() * 1e3),
+        );
+        results.insert(
+            "join_p50_relayed_ms".into(),
+            json!(median(relayed).as_secs_f64() * 1e3),
+        );
+    }
+    let mut lat: Vec<Duration> = all.into_iter().map(|(d, _)| d).collect();
     let wall = t.elapsed();
     let done = lat.len();
     let sig_cpu = cpu_seconds(sig_pid).unwrap_or(0.0) - sig_cpu0;
     let dp_cpu = cpu_seconds(dp_pid).unwrap_or(0.0) - dp_cpu0;
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "storm: {done} joins in {wall:.2?} = {:.0} joins/s (wall, {concurrency} clients on the same 2 cores); \
          join→joined p50 {:.2?} p99 {:.2?}; signaling CPU {:.0} µs/join = {:.0} joins/s per core; \
@@ -200,14 +288,33 @@ fn main() -> anyhow::Result<()> {
         dp_cpu * 1e6 / done as f64
     );
     results.insert("storm_joins".into(), json!(done));
-    results.insert("storm_joins_per_sec_wall".into(), json!(done as f64 / wall.as_secs_f64()));
-    results.insert("storm_join_p50_ms".into(), json!(pct(0.5).as_secs_f64() * 1e3));
-    results.insert("storm_join_p99_ms".into(), json!(pct(0.99).as_secs_f64() * 1e3));
-    results.insert("signaling_cpu_us_per_join".into(), json!(sig_cpu * 1e6 / done as f64));
-    results.insert("signaling_joins_per_core_sec".into(), json!(done as f64 / sig_cpu.max(1e-9)));
+    results.insert(
+        "storm_joins_per_sec_wall".into(),
+        json!(done as f64 / wall.as_secs_f64()),
+    );
+    results.insert(
+        "storm_join_p50_ms".into(),
+        json!(pct(0.5).as_secs_f64() * 1e3),
+    );
+    results.insert(
+        "storm_join_p99_ms".into(),
+        json!(pct(0.99).as_secs_f64() * 1e3),
+    );
+    results.insert(
+        "signaling_cpu_us_per_join".into(),
+        json!(sig_cpu * 1e6 / done as f64),
+    );
+    results.insert(
+        "signaling_joins_per_core_sec".into(),
+        json!(done as f64 / sig_cpu.max(1e-9)),
+    );
     if let (Some(p), Some(r1)) = (redis_port, redis1) {
         let cmds = redis_commands(p).saturating_sub(r1);
-        let bg = results.get("redis_background_per_sec").and_then(Value::as_f64).unwrap_or(0.0) * wall.as_secs_f64();
+        let bg = results
+            .get("redis_background_per_sec")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0)
+            * wall.as_secs_f64();
         let per_join = (cmds as f64 - bg) / done as f64;
         println!(
             "redis: {cmds} EVALSHA+PUBLISH calls during the storm, ~{bg:.0} of them background → {per_join:.2} per join+leave \
@@ -217,7 +324,10 @@ fn main() -> anyhow::Result<()> {
         results.insert("redis_commands_per_join_and_leave".into(), json!(per_join));
     }
     if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_string_pretty(&Value::Object(results))?)?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&Value::Object(results))?,
+        )?;
         println!("results written to {}", path.display());
     }
     Ok(())

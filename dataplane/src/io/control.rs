@@ -139,6 +139,9 @@ pub struct ControlServer {
     deregistered: bool,
     /// Packets forwarded at the last load report, for the rate.
     last_forwarded: (Instant, u64),
+    /// Process CPU seconds at the last load report, and the resulting utilisation (%).
+    last_cpu: (Instant, f64),
+    cpu_percent: f32,
 }
 
 impl ControlServer {
@@ -183,6 +186,8 @@ impl ControlServer {
             draining: false,
             deregistered: false,
             last_forwarded: (Instant::now(), 0),
+            last_cpu: (Instant::now(), process_cpu_seconds()),
+            cpu_percent: 0.0,
         })
     }
 
@@ -214,7 +219,7 @@ impl ControlServer {
                 rooms,
                 participants,
                 packets_per_sec: (forwarded.saturating_sub(f) as f64 / secs) as u64,
-                cpu_percent: 0.0,
+                cpu_percent: self.cpu_percent,
             },
             state: if self.draining {
                 NodeState::Draining
@@ -261,6 +266,12 @@ impl ControlServer {
                 }
                 let forwarded = self.stats.iter().map(|w| w.rtp_forwarded).sum();
                 self.last_forwarded = (now, forwarded);
+                let cpu = process_cpu_seconds();
+                let (t, c) = self.last_cpu;
+                let secs = now.duration_since(t).as_secs_f64().max(0.001);
+                // Percent of one core, like `top`.
+                self.cpu_percent = ((cpu - c) / secs * 100.0) as f32;
+                self.last_cpu = (now, cpu);
             }
             if now >= next_sweep {
                 next_sweep = now + Duration::from_secs(1);
@@ -960,4 +971,19 @@ impl ControlServer {
             self.close_peer(id);
         }
     }
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`; 0 elsewhere.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
