@@ -693,3 +693,55 @@ fn h264_publisher_is_forwarded_with_the_subscribers_payload_type() {
         [Some(str0m::format::Codec::Vp8)]
     );
 }
+
+#[test]
+fn mute_state_is_relayed_to_the_room_and_given_to_late_joiners() {
+    let mut sim = Sim::new(18);
+    sim.join("a", "r", pub_av());
+    sim.join("b", "r", pub_av());
+    assert!(sim.run_until(secs(5), |s| s.peer("a").peer.chat_open()
+        && s.peer("b").peer.chat_open()));
+    assert!(
+        sim.peer_mut("a")
+            .peer
+            .send_chat_raw(br#"{"type":"state","audio_muted":true,"video_muted":false}"#)
+    );
+    sim.run_for(secs(1));
+    let b = sim.chat_of("b");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(
+        (
+            b[0]["type"].as_str(),
+            b[0]["from"].as_str(),
+            b[0]["audio_muted"].as_bool()
+        ),
+        (Some("state"), Some("a"), Some(true))
+    );
+    assert!(sim.chat_of("a").is_empty(), "no echo of one's own state");
+    // A late joiner learns a's state as soon as its channel opens.
+    sim.join("c", "r", pub_av());
+    assert!(sim.run_until(secs(5), |s| !s.chat_of("c").is_empty()));
+    let c = sim.chat_of("c");
+    assert_eq!(
+        (
+            c[0]["from"].as_str(),
+            c[0]["audio_muted"].as_bool(),
+            c[0]["video_muted"].as_bool()
+        ),
+        (Some("a"), Some(true), Some(false))
+    );
+    // Malformed state is refused like any bad message.
+    assert!(
+        sim.peer_mut("a")
+            .peer
+            .send_chat_raw(br#"{"type":"state","audio_muted":"yes"}"#)
+    );
+    sim.run_for(secs(1));
+    assert_eq!(
+        sim.chat_of("a")
+            .last()
+            .and_then(|m| m["code"].as_str().map(str::to_string))
+            .as_deref(),
+        Some("bad_request")
+    );
+}

@@ -1,8 +1,10 @@
-//! Chat messages carried on the `chat` DataChannel (SCTP terminates at the SFU).
+//! Messages carried on the `chat` DataChannel (SCTP terminates at the SFU).
 //!
-//! Client → SFU: `{"type":"chat","to":null|"<participant id>","text":"..."}`.
+//! Client → SFU: `{"type":"chat","to":null|"<participant id>","text":"..."}` or
+//! `{"type":"state","audio_muted":bool,"video_muted":bool}`.
 //! SFU → client: `{"type":"chat","from":"<id>","name":"<display name>","to":null|"<id>",
-//! "text":"...","ts":<unix ms>}` or `{"type":"error","code":"...","message":"..."}`.
+//! "text":"...","ts":<unix ms>}`, `{"type":"state","from":"<id>","audio_muted":bool,
+//! "video_muted":bool}` or `{"type":"error","code":"...","message":"..."}`.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,8 +63,35 @@ impl ChatError {
     }
 }
 
-/// Parse and validate a client chat message. `max_text` is in UTF-8 bytes.
-pub fn parse_request(data: &[u8], max_text: usize) -> Result<ChatRequest, ChatError> {
+/// A participant's announced media state (mute flags), relayed to the room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaState {
+    pub audio_muted: bool,
+    pub video_muted: bool,
+}
+
+impl MediaState {
+    /// The state as delivered to others.
+    pub fn to_json(self, from: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "type": "state",
+            "from": from,
+            "audio_muted": self.audio_muted,
+            "video_muted": self.video_muted,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+/// A message a client sends on the `chat` channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelRequest {
+    Chat(ChatRequest),
+    State(MediaState),
+}
+
+/// Parse and validate a client channel message. `max_text` is in UTF-8 bytes.
+pub fn parse_request(data: &[u8], max_text: usize) -> Result<ChannelRequest, ChatError> {
     #[derive(Deserialize)]
     struct Wire {
         #[serde(rename = "type")]
@@ -70,6 +99,8 @@ pub fn parse_request(data: &[u8], max_text: usize) -> Result<ChatRequest, ChatEr
         #[serde(default)]
         to: Option<String>,
         text: Option<String>,
+        audio_muted: Option<bool>,
+        video_muted: Option<bool>,
     }
     if data.len() > MAX_RAW_MESSAGE {
         return Err(ChatError::TooLarge {
@@ -79,6 +110,17 @@ pub fn parse_request(data: &[u8], max_text: usize) -> Result<ChatRequest, ChatEr
     }
     let wire: Wire = serde_json::from_slice(data)
         .map_err(|e| ChatError::BadRequest(format!("invalid JSON: {e}")))?;
+    if wire.kind == "state" {
+        let (Some(audio_muted), Some(video_muted)) = (wire.audio_muted, wire.video_muted) else {
+            return Err(ChatError::BadRequest(
+                "state needs audio_muted and video_muted".into(),
+            ));
+        };
+        return Ok(ChannelRequest::State(MediaState {
+            audio_muted,
+            video_muted,
+        }));
+    }
     if wire.kind != "chat" {
         return Err(ChatError::BadRequest(format!(
             "unknown message type {:?}",
@@ -97,10 +139,10 @@ pub fn parse_request(data: &[u8], max_text: usize) -> Result<ChatRequest, ChatEr
     if text.trim().is_empty() {
         return Err(ChatError::BadRequest("empty text".into()));
     }
-    Ok(ChatRequest {
+    Ok(ChannelRequest::Chat(ChatRequest {
         to: wire.to.filter(|t| !t.is_empty()),
         text,
-    })
+    }))
 }
 
 /// A chat message as delivered to clients.
@@ -140,18 +182,35 @@ mod tests {
     fn parses_broadcast_and_whisper() {
         assert_eq!(
             parse_request(br#"{"type":"chat","to":null,"text":"hi"}"#, 10),
-            Ok(ChatRequest {
+            Ok(ChannelRequest::Chat(ChatRequest {
                 to: None,
                 text: "hi".into()
-            })
+            }))
         );
         assert_eq!(
-            parse_request(br#"{"type":"chat","text":"hi"}"#, 10).map(|r| r.to),
-            Ok(None)
+            parse_request(
+                br#"{"type":"state","audio_muted":true,"video_muted":false}"#,
+                10
+            ),
+            Ok(ChannelRequest::State(MediaState {
+                audio_muted: true,
+                video_muted: false
+            }))
+        );
+        assert!(parse_request(br#"{"type":"state","audio_muted":true}"#, 10).is_err());
+        assert_eq!(
+            parse_request(br#"{"type":"chat","text":"hi"}"#, 10),
+            Ok(ChannelRequest::Chat(ChatRequest {
+                to: None,
+                text: "hi".into()
+            }))
         );
         assert_eq!(
-            parse_request(br#"{"type":"chat","to":"p2","text":"psst"}"#, 10).map(|r| r.to),
-            Ok(Some("p2".into()))
+            parse_request(br#"{"type":"chat","to":"p2","text":"psst"}"#, 10),
+            Ok(ChannelRequest::Chat(ChatRequest {
+                to: Some("p2".into()),
+                text: "psst".into()
+            }))
         );
     }
 

@@ -43,7 +43,10 @@ use str0m::{Candidate, Event as RtcEvent, IceCreds, Input as RtcInput};
 use str0m::{Output as RtcOutput, Rtc, RtcConfig};
 use tracing::{debug, info, trace, warn};
 
-pub use chat::{ChatDelivery, ChatError, ChatRequest, MAX_RAW_MESSAGE, parse_request};
+pub use chat::{
+    ChannelRequest, ChatDelivery, ChatError, ChatRequest, MAX_RAW_MESSAGE, MediaState,
+    parse_request,
+};
 pub use crypto::SharedCrypto;
 pub use demux::{Demux, PacketClass, RouteError, classify};
 pub use ids::{ParticipantIdx, TrackInIdx, TrackOutIdx};
@@ -1016,7 +1019,19 @@ impl WorkerCore {
             }
             RtcEvent::ChannelOpen(id, label) if label == "chat" => {
                 p.chat = Some(id);
-                let backlog: Vec<Vec<u8>> = p.chat_backlog.drain(..).collect();
+                let mut backlog: Vec<Vec<u8>> = p.chat_backlog.drain(..).collect();
+                // The current mute state of everyone else who announced one.
+                let room = p.room.clone();
+                if let Some(r) = self.rooms.get(&room) {
+                    for o in &r.participants {
+                        if let Some(op) = self.participants.get(o.0)
+                            && *o != idx
+                            && op.media_state != MediaState::default()
+                        {
+                            backlog.push(op.media_state.to_json(&op.id));
+                        }
+                    }
+                }
                 for msg in backlog {
                     self.send_chat(idx, &msg);
                 }
@@ -1360,7 +1375,7 @@ impl WorkerCore {
             return;
         };
         let request = parse_request(data, self.cfg.max_chat_text).and_then(|req| {
-            if let Some(to) = &req.to {
+            if let ChannelRequest::Chat(ChatRequest { to: Some(to), .. }) = &req {
                 let target = self.by_id.get(to).copied();
                 let same_room = target
                     .and_then(|t| self.participants.get(t.0))
@@ -1372,7 +1387,11 @@ impl WorkerCore {
             Ok(req)
         });
         let req = match request {
-            Ok(r) => r,
+            Ok(ChannelRequest::Chat(r)) => r,
+            Ok(ChannelRequest::State(state)) => {
+                self.handle_media_state(from, state, now);
+                return;
+            }
             Err(e) => {
                 debug!(participant = %p.id, code = e.code(), "chat rejected");
                 self.counters.drop(DropReason::ChatInvalid);
@@ -1417,6 +1436,30 @@ impl WorkerCore {
         for r in recipients {
             self.send_chat(r, &delivery);
             self.drain(r, now);
+        }
+    }
+
+    /// A participant announced its mute state: remember it (for later joiners) and tell the room.
+    fn handle_media_state(&mut self, from: ParticipantIdx, state: MediaState, now: Instant) {
+        let Some(p) = self.participants.get_mut(from.0) else {
+            return;
+        };
+        p.media_state = state;
+        let msg = state.to_json(&p.id);
+        let others: Vec<ParticipantIdx> = self
+            .rooms
+            .get(&p.room)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .copied()
+                    .filter(|x| *x != from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for o in others {
+            self.send_chat(o, &msg);
+            self.drain(o, now);
         }
     }
 

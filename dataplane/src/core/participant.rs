@@ -68,6 +68,8 @@ pub struct Participant {
     pub grants: Grants,
     /// Authorizes `attach` (session resume); handed to signaling in `joined`.
     pub resume_key: String,
+    /// Mute state it announced on its chat channel.
+    pub media_state: super::chat::MediaState,
 }
 
 impl Participant {
@@ -101,6 +103,7 @@ impl Participant {
             rtp_out: 0,
             grants: Grants::default(),
             resume_key: format!("{:032x}", rand::random::<u128>()),
+            media_state: super::chat::MediaState::default(),
         }
     }
 
