@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bench::harness::Node;
+use bench::harness::{Node, Proc, TempDir, free_udp_ports};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -78,6 +78,53 @@ fn restart_endpoint(node: Arc<Mutex<Node>>) -> String {
     url
 }
 
+/// Start coturn on loopback with a shared secret (TURN REST API). Returns the process, the TURN URL
+/// and the secret, or `None` if coturn is not installed.
+fn start_coturn(dir: &std::path::Path) -> Option<(Proc, String, String)> {
+    if Command::new("turnserver").arg("-h").output().is_err() {
+        return None;
+    }
+    let secret = format!("turn-{:016x}", rand_u64());
+    let port = free_udp_ports(1).expect("turn port");
+    let relay = free_udp_ports(40).expect("relay ports");
+    let args: Vec<String> = vec![
+        "-n".into(),
+        "--listening-ip=127.0.0.1".into(),
+        format!("--listening-port={port}"),
+        "--relay-ip=127.0.0.1".into(),
+        format!("--min-port={relay}"),
+        format!("--max-port={}", relay + 39),
+        "--use-auth-secret".into(),
+        format!("--static-auth-secret={secret}"),
+        "--realm=sfu.test".into(),
+        "--fingerprint".into(),
+        "--no-tls".into(),
+        "--no-dtls".into(),
+        "--no-cli".into(),
+        "--allow-loopback-peers".into(),
+        "--no-multicast-peers".into(),
+        format!("--userdb={}", dir.join("turndb").display()),
+        format!("--pidfile={}", dir.join("turn.pid").display()),
+        format!("--log-file={}", dir.join("turn.log").display()),
+        "--simple-log".into(),
+    ];
+    let p = Proc::spawn(
+        "turnserver",
+        std::path::Path::new("turnserver"),
+        &args,
+        dir.join("turn.out"),
+    )
+    .expect("coturn");
+    Some((p, format!("turn:127.0.0.1:{port}?transport=udp"), secret))
+}
+
+fn rand_u64() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
+}
+
 #[test]
 fn browser_two_pages_see_each_other_and_chat() {
     if let Err(why) = browser_available() {
@@ -88,7 +135,26 @@ fn browser_two_pages_see_each_other_and_chat() {
         eprintln!("SKIPPED browser test: {why}");
         return;
     }
-    let node = Node::start(2, &[]).expect("node starts");
+    let dir = TempDir::new("sfu-browser").expect("dir");
+    let turn = start_coturn(&dir.0);
+    if turn.is_none() {
+        assert!(
+            std::env::var("SFU_REQUIRE_BROWSER").is_err(),
+            "coturn is required for the TURN scenario but missing"
+        );
+        eprintln!("coturn not installed: the TURN scenario will be skipped");
+    }
+    let sig_args: Vec<String> = match &turn {
+        Some((_, url, secret)) => vec![
+            "--turn-url".into(),
+            url.clone(),
+            "--turn-secret".into(),
+            secret.clone(),
+        ],
+        None => vec![],
+    };
+    let sig_refs: Vec<&str> = sig_args.iter().map(String::as_str).collect();
+    let node = Node::start_with(2, &[], &sig_refs).expect("node starts");
     let base = format!("http://{}", node.signaling[0].0);
     let node = Arc::new(Mutex::new(node));
     let restart_url = restart_endpoint(node.clone());
@@ -99,14 +165,22 @@ fn browser_two_pages_see_each_other_and_chat() {
         .env("BASE_URL", &base)
         .env("OUT_DIR", &out_dir)
         .env("RESTART_SIGNALING_URL", &restart_url)
+        .env(
+            "TURN_URL",
+            turn.as_ref().map(|(_, u, _)| u.as_str()).unwrap_or(""),
+        )
         .current_dir(repo_root().join("scripts/browser"))
         .status()
         .expect("run node");
     let took = started.elapsed();
     let logs = node.lock().map(|n| n.logs()).unwrap_or_default();
+    let turn_log = std::fs::read_to_string(dir.0.join("turn.log")).unwrap_or_default();
+    let turn_tail: Vec<&str> = turn_log.lines().rev().take(40).collect();
     assert!(
         status.success(),
-        "browser e2e failed after {took:?}\n{logs}"
+        "browser e2e failed after {took:?}\n{logs}\n--- coturn (last lines, newest first) ---\n{}",
+        turn_tail.join("\n")
     );
-    assert!(took < Duration::from_secs(180));
+    assert!(took < Duration::from_secs(400));
+    drop(turn);
 }
