@@ -21,6 +21,10 @@ pub struct Media {
     pub packets_per_frame: usize,
     pub packet_size: usize,
     pub audio_size: usize,
+    /// A keyframe this often (besides the ones requested by PLI).
+    pub keyframe_interval: Option<Duration>,
+    /// Keyframes are this many times the packets of a delta frame.
+    pub keyframe_factor: usize,
 }
 
 impl Default for Media {
@@ -32,6 +36,8 @@ impl Default for Media {
             packets_per_frame: 3,
             packet_size: 1100,
             audio_size: 120,
+            keyframe_interval: None,
+            keyframe_factor: 4,
         }
     }
 }
@@ -47,6 +53,7 @@ pub struct Client {
     media: Option<Media>,
     next_audio: Instant,
     next_video: Instant,
+    next_keyframe: Instant,
     /// Every server message received after `joined` (parsed).
     pub messages: Vec<Value>,
     /// Current other participants: (id, name).
@@ -173,6 +180,10 @@ impl Client {
             media,
             next_audio: now,
             next_video: now,
+            next_keyframe: now
+                + media
+                    .and_then(|m| m.keyframe_interval)
+                    .unwrap_or(Duration::from_secs(3600)),
             messages: Vec::new(),
             others,
             answer_sdp,
@@ -194,6 +205,33 @@ impl Client {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.peer.local_addr()
+    }
+
+    /// File descriptors to watch for readability: (UDP socket, WebSocket).
+    pub fn fds(&self) -> (std::os::fd::RawFd, Option<std::os::fd::RawFd>) {
+        use std::os::fd::AsRawFd;
+        let ws = match self.ws.get_ref() {
+            MaybeTlsStream::Plain(s) => Some(s.as_raw_fd()),
+            _ => None,
+        };
+        (self.udp.as_raw_fd(), ws)
+    }
+
+    /// When this client next needs [`Client::poll`] without any socket event (peer timers,
+    /// media ticks).
+    pub fn next_deadline(&self) -> Instant {
+        let mut t = self.peer.poll_timeout();
+        if let Some(m) = self.media
+            && self.peer.is_connected()
+        {
+            if m.audio {
+                t = t.min(self.next_audio);
+            }
+            if m.video {
+                t = t.min(self.next_video);
+            }
+        }
+        t
     }
 
     /// The UDP port of the server's ICE candidate in our answer (= the worker hosting the room).
@@ -395,8 +433,19 @@ impl Client {
                 if self.next_video < now {
                     self.next_video = now + frame;
                 }
+                // Keyframes (periodic, or requested by PLI) are several times larger than delta
+                // frames, as with real encoders.
+                let forced = m.keyframe_interval.is_some() && now >= self.next_keyframe;
+                if let (true, Some(i)) = (forced, m.keyframe_interval) {
+                    self.next_keyframe = now + i;
+                }
+                let packets = if forced || self.peer.wants_keyframe() {
+                    m.packets_per_frame * m.keyframe_factor.max(1)
+                } else {
+                    m.packets_per_frame
+                };
                 self.peer
-                    .send_video_frame(now, false, m.packets_per_frame, m.packet_size, m.fps);
+                    .send_video_frame(now, forced, packets, m.packet_size, m.fps);
             }
         }
         self.flush_udp();

@@ -250,8 +250,11 @@ impl Node {
             udp_base.to_string(),
             "--control-socket".into(),
             sock.display().to_string(),
-            "--no-pin".into(),
         ];
+        // Unpinned unless the caller chose CPUs (benchmarks pin the dataplane away from the load).
+        if !extra.iter().any(|a| a == "--cpus") {
+            args.push("--no-pin".into());
+        }
         args.extend(extra.iter().cloned());
         Proc::spawn(
             "dataplane",
@@ -636,13 +639,4 @@ impl Cluster {
     }
 }
 
-/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`, in seconds.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
+pub use crate::stats::cpu_seconds;

@@ -3,12 +3,16 @@
 //! - [`peer`]: a sans-IO synthetic participant (str0m `Rtc`) that behaves like the web page.
 //! - [`client`]: that peer over real sockets, speaking the signaling WebSocket protocol.
 //! - [`harness`]: start/stop the real binaries on loopback for tests and benchmarks.
+//! - [`load`]: the load generator (scenarios, many peers per thread, measurements, plots).
+//! - [`stats`]: the dataplane's numbers (control-socket stats, `/proc` CPU and memory).
 //!
 //! The same peer drives the dataplane's deterministic tests (virtual clock), the loopback
 //! integration tests against the real binaries, and the load generator.
 
 pub mod client;
 pub mod harness;
+pub mod load;
 pub mod peer;
+pub mod stats;
 
 pub use peer::{Peer, PeerError, Received, RecvTrack};

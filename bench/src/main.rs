@@ -28,6 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Synthetic-peer load: join through signaling, publish and subscribe, measure the SFU.
+    Load(Box<LoadArgs>),
     /// Signaling capacity: idle sessions held, join throughput, Redis round trips per join.
     Signaling {
         /// Joined sessions to open and hold.
@@ -49,6 +51,60 @@ enum Cmd {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Preset: smoke, small-rooms, large-room, audio-room, join-storm, soak.
+    #[arg(long, default_value = "small-rooms")]
+    scenario: String,
+    /// A TOML file with a `Scenario` (overrides --scenario); flags below override either.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    #[arg(long)]
+    rooms: Option<usize>,
+    #[arg(long)]
+    per_room: Option<usize>,
+    /// Publishers per room (the rest only subscribe).
+    #[arg(long)]
+    publishers: Option<usize>,
+    #[arg(long)]
+    video_kbps: Option<u32>,
+    #[arg(long)]
+    fps: Option<u32>,
+    #[arg(long)]
+    no_video: bool,
+    #[arg(long)]
+    no_audio: bool,
+    /// Measurement window, seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Joins per second (0 = as fast as possible).
+    #[arg(long)]
+    join_rate: Option<f64>,
+    /// Load-generator threads.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// GSO/GRO batching of the dataplane under test: on, off, or both (two runs, side by side).
+    #[arg(long, default_value = "on", value_parser = ["on", "off", "both"])]
+    batching: String,
+    /// Pin the dataplane to CPU 1 and the load generator to CPU 0 (for a 2-core machine).
+    #[arg(long)]
+    pin: bool,
+    /// Dataplane workers.
+    #[arg(long, default_value_t = 1)]
+    workers: u16,
+    /// Output directory for the JSON results and SVG plots.
+    #[arg(long, default_value = "bench-results")]
+    out: std::path::PathBuf,
+    /// Use an already running service (signaling WebSocket URL) instead of starting one.
+    #[arg(long)]
+    url: Option<String>,
+    /// With --url: the dataplane's control socket and pid, for its stats, CPU and memory.
+    #[arg(long)]
+    control_socket: Option<std::path::PathBuf>,
+    #[arg(long)]
+    dataplane_pid: Option<u32>,
 }
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -124,8 +180,124 @@ fn redis_commands(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
+fn load(a: LoadArgs) -> anyhow::Result<()> {
+    use bench::load::{self, Scenario, Target};
+    let mut sc = match &a.config {
+        Some(p) => toml_scenario(p)?,
+        None => Scenario::preset(&a.scenario)
+            .with_context(|| format!("unknown scenario {:?}", a.scenario))?,
+    };
+    if let Some(v) = a.rooms {
+        sc.rooms = v;
+    }
+    if let Some(v) = a.per_room {
+        sc.per_room = v;
+    }
+    if let Some(v) = a.publishers {
+        sc.publishers_per_room = v;
+    }
+    if let Some(v) = a.video_kbps {
+        sc.video_kbps = v;
+    }
+    if let Some(v) = a.fps {
+        sc.fps = v;
+    }
+    if let Some(v) = a.duration {
+        sc.duration_secs = v;
+    }
+    if let Some(v) = a.join_rate {
+        sc.join_rate = v;
+    }
+    if let Some(v) = a.threads {
+        sc.threads = v;
+    }
+    sc.video &= !a.no_video;
+    sc.audio &= !a.no_audio;
+    anyhow::ensure!(
+        sc.per_room >= 2 && sc.rooms >= 1,
+        "need at least one room of two"
+    );
+    let modes: Vec<bool> = match a.batching.as_str() {
+        "both" => vec![true, false],
+        "off" => vec![false],
+        _ => vec![true],
+    };
+    let mut all = Vec::new();
+    for batching in modes {
+        let mut dp_args: Vec<String> = vec![
+            "--max-participants-per-room".into(),
+            "100000".into(),
+            "--socket-buffer".into(),
+            (32 << 20).to_string(),
+        ];
+        if !batching {
+            dp_args.push("--no-batching".into());
+        }
+        if a.pin {
+            dp_args.extend(["--cpus".into(), "1".into()]);
+        }
+        let refs: Vec<&str> = dp_args.iter().map(String::as_str).collect();
+        let (node, target) = match &a.url {
+            Some(url) => (
+                None,
+                Target {
+                    ws_urls: vec![url.clone()],
+                    dataplane_pid: a.dataplane_pid,
+                    control_socket: a.control_socket.clone(),
+                },
+            ),
+            None => {
+                let n = Node::start_with(a.workers, &refs, &["--rate-limit", "1000"])?;
+                let t = Target {
+                    ws_urls: vec![n.ws_url(0)],
+                    dataplane_pid: n.dataplane.pid(),
+                    control_socket: Some(n.control_socket.clone()),
+                };
+                (Some(n), t)
+            }
+        };
+        eprintln!(
+            "running {:?}: {} rooms × {} ({} publishers each), video {} kb/s @ {} fps, audio {}, batching {batching}, {} thread(s){}",
+            sc.name,
+            sc.rooms,
+            sc.per_room,
+            sc.publishers_per_room.min(sc.per_room),
+            if sc.video { sc.video_kbps } else { 0 },
+            sc.fps,
+            sc.audio,
+            sc.threads,
+            if a.pin {
+                ", dataplane pinned to CPU 1, load generator to CPU 0"
+            } else {
+                ""
+            }
+        );
+        let mut r = load::run(&target, &sc, a.pin.then_some(0), true)?;
+        r.batching = Some(batching);
+        if !batching {
+            r.sfu = "sfu-nobatch".into();
+        }
+        for f in load::write_outputs(&a.out, &r)? {
+            eprintln!("wrote {}", f.display());
+        }
+        drop(node);
+        all.push(r);
+    }
+    let refs: Vec<&load::Results> = all.iter().collect();
+    println!("{}", load::table(&refs));
+    Ok(())
+}
+
+fn toml_scenario(path: &std::path::Path) -> anyhow::Result<bench::load::Scenario> {
+    let text = std::fs::read_to_string(path)?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
 fn main() -> anyhow::Result<()> {
     let Cli { cmd } = Cli::parse();
+    if let Cmd::Load(a) = cmd {
+        return load(*a);
+    }
     let Cmd::Signaling {
         sessions,
         hold_secs,
@@ -133,7 +305,10 @@ fn main() -> anyhow::Result<()> {
         concurrency,
         cluster,
         json,
-    } = cmd;
+    } = cmd
+    else {
+        return Ok(());
+    };
     // One node (or two with Redis). Sessions never connect media, so give them a long ICE timeout.
     let dp_args = [
         "--ice-timeout-secs",

@@ -49,8 +49,70 @@ pub struct RecvTrack {
     pub ssrcs: Vec<u32>,
     /// Payload types seen.
     pub pts: Vec<u8>,
-    /// Latency samples (µs) from stamped payloads: receive time − send time.
-    pub latency_us: Vec<u64>,
+    /// One-way latency (µs) of stamped payloads: receive time − send time.
+    pub latency: LatencyHist,
+    /// RFC 3550 interarrival jitter estimate, µs.
+    pub jitter_us: f64,
+    last_transit_us: Option<i64>,
+}
+
+/// A log-bucketed latency histogram (≈5 % resolution from 1 µs to ~30 s), cheap to merge.
+#[derive(Debug, Clone)]
+pub struct LatencyHist {
+    pub counts: Vec<u64>,
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; 360],
+        }
+    }
+}
+
+impl LatencyHist {
+    fn bucket(us: u64) -> usize {
+        if us <= 1 {
+            return 0;
+        }
+        ((us as f64).ln() / 1.05f64.ln()) as usize
+    }
+
+    fn value(bucket: usize) -> u64 {
+        1.05f64.powi(bucket as i32 + 1) as u64
+    }
+
+    pub fn record(&mut self, us: u64) {
+        let b = Self::bucket(us).min(self.counts.len() - 1);
+        self.counts[b] += 1;
+    }
+
+    pub fn merge(&mut self, other: &LatencyHist) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The `q`-quantile (0..=1) in µs (upper bucket bound), `None` if empty.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Some(Self::value(i));
+            }
+        }
+        None
+    }
 }
 
 /// What a synthetic peer received (for assertions and reports).
@@ -59,6 +121,8 @@ pub struct Received {
     pub tracks: HashMap<Mid, RecvTrack>,
     pub chat: Vec<String>,
     pub keyframe_requests: u64,
+    /// When the first RTP packet from anyone arrived.
+    pub first_rtp: Option<Instant>,
 }
 
 impl Received {
@@ -99,6 +163,8 @@ pub struct Peer {
     video_ts: u32,
     keyframe_wanted: bool,
     video_codec: Codec,
+    /// RTP packets published (audio + video).
+    pub sent_packets: u64,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     timeout: Instant,
     pub received: Received,
@@ -148,6 +214,7 @@ impl Peer {
             video_ts: 2_000_000,
             keyframe_wanted: true,
             video_codec: Codec::Vp8,
+            sent_packets: 0,
             outbox: VecDeque::new(),
             timeout: now,
             received: Received::default(),
@@ -322,6 +389,11 @@ impl Peer {
         ok
     }
 
+    /// Whether the next video frame will be a keyframe (one was requested, or none sent yet).
+    pub fn wants_keyframe(&self) -> bool {
+        self.keyframe_wanted
+    }
+
     /// Ask the SFU for a keyframe of the video received from publisher `stream_id` (a PLI, as a
     /// browser sends when it cannot decode). Returns false if no such video is received.
     pub fn request_keyframe(&mut self, stream_id: &str) -> bool {
@@ -399,6 +471,7 @@ impl Peer {
             return false;
         };
         stream.write_rtp(w);
+        self.sent_packets += 1;
         self.drain_at(now);
         true
     }
@@ -509,14 +582,22 @@ impl Peer {
                     }
                     Some(_) => t.lost = t.lost.saturating_sub(1), // a late packet fills a gap
                 }
+                if self.received.first_rtp.is_none() {
+                    self.received.first_rtp = Some(now);
+                }
                 if pkt.payload.len() >= 24 && pkt.payload[12..16] == STAMP_MAGIC {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&pkt.payload[16..24]);
                     let sent = u64::from_be_bytes(b);
                     let recv = now.saturating_duration_since(self.epoch).as_micros() as u64;
-                    if t.latency_us.len() < 100_000 {
-                        t.latency_us.push(recv.saturating_sub(sent));
+                    t.latency.record(recv.saturating_sub(sent));
+                    // RFC 3550 §6.4.1 with wall-clock transit times.
+                    let transit = recv as i64 - sent as i64;
+                    if let Some(prev) = t.last_transit_us {
+                        let d = (transit - prev).abs() as f64;
+                        t.jitter_us += (d - t.jitter_us) / 16.0;
                     }
+                    t.last_transit_us = Some(transit);
                 }
             }
             _ => {}

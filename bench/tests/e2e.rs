@@ -521,3 +521,40 @@ fn turn_credentials_from_joined_are_accepted_by_coturn() {
         "coturn accepted a forged credential:\n{bad}"
     );
 }
+
+#[test]
+fn load_generator_smoke_pipeline_works() {
+    use bench::load::{self, Scenario, Target};
+    let node = Node::start(1, &[]).expect("node starts");
+    let target = Target {
+        ws_urls: vec![node.ws_url(0)],
+        dataplane_pid: node.dataplane.pid(),
+        control_socket: Some(node.control_socket.clone()),
+    };
+    let mut sc = Scenario::preset("smoke").expect("preset");
+    sc.duration_secs = 2.0;
+    let r = load::run(&target, &sc, None, false).expect("run");
+    assert_eq!((r.joined, r.connected), (6, 6), "{r:?}");
+    // Not a speed test: the pipeline delivers, counts and measures.
+    assert!(
+        r.delivery_ratio > 0.9,
+        "delivery ratio {} ({r:?})",
+        r.delivery_ratio
+    );
+    assert!(r.forwarded_pps > 100.0 && r.received_packets > 0);
+    assert!(r.latency_p50_us.is_some() && r.dataplane_cpu_us_per_forwarded_packet.is_some());
+    assert!(r.join_to_first_rtp_p50_ms.is_some());
+    let dir = bench::harness::TempDir::new("sfu-load-smoke").expect("dir");
+    let files = load::write_outputs(&dir.0, &r).expect("outputs");
+    assert_eq!(files.len(), 3);
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("json")).expect("parse");
+    assert_eq!(json["scenario"], "smoke");
+    assert!(
+        std::fs::read_to_string(&files[1])
+            .expect("svg")
+            .contains("<svg")
+    );
+    let table = load::table(&[&r]);
+    assert!(table.contains("delivery ratio"), "{table}");
+}
