@@ -195,6 +195,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
 pub struct Node {
     pub dir: TempDir,
     pub control_socket: PathBuf,
+    /// The dataplane's `/metrics` endpoint.
+    pub metrics_addr: SocketAddr,
     pub udp_base: u16,
     pub workers: u16,
     pub dataplane: Proc,
@@ -218,11 +220,14 @@ impl Node {
         let dir = TempDir::new("sfu-node")?;
         let control_socket = dir.0.join("control.sock");
         let udp_base = free_udp_ports(workers)?;
-        let extra: Vec<String> = dataplane_args.iter().map(|s| s.to_string()).collect();
+        let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+        let mut extra: Vec<String> = vec!["--metrics-listen".into(), metrics_addr.to_string()];
+        extra.extend(dataplane_args.iter().map(|s| s.to_string()));
         let dataplane = Self::spawn_dataplane(&dir.0, &control_socket, udp_base, workers, &extra)?;
         let mut node = Self {
             dir,
             control_socket,
+            metrics_addr,
             udp_base,
             workers,
             dataplane,
@@ -559,6 +564,8 @@ impl Cluster {
             node_id.clone(),
             "--redis-url".into(),
             self.redis.url(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", free_tcp_port()?),
         ];
         dp_args.extend(dp_extra.iter().map(|s| s.to_string()));
         let mut sig_args: Vec<String> = vec![

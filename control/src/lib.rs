@@ -19,6 +19,7 @@
 //! buffers frames in and out of any non-blocking `Read`/`Write`, so the same code serves the
 //! dataplane's mio loop, signaling's mio loop and blocking test clients.
 
+pub mod cli;
 pub mod codec;
 mod framed;
 mod message;

@@ -298,6 +298,16 @@ pub struct WorkerStats {
     pub udp_send_errors: u64,
     #[serde(default)]
     pub udp_backlog_drops: u64,
+    /// NACKs received from subscribers (answered from the RTX cache by str0m).
+    #[serde(default)]
+    pub nacks_received: u64,
+    /// Join → connected durations (seconds) of participants that connected since the last report.
+    #[serde(default)]
+    pub join_seconds: Vec<f64>,
+    /// Fraction of wall time the worker loop spent working (not waiting in `poll`) since the last
+    /// report.
+    #[serde(default)]
+    pub busy_ratio: f64,
 }
 
 /// Statistics of one room.

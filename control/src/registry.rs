@@ -39,6 +39,9 @@ pub struct NodeLoad {
     pub participants: u32,
     pub packets_per_sec: u64,
     pub cpu_percent: f32,
+    /// Participants the node can still take: the autoscaling signal.
+    #[serde(default)]
+    pub capacity_remaining: u32,
 }
 
 /// What a dataplane publishes about itself.

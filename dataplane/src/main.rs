@@ -21,8 +21,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The SFU media plane: per-core workers forwarding SRTP between participants, driven by
 /// signaling over a local Unix socket.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 struct Args {
+    /// TOML file with any of these settings (keys named like the flags); the command line wins,
+    /// the file wins over environment variables.
+    #[arg(long, env = "SFU_CONFIG")]
+    config: Option<PathBuf>,
     /// Number of media workers (one pinned thread and one UDP port each). 0 = one per CPU.
     #[arg(long, env = "SFU_WORKERS", default_value_t = 0)]
     workers: usize,
@@ -73,6 +77,13 @@ struct Args {
     /// UDP socket send/receive buffer size in bytes (capped by net.core.[rw]mem_max).
     #[arg(long, env = "SFU_SOCKET_BUFFER", default_value_t = 8 << 20)]
     socket_buffer: usize,
+    /// Address of the Prometheus `/metrics` and `/healthz` endpoint ("off" to disable).
+    #[arg(long, env = "SFU_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+    /// Participants this node takes at most; beyond it joins get `unavailable` and the registry
+    /// reports no remaining capacity. Default: 500 per worker.
+    #[arg(long, env = "SFU_MAX_PARTICIPANTS")]
+    max_participants: Option<u32>,
     /// Redis URL for cluster mode (node registry, room placement, rpc from any signaling).
     /// Without it the node runs alone, with no Redis.
     #[arg(long, env = "REDIS_URL")]
@@ -90,7 +101,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = Args::parse_from(::control::cli::args_with_config("SFU_CONFIG")?);
     init_logging(&args.log_format);
 
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -165,6 +176,7 @@ fn main() -> anyhow::Result<()> {
         media_ip: args.public_ip.to_string(),
         media_ports: handles.iter().map(|h| h.local_addr.port()).collect(),
         capacity_rooms: (args.max_rooms_per_worker * workers).min(u32::MAX as usize) as u32,
+        max_participants: args.max_participants.unwrap_or(500 * workers as u32),
     };
     let drain = Arc::new(AtomicBool::new(false));
     let mut server = ControlServer::new(
@@ -184,6 +196,17 @@ fn main() -> anyhow::Result<()> {
             .context("starting the Redis link")?;
         server.set_cluster(link);
         info!(redis = %url, "cluster mode: registering in Redis");
+    }
+    if args.metrics_listen != "off" {
+        let addr: SocketAddr = args.metrics_listen.parse().with_context(|| {
+            format!(
+                "--metrics-listen {:?} is not an address",
+                args.metrics_listen
+            )
+        })?;
+        let bound = control::serve_metrics(addr, server.metrics_text(), shutdown.clone())
+            .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        info!(%bound, "metrics at /metrics");
     }
     let control_thread = std::thread::Builder::new()
         .name("control".into())

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod http;
+pub mod metrics;
 pub mod page;
 pub mod protocol;
 pub mod server;

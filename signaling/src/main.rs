@@ -21,7 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// WebSocket signaling for the SFU: serves the web page and relays sessions to the dataplane
 /// (locally over its Unix socket, or to any node over Redis in cluster mode).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -62,6 +62,10 @@ struct TokenArgs {
 
 #[derive(Debug, ClapArgs)]
 struct Serve {
+    /// TOML file with any of these settings (keys named like the flags); the command line wins,
+    /// the file wins over environment variables.
+    #[arg(long, env = "SIGNALING_CONFIG")]
+    config: Option<PathBuf>,
     /// HTTP/WebSocket listen address.
     #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -120,7 +124,7 @@ struct Serve {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(control::cli::args_with_config("SIGNALING_CONFIG")?);
     if let Some(Cmd::Token(t)) = cli.command {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?

@@ -29,6 +29,7 @@ use tungstenite::{Message, WebSocket};
 use crate::auth::{Auth, TurnConfig};
 use crate::cluster::{Cluster, ClusterEvent, Job};
 use crate::http::{self, HeadError};
+use crate::metrics::{Metrics, ResultLabel};
 use crate::page;
 use crate::protocol::{ErrorCode, IceServer, ServerMsg};
 use crate::session::{Action, JoinContext, Session};
@@ -117,6 +118,8 @@ struct Conn {
     /// When we started closing the WebSocket; the socket is dropped 2 s later at the latest.
     closing: Option<Instant>,
     rate: RateLimit,
+    /// When the current join started (for the join-duration histogram).
+    join_started: Option<Instant>,
 }
 
 /// The control connection to the local dataplane.
@@ -170,6 +173,7 @@ pub struct Server {
     by_participant: HashMap<String, usize>,
     ctx: JoinContext,
     live: Liveness,
+    metrics: Metrics,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -219,6 +223,7 @@ impl Server {
             by_participant: HashMap::new(),
             ctx,
             live: Liveness::default(),
+            metrics: Metrics::new(),
             shutdown,
         })
     }
@@ -473,6 +478,7 @@ impl Server {
                     self.live.subscribed_since = up.then(Instant::now);
                 }
                 ClusterEvent::RpcFailed { msg, .. } => {
+                    self.metrics.redis_errors.inc();
                     if let ToDataplane::Request { id, .. } = msg
                         && let Some(p) = self.pending.remove(&id)
                     {
@@ -549,6 +555,19 @@ impl Server {
     }
 
     fn deliver_placement(&mut self, conn: usize, result: Result<Placement, RegistryError>) {
+        if let Err(e) = &result {
+            self.metrics
+                .joins
+                .get_or_create(&ResultLabel { result: "error" })
+                .inc();
+            if matches!(
+                e,
+                RegistryError::Unavailable(_) | RegistryError::Protocol(_)
+            ) && self.cluster.is_some()
+            {
+                self.metrics.redis_errors.inc();
+            }
+        }
         let actions = match self.conns.get_mut(conn).map(|c| &mut c.state) {
             Some(ConnState::Ws { session, .. }) => session.handle_placement(result),
             _ => return,
@@ -600,8 +619,34 @@ impl Server {
             }
             return;
         };
-        let actions = match self.conns.get_mut(conn).map(|c| &mut c.state) {
-            Some(ConnState::Ws { session, .. }) => {
+        let ok = !matches!(response, Response::Error { .. });
+        let result = if ok { "ok" } else { "error" };
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        match &p.request {
+            Request::Join { .. } => {
+                self.metrics
+                    .joins
+                    .get_or_create(&ResultLabel { result })
+                    .inc();
+                if let (true, Some(t)) = (ok, c.join_started.take()) {
+                    self.metrics.join_seconds.observe(t.elapsed().as_secs_f64());
+                }
+            }
+            Request::Attach { .. } => {
+                self.metrics
+                    .resumes
+                    .get_or_create(&ResultLabel { result })
+                    .inc();
+                if let (true, Some(t)) = (ok, c.join_started.take()) {
+                    self.metrics.join_seconds.observe(t.elapsed().as_secs_f64());
+                }
+            }
+            _ => {}
+        }
+        let actions = match &mut c.state {
+            ConnState::Ws { session, .. } => {
                 session.handle_response(&p.request, response, &self.ctx)
             }
             _ => return,
@@ -678,6 +723,7 @@ impl Server {
                             at: Instant::now(),
                             refused: 0,
                         },
+                        join_started: None,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -787,6 +833,25 @@ impl Server {
             );
         }
         let resp = match head.path.as_str() {
+            "/metrics" => {
+                let mut conns = 0;
+                let mut sessions = 0;
+                for (_, c) in self.conns.iter() {
+                    if let ConnState::Ws { session, .. } = &c.state {
+                        conns += 1;
+                        sessions += i64::from(session.is_joined());
+                    }
+                }
+                self.metrics.connections.set(conns);
+                self.metrics.sessions.set(sessions);
+                let body = self.metrics.render();
+                http::response(
+                    200,
+                    "OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body.as_bytes(),
+                )
+            }
             "/healthz" if self.healthy() => http::response(200, "OK", "text/plain", b"ok\n"),
             "/healthz" => http::response(
                 503,
@@ -913,6 +978,7 @@ impl Server {
                         .min(self.settings.rate_burst);
                     r.at = now;
                     if r.tokens < 1.0 {
+                        self.metrics.rate_limited.inc();
                         r.refused += 1;
                         if r.refused > 200 {
                             debug!(conn = id, "client keeps flooding; closing with 1008");
@@ -937,7 +1003,16 @@ impl Server {
                     }
                     r.tokens -= 1.0;
                     r.refused = 0;
+                    self.metrics.message(text.as_str());
                     let actions = session.handle_text(text.as_str(), &self.ctx, new_participant_id);
+                    if actions.iter().any(|a| {
+                        matches!(
+                            a,
+                            Action::Place { .. } | Action::Request(Request::Attach { .. })
+                        )
+                    }) {
+                        conn.join_started = Some(now);
+                    }
                     self.apply(id, actions);
                 }
                 Ok(Message::Binary(_)) => {

@@ -75,6 +75,8 @@ pub struct CoreConfig {
     pub max_chat_text: usize,
     /// Video packets kept per subscriber stream for NACK/RTX answers.
     pub rtx_buffer_video: usize,
+    /// How often str0m computes per-stream statistics (NACK counts for metrics); `None` = never.
+    pub rtc_stats_interval: Option<Duration>,
 }
 
 impl CoreConfig {
@@ -89,6 +91,7 @@ impl CoreConfig {
             stats_interval: Duration::from_secs(1),
             max_chat_text: 4096,
             rtx_buffer_video: 512,
+            rtc_stats_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -265,6 +268,7 @@ pub struct Counters {
     pub rtp_forwarded: u64,
     pub keyframe_requests: u64,
     pub chat_messages: u64,
+    pub nacks_received: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -323,6 +327,8 @@ pub struct WorkerCore {
     work: VecDeque<Work>,
     out: VecDeque<Output>,
     counters: Counters,
+    /// Join → connected durations since the last stats report.
+    join_samples: Vec<f64>,
 }
 
 impl WorkerCore {
@@ -342,6 +348,7 @@ impl WorkerCore {
             work: VecDeque::with_capacity(64),
             out: VecDeque::with_capacity(1024),
             counters: Counters::default(),
+            join_samples: Vec::new(),
         }
     }
 
@@ -504,7 +511,8 @@ impl WorkerCore {
         }
         if self.next_stats.is_none_or(|t| now >= t) {
             if self.next_stats.is_some() {
-                let stats = self.stats();
+                let mut stats = self.stats();
+                stats.join_seconds = std::mem::take(&mut self.join_samples);
                 self.out.push_back(Output::Report(Report::Stats(stats)));
             }
             self.next_stats = Some(now + self.cfg.stats_interval);
@@ -791,7 +799,7 @@ impl WorkerCore {
             .enable_vp8(true)
             .enable_h264(true)
             .set_send_buffer_video(self.cfg.rtx_buffer_video)
-            .set_stats_interval(None)
+            .set_stats_interval(self.cfg.rtc_stats_interval)
             .build(now)
     }
 
@@ -1009,6 +1017,10 @@ impl WorkerCore {
             }
             RtcEvent::Connected => {
                 p.connected = true;
+                if self.join_samples.len() < 10_000 {
+                    self.join_samples
+                        .push(now.saturating_duration_since(p.joined_at).as_secs_f64());
+                }
                 info!(participant = %p.id, "connected");
                 self.work.push_back(Work::Connected(idx));
             }
@@ -1042,12 +1054,23 @@ impl WorkerCore {
             RtcEvent::ChannelClose(id) if Some(id) == p.chat => {
                 p.chat = None;
             }
+            RtcEvent::MediaEgressStats(s) => {
+                match p.egress_nacks.iter_mut().find(|(m, _)| *m == s.mid) {
+                    Some((_, last)) => {
+                        self.counters.nacks_received += s.nacks.saturating_sub(*last);
+                        *last = s.nacks;
+                    }
+                    None => {
+                        self.counters.nacks_received += s.nacks;
+                        p.egress_nacks.push((s.mid, s.nacks));
+                    }
+                }
+            }
             RtcEvent::Closed => {
                 self.work.push_back(Work::Remove(idx, LeaveReason::Closed));
             }
             _ => {}
         }
-        let _ = now;
     }
 
     fn run_work(&mut self, now: Instant) {
@@ -1640,6 +1663,7 @@ impl WorkerCore {
             rtp_forwarded: c.rtp_forwarded,
             keyframe_requests: c.keyframe_requests,
             chat_messages: c.chat_messages,
+            nacks_received: c.nacks_received,
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.as_str().to_string(), c.dropped(*r)))

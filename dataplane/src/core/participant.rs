@@ -70,6 +70,10 @@ pub struct Participant {
     pub resume_key: String,
     /// Mute state it announced on its chat channel.
     pub media_state: super::chat::MediaState,
+    /// When it joined (for the join → connected duration).
+    pub joined_at: Instant,
+    /// Last cumulative NACK count per outgoing m-line (str0m egress stats).
+    pub egress_nacks: Vec<(Mid, u64)>,
 }
 
 impl Participant {
@@ -104,6 +108,8 @@ impl Participant {
             grants: Grants::default(),
             resume_key: format!("{:032x}", rand::random::<u128>()),
             media_state: super::chat::MediaState::default(),
+            joined_at: now,
+            egress_nacks: Vec::new(),
         }
     }
 

@@ -68,6 +68,8 @@ pub enum ClusterIn {
 /// Handle the control thread holds.
 pub struct ClusterLink {
     pub settings: RedisSettings,
+    /// Failed Redis operations so far (for metrics).
+    pub errors: Arc<std::sync::atomic::AtomicU64>,
     tx: Sender<ClusterCmd>,
     pub rx: Receiver<ClusterIn>,
     stop: Arc<AtomicBool>,
@@ -96,12 +98,14 @@ impl ClusterLink {
         let (tx, cmd_rx) = crossbeam_channel::unbounded();
         let (in_tx, rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut threads = Vec::new();
         {
             let in_tx = in_tx.clone();
             let waker = waker.clone();
             let settings = settings.clone();
             let stop = stop.clone();
+            let errors = errors.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("registry".into())
@@ -115,6 +119,7 @@ impl ClusterLink {
                             pending_release: Vec::new(),
                             out: in_tx,
                             waker,
+                            errors,
                         }
                         .run(&cmd_rx, &stop)
                     })?,
@@ -131,6 +136,7 @@ impl ClusterLink {
         }
         Ok(Self {
             settings,
+            errors,
             tx,
             rx,
             stop,
@@ -162,9 +168,14 @@ struct RegistryLoop {
     pending_release: Vec<(String, Placement)>,
     out: Sender<ClusterIn>,
     waker: Arc<Waker>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RegistryLoop {
+    fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn emit(&self, m: ClusterIn) {
         let _ = self.out.send(m);
         let _ = self.waker.wake();
@@ -224,6 +235,7 @@ impl RegistryLoop {
             ClusterCmd::Publish { channel, payload } => {
                 if let Err(e) = self.publisher.publish(&channel, &payload) {
                     debug!(%channel, error = %e, "publish failed");
+                    self.error();
                 }
             }
             ClusterCmd::Node(info) => self.node = info,
@@ -251,6 +263,7 @@ impl RegistryLoop {
     fn heartbeat(&mut self) -> bool {
         if let Err(e) = self.registry.heartbeat(&self.node) {
             debug!(error = %e, "heartbeat failed");
+            self.error();
             return false;
         }
         let pending = std::mem::take(&mut self.pending_release);

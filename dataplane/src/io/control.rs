@@ -27,6 +27,7 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use super::cluster::{ClusterCmd, ClusterIn, ClusterLink};
+use super::metrics::Metrics;
 use super::worker::WorkerHandle;
 use crate::core::{Command, Op, Report};
 
@@ -50,6 +51,8 @@ pub struct ControlSettings {
     pub media_ip: String,
     pub media_ports: Vec<u16>,
     pub capacity_rooms: u32,
+    /// Participants this node takes at most (joins beyond get `unavailable`).
+    pub max_participants: u32,
 }
 
 enum Peer {
@@ -142,6 +145,9 @@ pub struct ControlServer {
     /// Process CPU seconds at the last load report, and the resulting utilisation (%).
     last_cpu: (Instant, f64),
     cpu_percent: f32,
+    metrics: Metrics,
+    /// The latest metrics text, read by the HTTP thread (`serve_metrics`).
+    metrics_text: Arc<std::sync::Mutex<String>>,
 }
 
 impl ControlServer {
@@ -188,7 +194,24 @@ impl ControlServer {
             last_forwarded: (Instant::now(), 0),
             last_cpu: (Instant::now(), process_cpu_seconds()),
             cpu_percent: 0.0,
+            metrics_text: Arc::new(std::sync::Mutex::new(Metrics::new().render())),
+            metrics: Metrics::new(),
         })
+    }
+
+    /// Participants this node can still take (0 while draining).
+    fn capacity_remaining(&self) -> u32 {
+        if self.draining {
+            return 0;
+        }
+        self.settings
+            .max_participants
+            .saturating_sub(self.routes.len() as u32)
+    }
+
+    /// The shared metrics text; serve it with [`serve_metrics`].
+    pub fn metrics_text(&self) -> Arc<std::sync::Mutex<String>> {
+        self.metrics_text.clone()
     }
 
     /// Attach the Redis link (cluster mode).
@@ -220,6 +243,7 @@ impl ControlServer {
                 participants,
                 packets_per_sec: (forwarded.saturating_sub(f) as f64 / secs) as u64,
                 cpu_percent: self.cpu_percent,
+                capacity_remaining: self.capacity_remaining(),
             },
             state: if self.draining {
                 NodeState::Draining
@@ -300,8 +324,19 @@ impl ControlServer {
         std::mem::take(&mut self.workers)
     }
 
-    /// Once a second: expire silent remote peers, remove abandoned participants, progress a drain.
+    /// Once a second: expire silent remote peers, remove abandoned participants, progress a drain,
+    /// refresh the metrics text.
     fn sweep(&mut self, now: Instant) {
+        self.metrics
+            .set_capacity_remaining(i64::from(self.capacity_remaining()));
+        self.metrics.set_draining(self.draining);
+        if let Some(c) = &self.cluster {
+            self.metrics.set_redis_errors(&c.errors);
+        }
+        let text = self.metrics.render();
+        if let Ok(mut t) = self.metrics_text.lock() {
+            *t = text;
+        }
         if self.subscribed {
             let silent: Vec<usize> = self
                 .peers
@@ -844,7 +879,9 @@ impl ControlServer {
                         self.room_gone(&room);
                     }
                 }
-                Report::Stats(s) => {
+                Report::Stats(mut s) => {
+                    self.metrics.observe_worker(&s);
+                    s.join_seconds.clear();
                     if let Some(slot) = self.stats.get_mut(worker as usize) {
                         *slot = s;
                     }
@@ -986,4 +1023,46 @@ fn process_cpu_seconds() -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Serve `GET /metrics` (Prometheus text) and `GET /healthz` on `addr` from a small thread of its
+/// own, reading the text the control thread refreshes every second. Connections are handled one
+/// at a time with short timeouts: this is for a scraper, not for the public.
+pub fn serve_metrics(
+    addr: std::net::SocketAddr,
+    text: Arc<std::sync::Mutex<String>>,
+    shutdown: Arc<AtomicBool>,
+) -> io::Result<std::net::SocketAddr> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        while !shutdown.load(Ordering::Relaxed) {
+            let mut s = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+            let mut buf = [0u8; 2048];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (status, ctype, body) = if req.starts_with("GET /metrics") {
+                let body = text.lock().map(|t| t.clone()).unwrap_or_default();
+                ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", body)
+            } else if req.starts_with("GET /healthz") {
+                ("200 OK", "text/plain", "ok\n".to_string())
+            } else {
+                ("404 Not Found", "text/plain", "not found\n".to_string())
+            };
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    })?;
+    Ok(local)
 }

@@ -7,5 +7,6 @@
 
 pub mod cluster;
 pub mod control;
+pub mod metrics;
 pub mod udp;
 pub mod worker;

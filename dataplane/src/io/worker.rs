@@ -95,6 +95,8 @@ pub fn spawn(
                 shutdown,
                 advertised: settings.core.local_addr,
                 writable: false,
+                waited: Duration::ZERO,
+                since_report: Instant::now(),
             };
             info!(worker = id, bind = %local_addr, advertised = %w.advertised,
                 batching = w.udp.batching(), gso_segments = w.udp.max_segments(), "worker started");
@@ -123,6 +125,9 @@ struct Worker {
     advertised: SocketAddr,
     /// WRITABLE interest is registered (send backlog pending).
     writable: bool,
+    /// Time spent waiting in `poll` and in total since the last stats report (busy ratio).
+    waited: Duration,
+    since_report: Instant,
 }
 
 impl Worker {
@@ -138,13 +143,15 @@ impl Worker {
                     t.saturating_duration_since(now).min(MAX_SLEEP)
                 })
             };
+            let before = Instant::now();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
                 return Err(e);
             }
-            // The loop's one clock read.
+            // The loop's clock read (the one before `poll` only measures the wait).
             let now = Instant::now();
+            self.waited += now.saturating_duration_since(before);
             let mut readable = more_to_read;
             for ev in events.iter() {
                 if ev.token() == SOCKET {
@@ -230,6 +237,14 @@ impl Worker {
                         ws.udp_gso_sends = u.gso_sends;
                         ws.udp_send_errors = u.send_errors;
                         ws.udp_backlog_drops = u.backlog_drops;
+                        let total = self.since_report.elapsed();
+                        ws.busy_ratio = if total.is_zero() {
+                            0.0
+                        } else {
+                            (1.0 - self.waited.as_secs_f64() / total.as_secs_f64()).clamp(0.0, 1.0)
+                        };
+                        self.waited = Duration::ZERO;
+                        self.since_report = Instant::now();
                     }
                     // Unbounded: the control thread never blocks on a worker, so a report is
                     // never lost; its volume is bounded by commands and participants.

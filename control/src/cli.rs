@@ -1,0 +1,166 @@
+//! Optional TOML configuration files for the binaries.
+//!
+//! Every flag of a binary can also be set in a TOML file given with `--config PATH` (or the
+//! binary's `*_CONFIG` environment variable): a top-level key per flag, spelled like the flag
+//! (`port_base = 40000` or `"port-base" = 40000`); `true` turns a switch on; an array repeats a
+//! repeatable flag. The file's settings are inserted before the command-line arguments, so the
+//! command line wins; both win over environment variables and defaults. Unknown keys are rejected
+//! by the argument parser, so a typo fails at start with a clear message.
+
+use std::ffi::OsString;
+
+/// Errors reading a configuration file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid TOML in {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path}: key {key:?} must be a string, number, boolean or array of those")]
+    Unsupported { path: String, key: String },
+}
+
+/// The process arguments with the config file's settings spliced in after the program name.
+/// `env_var` names the environment variable that may hold the config path.
+pub fn args_with_config(env_var: &str) -> Result<Vec<OsString>, ConfigError> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let path = config_path(&args).or_else(|| std::env::var(env_var).ok());
+    match path {
+        None => Ok(args),
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let from_file = toml_to_args(&text, &p)?;
+            let mut out = Vec::with_capacity(args.len() + from_file.len());
+            out.extend(args.first().cloned());
+            out.extend(from_file.into_iter().map(OsString::from));
+            out.extend(args.into_iter().skip(1));
+            Ok(out)
+        }
+    }
+}
+
+fn config_path(args: &[OsString]) -> Option<String> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--config" {
+            return it.next().map(|v| v.to_string_lossy().into_owned());
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(v.to_string());
+        }
+    }
+    None
+}
+
+/// Turn a TOML document into `--flag value` arguments.
+pub fn toml_to_args(text: &str, path: &str) -> Result<Vec<String>, ConfigError> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |v: &toml::Value| -> Option<String> {
+            match v {
+                toml::Value::String(s) => Some(s.clone()),
+                toml::Value::Integer(i) => Some(i.to_string()),
+                toml::Value::Float(f) => Some(f.to_string()),
+                _ => None,
+            }
+        };
+        match &value {
+            toml::Value::Boolean(true) => out.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    let v = scalar(item).ok_or_else(|| ConfigError::Unsupported {
+                        path: path.into(),
+                        key: key.clone(),
+                    })?;
+                    out.push(flag.clone());
+                    out.push(v);
+                }
+            }
+            v => {
+                let v = scalar(v).ok_or_else(|| ConfigError::Unsupported {
+                    path: path.into(),
+                    key: key.clone(),
+                })?;
+                out.push(flag);
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_becomes_flags() {
+        let args = toml_to_args(
+            "port_base = 41000\npublic-ip = \"10.0.0.1\"\nno_batching = true\nno_pin = false\nice_server = [\"stun:a\", \"stun:b\"]\nrate = 2.5\n",
+            "x.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            args,
+            [
+                "--ice-server",
+                "stun:a",
+                "--ice-server",
+                "stun:b",
+                "--no-batching",
+                "--port-base",
+                "41000",
+                "--public-ip",
+                "10.0.0.1",
+                "--rate",
+                "2.5"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        assert!(matches!(
+            toml_to_args("port_base = ", "x.toml"),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            toml_to_args("[table]\na = 1", "x.toml"),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            toml_to_args("a = [[1]]", "x.toml"),
+            Err(ConfigError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn finds_the_config_flag() {
+        let args: Vec<OsString> = ["bin", "--x", "1", "--config", "a.toml"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(config_path(&args).as_deref(), Some("a.toml"));
+        let args: Vec<OsString> = ["bin", "--config=b.toml"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(config_path(&args).as_deref(), Some("b.toml"));
+    }
+}
