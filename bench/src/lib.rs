@@ -3,6 +3,7 @@
 //! - [`peer`]: a sans-IO synthetic participant (str0m `Rtc`) that behaves like the web page.
 //! - [`client`]: that peer over real sockets, speaking the signaling WebSocket protocol.
 //! - [`harness`]: start/stop the real binaries on loopback for tests and benchmarks.
+//! - [`janus`]: the same peers against Janus VideoRoom, for side-by-side comparisons.
 //! - [`load`]: the load generator (scenarios, many peers per thread, measurements, plots).
 //! - [`stats`]: the dataplane's numbers (control-socket stats, `/proc` CPU and memory).
 //!
@@ -11,6 +12,7 @@
 
 pub mod client;
 pub mod harness;
+pub mod janus;
 pub mod load;
 pub mod peer;
 pub mod stats;

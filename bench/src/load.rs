@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use str0m::media::MediaKind;
 
 use crate::client::{Client, Media};
+use crate::janus::JanusClient;
 use crate::peer::LatencyHist;
 use crate::stats::{ControlClient, cpu_seconds, rss_kib};
 
@@ -149,14 +150,64 @@ impl Scenario {
     }
 }
 
+/// Which SFU the peers talk to.
+#[derive(Debug, Clone)]
+pub enum Sfu {
+    /// Ours, through the signaling WebSocket protocol.
+    Ours,
+    /// Janus VideoRoom through its WebSocket API; peers bind `bind_ip`.
+    Janus { bind_ip: std::net::IpAddr },
+}
+
 /// Where the service under test is.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Signaling WebSocket URLs; clients are spread over them.
+    pub sfu: Sfu,
+    /// Signaling (or Janus) WebSocket URLs; clients are spread over them.
     pub ws_urls: Vec<String>,
-    /// The dataplane process (CPU, memory) and its control socket (stats), if local.
+    /// The SFU process (CPU, memory) and, for ours, its control socket (stats).
     pub dataplane_pid: Option<u32>,
     pub control_socket: Option<PathBuf>,
+}
+
+/// A synthetic participant of either SFU.
+enum AnyClient {
+    Ours(Box<Client>),
+    Janus(Box<JanusClient>),
+}
+
+impl AnyClient {
+    fn peer(&self) -> &crate::peer::Peer {
+        match self {
+            AnyClient::Ours(c) => &c.peer,
+            AnyClient::Janus(c) => &c.peer,
+        }
+    }
+    fn fds(&self) -> (RawFd, Option<RawFd>) {
+        match self {
+            AnyClient::Ours(c) => c.fds(),
+            AnyClient::Janus(c) => c.fds(),
+        }
+    }
+    fn poll(&mut self, now: Instant) {
+        match self {
+            AnyClient::Ours(c) => {
+                let _ = c.poll(now);
+            }
+            AnyClient::Janus(c) => c.poll(now),
+        }
+    }
+    fn next_deadline(&self) -> Instant {
+        match self {
+            AnyClient::Ours(c) => c.next_deadline(),
+            AnyClient::Janus(c) => c.next_deadline(),
+        }
+    }
+    fn leave(&mut self) {
+        if let AnyClient::Ours(c) = self {
+            let _ = c.leave();
+        }
+    }
 }
 
 /// One sample of the time series.
@@ -226,6 +277,7 @@ struct WorkerReport {
 }
 
 struct WorkerPlan {
+    sfu: Sfu,
     /// (url, room, name, publisher)
     clients: Vec<(String, String, String, bool)>,
     join_interval: Duration,
@@ -246,6 +298,7 @@ pub fn run(
     let threads = scenario.threads.max(1);
     let mut plans: Vec<WorkerPlan> = (0..threads)
         .map(|_| WorkerPlan {
+            sfu: target.sfu.clone(),
             clients: Vec::new(),
             join_interval: if scenario.join_rate > 0.0 {
                 Duration::from_secs_f64(threads as f64 / scenario.join_rate)
@@ -379,6 +432,11 @@ pub fn run(
             *a = a.saturating_sub(*b);
         }
         let (fwd, bytes) = node_delta(prev_node.as_ref(), node.as_ref());
+        let fwd = if node.is_some() {
+            fwd
+        } else {
+            w.received.saturating_sub(prev_w.received)
+        };
         let sample = Sample {
             t: now.duration_since(t0).as_secs_f64(),
             forwarded_pps: fwd as f64 / dt,
@@ -414,7 +472,14 @@ pub fn run(
         let _ = h.join();
     }
 
-    let (fwd, bytes) = node_delta(node0.as_ref(), node1.as_ref());
+    let received = w1.received.saturating_sub(w0.received);
+    let expected = w1.expected.saturating_sub(w0.expected);
+    let lost = w1.lost.saturating_sub(w0.lost);
+    let (mut fwd, bytes) = node_delta(node0.as_ref(), node1.as_ref());
+    if node0.is_none() {
+        // No SFU stats (Janus): what the subscribers received is what was forwarded (plus loss).
+        fwd = received + lost;
+    }
     let syscalls = match (&node0, &node1) {
         (Some(a), Some(b)) => {
             let calls = |n: &control::NodeStats| {
@@ -431,9 +496,6 @@ pub fn run(
     for (a, b) in hist.counts.iter_mut().zip(&w0.hist.counts) {
         *a = a.saturating_sub(*b);
     }
-    let received = w1.received.saturating_sub(w0.received);
-    let expected = w1.expected.saturating_sub(w0.expected);
-    let lost = w1.lost.saturating_sub(w0.lost);
     let dp_cpu = delta_cpu(cpu0, prev_cpu);
     let mut jl = w1.join_latencies_ms.clone();
     jl.sort_by(f64::total_cmp);
@@ -442,7 +504,10 @@ pub fn run(
     };
     Ok(Results {
         scenario: scenario.name.clone(),
-        sfu: "sfu".into(),
+        sfu: match target.sfu {
+            Sfu::Ours => "sfu".into(),
+            Sfu::Janus { .. } => "janus".into(),
+        },
         batching: None,
         participants: n,
         joined: w1.joined,
@@ -527,7 +592,7 @@ fn worker(
     };
     let mut poll = poll;
     let mut events = Events::with_capacity(1024);
-    let mut clients: Vec<(Client, bool, Instant, bool)> = Vec::new(); // (client, publisher, join start, counted join latency)
+    let mut clients: Vec<(AnyClient, bool, Instant, bool)> = Vec::new(); // (client, publisher, join start, counted join latency)
     let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
     let mut pending = plan.clients.into_iter();
     let mut next_join = Instant::now();
@@ -542,7 +607,26 @@ fn worker(
                 Some((url, room, name, publisher)) => {
                     let media = publisher.then_some(plan.media);
                     let start = Instant::now();
-                    match Client::join(&url, &room, &name, media, epoch, Duration::from_secs(10)) {
+                    let joined = match &plan.sfu {
+                        Sfu::Ours => {
+                            Client::join(&url, &room, &name, media, epoch, Duration::from_secs(10))
+                                .map(|c| AnyClient::Ours(Box::new(c)))
+                        }
+                        Sfu::Janus { bind_ip } => {
+                            let room: u64 = room.parse().unwrap_or(10_000);
+                            JanusClient::join(
+                                &url,
+                                room,
+                                &name,
+                                media,
+                                *bind_ip,
+                                epoch,
+                                Duration::from_secs(10),
+                            )
+                            .map(|c| AnyClient::Janus(Box::new(c)))
+                        }
+                    };
+                    match joined {
                         Ok(c) => {
                             let idx = clients.len();
                             let (udp, ws) = c.fds();
@@ -589,7 +673,7 @@ fn worker(
         for ev in events.iter() {
             let idx = ev.token().0 / 2;
             if let Some((c, ..)) = clients.get_mut(idx) {
-                let _ = c.poll(now);
+                c.poll(now);
                 heap.push(Reverse((c.next_deadline(), idx)));
             }
         }
@@ -601,7 +685,7 @@ fn worker(
             if let Some((c, ..)) = clients.get_mut(idx) {
                 // A stale entry (the client was polled since) only costs a cheap extra poll.
                 if c.next_deadline() <= now {
-                    let _ = c.poll(now);
+                    c.poll(now);
                 }
                 heap.push(Reverse((
                     c.next_deadline().max(now + Duration::from_micros(200)),
@@ -609,14 +693,16 @@ fn worker(
                 )));
             }
         }
-        for (c, _, start, counted) in clients.iter_mut() {
-            if !*counted && let Some(first) = c.peer.received.first_rtp {
-                *counted = true;
-                join_latencies.push(first.saturating_duration_since(*start).as_secs_f64() * 1e3);
-            }
-        }
         if now >= next_report {
             next_report = now + Duration::from_millis(500);
+            // Join → first remote RTP, for clients that got their first packet since last time.
+            for (c, _, start, counted) in clients.iter_mut() {
+                if !*counted && let Some(first) = c.peer().received.first_rtp {
+                    *counted = true;
+                    join_latencies
+                        .push(first.saturating_duration_since(*start).as_secs_f64() * 1e3);
+                }
+            }
             let mut r = WorkerReport {
                 worker: w,
                 joined: clients.len(),
@@ -625,14 +711,15 @@ fn worker(
                 ..WorkerReport::default()
             };
             for (c, publisher, ..) in &clients {
-                if c.peer.is_connected() {
+                let peer = c.peer();
+                if peer.is_connected() {
                     r.connected += 1;
                 }
                 if *publisher {
-                    r.sent += c.peer.sent_packets;
-                    r.expected += c.peer.sent_packets * (plan.per_room as u64 - 1);
+                    r.sent += peer.sent_packets;
+                    r.expected += peer.sent_packets * (plan.per_room as u64 - 1);
                 }
-                for t in c.peer.received.tracks.values() {
+                for t in peer.received.tracks.values() {
                     r.received += t.packets;
                     r.lost += t.lost;
                     r.hist.merge(&t.latency);
@@ -649,7 +736,7 @@ fn worker(
         }
     }
     for (c, ..) in clients.iter_mut() {
-        let _ = c.leave();
+        c.leave();
     }
 }
 

@@ -100,6 +100,13 @@ struct LoadArgs {
     /// Use an already running service (signaling WebSocket URL) instead of starting one.
     #[arg(long)]
     url: Option<String>,
+    /// Which SFU is at --url: ours, or janus (VideoRoom over its WebSocket API; rooms with one
+    /// publisher only, e.g. --scenario large-room).
+    #[arg(long, default_value = "ours", value_parser = ["ours", "janus"])]
+    sfu: String,
+    /// IP the synthetic peers bind (Janus needs one on a non-loopback interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_ip: std::net::IpAddr,
     /// With --url: the dataplane's control socket and pid, for its stats, CPU and memory.
     #[arg(long)]
     control_socket: Option<std::path::PathBuf>,
@@ -241,6 +248,10 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
             Some(url) => (
                 None,
                 Target {
+                    sfu: match &a.sfu[..] {
+                        "janus" => load::Sfu::Janus { bind_ip: a.bind_ip },
+                        _ => load::Sfu::Ours,
+                    },
                     ws_urls: vec![url.clone()],
                     dataplane_pid: a.dataplane_pid,
                     control_socket: a.control_socket.clone(),
@@ -249,6 +260,7 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
             None => {
                 let n = Node::start_with(a.workers, &refs, &["--rate-limit", "1000"])?;
                 let t = Target {
+                    sfu: load::Sfu::Ours,
                     ws_urls: vec![n.ws_url(0)],
                     dataplane_pid: n.dataplane.pid(),
                     control_socket: Some(n.control_socket.clone()),
@@ -273,9 +285,11 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
             }
         );
         let mut r = load::run(&target, &sc, a.pin.then_some(0), true)?;
-        r.batching = Some(batching);
-        if !batching {
-            r.sfu = "sfu-nobatch".into();
+        if matches!(target.sfu, load::Sfu::Ours) {
+            r.batching = Some(batching);
+            if !batching {
+                r.sfu = "sfu-nobatch".into();
+            }
         }
         for f in load::write_outputs(&a.out, &r)? {
             eprintln!("wrote {}", f.display());

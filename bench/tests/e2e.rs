@@ -527,6 +527,7 @@ fn load_generator_smoke_pipeline_works() {
     use bench::load::{self, Scenario, Target};
     let node = Node::start(1, &[]).expect("node starts");
     let target = Target {
+        sfu: load::Sfu::Ours,
         ws_urls: vec![node.ws_url(0)],
         dataplane_pid: node.dataplane.pid(),
         control_socket: Some(node.control_socket.clone()),

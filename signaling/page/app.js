@@ -390,22 +390,27 @@
     if (problem) {
       el.previewMessage.textContent = problem;
       el.previewMessage.hidden = false;
+      el.previewMessage.classList.add('is-problem');
       el.previewTile.dataset.problem = isDenied(error) ? 'denied' : 'missing';
-    } else {
-      el.previewMessage.hidden = !state.videoMuted;
-      el.previewMessage.textContent = state.videoMuted ? 'Your camera is off' : '';
+    } else if (error !== undefined) {
+      // A fresh result (not just a toggle): nothing to report.
+      el.previewMessage.hidden = true;
+      el.previewMessage.textContent = '';
+      el.previewMessage.classList.remove('is-problem');
       delete el.previewTile.dataset.problem;
     }
     el.previewState.dataset.muted = mutedList(!hasAudio || state.audioMuted, !hasVideo || state.videoMuted);
-    setToggle(el.prejoinAudio, hasAudio, state.audioMuted, 'Microphone on', 'Microphone off', 'No microphone');
-    setToggle(el.prejoinVideo, hasVideo, state.videoMuted, 'Camera on', 'Camera off', 'No camera');
+    setToggle(el.prejoinAudio, hasAudio, state.audioMuted, 'Microphone', 'No microphone');
+    setToggle(el.prejoinVideo, hasVideo, state.videoMuted, 'Camera', 'No camera');
     startPreviewMeter();
   }
 
-  function setToggle(button, available, muted, onText, offText, naText) {
+  /** A pre-join on/off switch (role=switch): checked = the device will be on when joining. */
+  function setToggle(button, available, muted, label, naText) {
     button.disabled = !available;
-    button.setAttribute('aria-pressed', String(available && muted));
-    button.querySelector('.toggle-text').textContent = !available ? naText : (muted ? offText : onText);
+    button.setAttribute('aria-checked', String(available && !muted));
+    button.querySelector('.toggle-text').textContent = available ? label : naText;
+    button.title = !available ? naText : `${label} ${muted ? 'off' : 'on'} when you join`;
   }
 
   async function fillDeviceSelects() {
@@ -473,6 +478,7 @@
     if (error) {
       el.previewMessage.textContent = `That ${kind === 'video' ? 'camera' : 'microphone'} could not be started (${error.name}); using the default one.`;
       el.previewMessage.hidden = false;
+      el.previewMessage.classList.add('is-problem');
     }
   }
 
@@ -480,11 +486,11 @@
   el.micSelect.addEventListener('change', () => switchPreviewDevice('audio', el.micSelect.value));
   el.prejoinAudio.addEventListener('click', () => {
     state.audioMuted = !state.audioMuted;
-    renderPreview(null);
+    renderPreview();
   });
   el.prejoinVideo.addEventListener('click', () => {
     state.videoMuted = !state.videoMuted;
-    renderPreview(null);
+    renderPreview();
   });
 
   // WebAudio needs a user gesture to run; create the context on the first one.
@@ -1246,7 +1252,13 @@
     const hasAudio = stream.getAudioTracks().length > 0;
     const problem = mediaProblemText(error, hasAudio, hasVideo);
     if (problem) showBanner('warning', problem, { tag: 'devices', autoHideMs: 20000 });
-    for (const t of stream.getTracks()) t.addEventListener('ended', () => renderLocalMedia());
+    for (const t of stream.getTracks()) {
+      // A device unplugged or revoked: show it and tell the others.
+      t.addEventListener('ended', () => {
+        renderLocalMedia();
+        sendState();
+      });
+    }
     state.selfMeter = makeMeter(stream);
     renderLocalMedia();
     return stream;
@@ -1273,7 +1285,7 @@
       const available = hasLiveTrack(kind);
       const muted = kind === 'audio' ? state.audioMuted : state.videoMuted;
       button.disabled = state.ended || (!available && mediaKnown);
-      button.setAttribute('aria-pressed', String(!available || muted));
+      button.dataset.off = String(!available || muted);
       button.setAttribute('aria-label', !available && mediaKnown ? naLabel : (muted ? onLabel : offLabel));
       button.title = button.getAttribute('aria-label');
       button.querySelector('.ctrl-text').textContent = muted || !available ? onText : offText;
@@ -1351,7 +1363,8 @@
   function updateTileMedia(t) {
     const id = t.tile.dataset.participantId;
     const m = state.remoteMedia.get(id) || { audio: false, video: false };
-    const hasVideo = !!t.stream && t.stream.getVideoTracks().some((tr) => tr.readyState === 'live');
+    // A live, unmuted (media arriving) video track; otherwise the avatar instead of a frozen frame.
+    const hasVideo = !!t.stream && t.stream.getVideoTracks().some((tr) => tr.readyState === 'live' && !tr.muted);
     t.tile.classList.toggle('no-video', !hasVideo || m.video);
     t.stateEl.dataset.muted = mutedList(m.audio, m.video);
     const name = state.participants.get(id) ?? 'Participant';
@@ -1484,6 +1497,10 @@
         });
       }
     }
+    if (selfLevel === null && !state.selfMeter && state.audioCtx && state.localStream) {
+      // No own level in the stats (Firefox): measure it with WebAudio once a gesture allowed it.
+      state.selfMeter = makeMeter(state.localStream);
+    }
     if (selfLevel === null && state.selfMeter) selfLevel = state.selfMeter.level();
     if (selfLevel !== null && selfLevel > LEVEL.threshold && !effectiveMuted('audio')) state.speakingUntil.set('self', now + LEVEL.holdMs);
     renderSpeaking(performance.now());
@@ -1515,9 +1532,8 @@
     el.peoplePanel.hidden = tab !== 'people';
     el.chatPanel.hidden = tab !== 'chat';
     document.body.classList.toggle('panel-open', !!tab);
-    el.peopleToggle.setAttribute('aria-pressed', String(tab === 'people'));
-    el.chatToggle.setAttribute('aria-pressed', String(tab === 'chat'));
-    el.peopleToggle.setAttribute('aria-label', tab === 'people' ? 'Hide participants' : 'Show participants');
+    el.peopleToggle.setAttribute('aria-expanded', String(tab === 'people'));
+    el.chatToggle.setAttribute('aria-expanded', String(tab === 'chat'));
     updatePanelTitle();
     if (tab === 'chat') {
       state.unread = 0;
@@ -1539,8 +1555,7 @@
     const n = state.unread;
     el.chatUnread.hidden = n === 0;
     el.chatUnread.textContent = n > 99 ? '99+' : String(n);
-    const open = state.panel === 'chat';
-    el.chatToggle.setAttribute('aria-label', open ? 'Close chat' : (n ? `Open chat, ${n} unread message${n === 1 ? '' : 's'}` : 'Open chat'));
+    el.chatToggle.setAttribute('aria-label', n ? `Chat, ${n} unread message${n === 1 ? '' : 's'}` : 'Chat');
     el.chatToggle.title = el.chatToggle.getAttribute('aria-label');
     const base = state.room ? `${state.room} – Video chat` : 'Video chat';
     document.title = n ? `(${n}) ${base}` : base;
@@ -1565,16 +1580,17 @@
   function renderPeople() {
     const items = [];
     state.peopleItems.clear();
-    const make = (key, name, avatarKey) => {
+    const make = (key, name, avatarKey, label = name) => {
       const li = el.personTemplate.content.firstElementChild.cloneNode(true);
-      li.querySelector('.person-name').textContent = name;
+      li.querySelector('.person-name').textContent = label;
       setAvatar(li.querySelector('.avatar'), name, avatarKey);
       state.peopleItems.set(key, li);
       items.push(li);
       return li;
     };
     if (state.self || state.name) {
-      const me = make('self', `${state.self ? state.self.name : state.name} (you)`, state.self ? state.self.id : state.name);
+      const myName = state.self ? state.self.name : state.name;
+      const me = make('self', myName, state.self ? state.self.id : state.name, `${myName} (you)`);
       me.classList.add('person-self');
       me.querySelector('.person-state').dataset.muted = mutedList(effectiveMuted('audio'), effectiveMuted('video'));
     }
@@ -1595,6 +1611,7 @@
     }
     el.people.replaceChildren(...items);
     el.peopleCount.textContent = String(state.participants.size + 1);
+    el.peopleToggle.setAttribute('aria-label', `Participants (${state.participants.size + 1})`);
     el.peopleToggle.title = `${state.participants.size + 1} in the call`;
     updatePanelTitle();
     layoutGrid();
@@ -1926,6 +1943,10 @@
   };
   window.addEventListener('pagehide', leaveOnUnload);
   window.addEventListener('beforeunload', leaveOnUnload);
+  // Restored from the back/forward cache after leaving: start over rather than show a dead call.
+  window.addEventListener('pageshow', (ev) => {
+    if (ev.persisted && state.ended) location.reload();
+  });
 
   // ---------------------------------------------------------------- boot
 
