@@ -288,11 +288,9 @@ impl JanusClient {
     pub fn poll(&mut self, now: Instant) {
         self.session.drain();
         self.session.tick();
-        loop {
-            match self.udp.recv_from(&mut self.buf) {
-                Ok((n, from)) => self.peer.handle_receive(now, from, &self.buf[..n]),
-                Err(_) => break,
-            }
+        while let Ok((n, from)) = self.udp.recv_from(&mut self.buf) {
+            self.peer.handle_receive(now, from, &self.buf[..n]);
+        }
         }
         if now >= self.peer.poll_timeout() {
             self.peer.handle_timeout(now);
