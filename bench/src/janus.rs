@@ -291,7 +291,6 @@ impl JanusClient {
         while let Ok((n, from)) = self.udp.recv_from(&mut self.buf) {
             self.peer.handle_receive(now, from, &self.buf[..n]);
         }
-        }
         if now >= self.peer.poll_timeout() {
             self.peer.handle_timeout(now);
         }
