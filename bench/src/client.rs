@@ -153,6 +153,7 @@ impl Client {
 
         let udp = UdpSocket::bind("127.0.0.1:0")?;
         udp.set_nonblocking(true)?;
+        crate::net::enable_rx_timestamps(&udp)?;
         let local = udp.local_addr()?;
         let now = Instant::now();
         let mut peer = Peer::new(id.clone(), local, now, epoch);
@@ -350,6 +351,7 @@ impl Client {
             .unwrap_or_default();
         let udp = UdpSocket::bind("127.0.0.1:0")?;
         udp.set_nonblocking(true)?;
+        crate::net::enable_rx_timestamps(&udp)?;
         let now = Instant::now();
         self.peer = Peer::new(self.id.clone(), udp.local_addr()?, now, self.epoch);
         self.udp = udp;
@@ -407,13 +409,21 @@ impl Client {
                 Err(_) => self.ws_lost(),
             }
         }
+        // The caller's `now` may be stale when it serves many clients: read the clock here so
+        // latency stamps and arrival times are exact (str0m only needs it to be monotonic).
+        let now = now.max(Instant::now());
         loop {
-            match self.udp.recv_from(&mut self.buf) {
-                Ok((n, from)) => self.peer.handle_receive(now, from, &self.buf[..n]),
+            match crate::net::recv_from_stamped(&self.udp, &mut self.buf) {
+                Ok((n, from, arrived)) => {
+                    let arrived = arrived.unwrap_or(now);
+                    self.peer
+                        .handle_receive_at(now, arrived, from, &self.buf[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => break,
             }
         }
+        let now = now.max(Instant::now());
         if now >= self.peer.poll_timeout() {
             self.peer.handle_timeout(now);
         }

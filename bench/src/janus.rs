@@ -202,11 +202,16 @@ impl JanusClient {
         let handle = session.attach()?;
         let udp = UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
         udp.set_nonblocking(true)?;
+        crate::net::enable_rx_timestamps(&udp)?;
         let now = Instant::now();
         let mut peer = Peer::new(name, udp.local_addr()?, now, epoch);
         if let Some(m) = media {
             // Publisher: make the room (fine if it exists), then publish.
-            let _ = session.plugin_call(handle, json!({"request": "create", "room": room, "publishers": 1, "bitrate": 0, "fir_freq": 0}));
+            let created = session.plugin_call(handle, json!({"request": "create", "room": room, "publishers": 1, "bitrate": 0, "fir_freq": 0}))?;
+            // 427 = the room already exists (another run): fine.
+            if created["error_code"].as_u64().is_some_and(|c| c != 427) {
+                bail!("cannot create janus room {room}: {created}");
+            }
             let offer = peer.create_offer(m.audio, m.video);
             let (data, jsep) = session.plugin_event(
                 handle,
@@ -288,9 +293,13 @@ impl JanusClient {
     pub fn poll(&mut self, now: Instant) {
         self.session.drain();
         self.session.tick();
-        while let Ok((n, from)) = self.udp.recv_from(&mut self.buf) {
-            self.peer.handle_receive(now, from, &self.buf[..n]);
+        // As in `Client::poll`: a fresh clock, and latency measured to the kernel arrival time.
+        let now = now.max(Instant::now());
+        while let Ok((n, from, arrived)) = crate::net::recv_from_stamped(&self.udp, &mut self.buf) {
+            self.peer
+                .handle_receive_at(now, arrived.unwrap_or(now), from, &self.buf[..n]);
         }
+        let now = now.max(Instant::now());
         if now >= self.peer.poll_timeout() {
             self.peer.handle_timeout(now);
         }

@@ -5,6 +5,7 @@
 //! - [`harness`]: start/stop the real binaries on loopback for tests and benchmarks.
 //! - [`janus`]: the same peers against Janus VideoRoom, for side-by-side comparisons.
 //! - [`load`]: the load generator (scenarios, many peers per thread, measurements, plots).
+//! - [`net`]: UDP receive with kernel receive timestamps (for latency measurement).
 //! - [`stats`]: the dataplane's numbers (control-socket stats, `/proc` CPU and memory).
 //!
 //! The same peer drives the dataplane's deterministic tests (virtual clock), the loopback
@@ -14,6 +15,7 @@ pub mod client;
 pub mod harness;
 pub mod janus;
 pub mod load;
+pub mod net;
 pub mod peer;
 pub mod stats;
 

@@ -268,6 +268,8 @@ struct WorkerReport {
     /// Σ over its publishers: sent × (room size − 1).
     expected: u64,
     received: u64,
+    /// RTP payload bytes received by its subscribers.
+    received_bytes: u64,
     lost: u64,
     hist: LatencyHist,
     jitter_sum: f64,
@@ -361,6 +363,7 @@ pub fn run(
             s.sent += r.sent;
             s.expected += r.expected;
             s.received += r.received;
+            s.received_bytes += r.received_bytes;
             s.lost += r.lost;
             s.hist.merge(&r.hist);
             s.jitter_sum += r.jitter_sum;
@@ -432,10 +435,13 @@ pub fn run(
             *a = a.saturating_sub(*b);
         }
         let (fwd, bytes) = node_delta(prev_node.as_ref(), node.as_ref());
-        let fwd = if node.is_some() {
-            fwd
+        let (fwd, bytes) = if node.is_some() {
+            (fwd, bytes)
         } else {
-            w.received.saturating_sub(prev_w.received)
+            (
+                w.received.saturating_sub(prev_w.received),
+                w.received_bytes.saturating_sub(prev_w.received_bytes),
+            )
         };
         let sample = Sample {
             t: now.duration_since(t0).as_secs_f64(),
@@ -475,10 +481,12 @@ pub fn run(
     let received = w1.received.saturating_sub(w0.received);
     let expected = w1.expected.saturating_sub(w0.expected);
     let lost = w1.lost.saturating_sub(w0.lost);
-    let (mut fwd, bytes) = node_delta(node0.as_ref(), node1.as_ref());
+    let (mut fwd, mut bytes) = node_delta(node0.as_ref(), node1.as_ref());
     if node0.is_none() {
-        // No SFU stats (Janus): what the subscribers received is what was forwarded (plus loss).
+        // No SFU stats (Janus): what the subscribers received is what was forwarded (plus loss),
+        // and egress is their RTP payload bytes (a slight undercount: no RTP/SRTP overhead).
         fwd = received + lost;
+        bytes = w1.received_bytes.saturating_sub(w0.received_bytes);
     }
     let syscalls = match (&node0, &node1) {
         (Some(a), Some(b)) => {
@@ -594,7 +602,7 @@ fn worker(
     let mut events = Events::with_capacity(1024);
     let mut clients: Vec<(AnyClient, bool, Instant, bool)> = Vec::new(); // (client, publisher, join start, counted join latency)
     let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
-    let mut pending = plan.clients.into_iter();
+    let mut pending = plan.clients.into_iter().peekable();
     let mut next_join = Instant::now();
     let mut failed = 0;
     let mut next_report = Instant::now();
@@ -602,6 +610,18 @@ fn worker(
     let mut done_joining = false;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        // Janus only lists a publisher (and lets subscribers join it) once its peer connection
+        // is up, so subscribers wait for the publishers this thread already started.
+        let janus_wait = matches!(plan.sfu, Sfu::Janus { .. })
+            && pending
+                .peek()
+                .is_some_and(|(_, _, _, publisher)| !publisher)
+            && clients
+                .iter()
+                .any(|(c, p, ..)| *p && !c.peer().is_connected());
+        if janus_wait {
+            next_join = now + Duration::from_millis(20);
+        }
         if !done_joining && now >= next_join {
             match pending.next() {
                 Some((url, room, name, publisher)) => {
@@ -721,6 +741,7 @@ fn worker(
                 }
                 for t in peer.received.tracks.values() {
                     r.received += t.packets;
+                    r.received_bytes += t.bytes;
                     r.lost += t.lost;
                     r.hist.merge(&t.latency);
                     if t.packets > 0 {

@@ -308,6 +308,13 @@ fn toml_scenario(path: &std::path::Path) -> anyhow::Result<bench::load::Scenario
 }
 
 fn main() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let Cli { cmd } = Cli::parse();
     if let Cmd::Load(a) = cmd {
         return load(*a);

@@ -151,6 +151,8 @@ pub struct Peer {
     rtc: Rtc,
     local: SocketAddr,
     epoch: Instant,
+    /// When the datagram being processed arrived (see [`Peer::handle_receive_at`]).
+    arrived: Instant,
     pending: Option<SdpPendingOffer>,
     audio: Option<(Mid, Option<Pt>)>,
     video: Option<(Mid, Option<Pt>)>,
@@ -202,6 +204,7 @@ impl Peer {
             rtc,
             local,
             epoch,
+            arrived: now,
             pending: None,
             audio: None,
             video: None,
@@ -343,6 +346,19 @@ impl Peer {
 
     /// A datagram from the network.
     pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        self.handle_receive_at(now, now, source, data);
+    }
+
+    /// A datagram that arrived at `arrived` (the kernel's receive time, which is earlier than
+    /// `now` when it waited in the socket buffer): latency is measured to `arrived`.
+    pub fn handle_receive_at(
+        &mut self,
+        now: Instant,
+        arrived: Instant,
+        source: SocketAddr,
+        data: &[u8],
+    ) {
+        self.arrived = arrived.min(now);
         let Ok(recv) = Receive::new(Protocol::Udp, source, self.local, data) else {
             return;
         };
@@ -589,7 +605,10 @@ impl Peer {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&pkt.payload[16..24]);
                     let sent = u64::from_be_bytes(b);
-                    let recv = now.saturating_duration_since(self.epoch).as_micros() as u64;
+                    let recv = self
+                        .arrived
+                        .saturating_duration_since(self.epoch)
+                        .as_micros() as u64;
                     t.latency.record(recv.saturating_sub(sent));
                     // RFC 3550 §6.4.1 with wall-clock transit times.
                     let transit = recv as i64 - sent as i64;
