@@ -9,10 +9,13 @@
 //! histograms) once per second.
 //!
 //! **Latency measurement**: every published packet carries its send time (µs since a process-wide
-//! epoch) in the payload; the receiving peer (same process, same clock) records
-//! `receive time − send time`. That is the one-way time through: sender's str0m + kernel loopback +
-//! SFU + kernel loopback + receiver's str0m + the receiving thread's scheduling. It is therefore an
-//! **upper bound** of the SFU-added latency; run at low load to see the floor of the harness.
+//! epoch, read from the clock when the frame is written, not at the start of the loop turn) in
+//! the payload; the receiving peer (same process, same clock) records `arrival − send time`,
+//! where arrival is the **kernel's receive timestamp** of the datagram (`SO_TIMESTAMPNS`, see
+//! [`crate::net`]), so the time a datagram waits in the load generator's socket while its thread
+//! serves other peers is not counted. What remains is: the sender's str0m egress + kernel send
+//! path + the SFU (socket queue, decrypt, fan-out, encrypt, send) + kernel receive path. It is an
+//! upper bound of the SFU-added latency; the 1-subscriber run shows the harness floor.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -941,14 +944,20 @@ pub fn table(results: &[&Results]) -> String {
         .map(|(n, _)| n.chars().count())
         .max()
         .unwrap_or(0);
+    let w1 = rows
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|v| v.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let mut out = String::new();
     for (name, vals) in rows {
         out += &format!(
             "{name:<w0$}  {}\n",
             vals.iter()
-                .map(|v| format!("{v:>22}"))
+                .map(|v| format!("{v:>w1$}"))
                 .collect::<Vec<_>>()
-                .join("")
+                .join("  ")
         );
     }
     out

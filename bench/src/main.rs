@@ -61,19 +61,25 @@ struct LoadArgs {
     /// A TOML file with a `Scenario` (overrides --scenario); flags below override either.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// Number of rooms.
     #[arg(long)]
     rooms: Option<usize>,
+    /// Participants per room (publishers + subscribers; everyone subscribes to the others).
     #[arg(long)]
     per_room: Option<usize>,
     /// Publishers per room (the rest only subscribe).
     #[arg(long)]
     publishers: Option<usize>,
+    /// Video bitrate per publisher, kb/s (frames are split into ~1200-byte packets).
     #[arg(long)]
     video_kbps: Option<u32>,
+    /// Video frames per second.
     #[arg(long)]
     fps: Option<u32>,
+    /// Publish no video (audio only).
     #[arg(long)]
     no_video: bool,
+    /// Publish no audio.
     #[arg(long)]
     no_audio: bool,
     /// Measurement window, seconds.
@@ -110,6 +116,7 @@ struct LoadArgs {
     /// With --url: the dataplane's control socket and pid, for its stats, CPU and memory.
     #[arg(long)]
     control_socket: Option<std::path::PathBuf>,
+    /// With --url: the pid of the SFU process whose CPU and memory are measured.
     #[arg(long)]
     dataplane_pid: Option<u32>,
 }

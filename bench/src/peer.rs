@@ -442,11 +442,12 @@ impl Peer {
         let (seq, ts) = (self.audio_seq, self.audio_ts);
         self.audio_seq += 1;
         self.audio_ts = self.audio_ts.wrapping_add(960);
-        self.write(
+        let written = self.write(
             mid,
             RtpWrite::new(pt, seq.into(), ts, now, payload).marker(true),
-            now,
-        )
+        );
+        self.release(now);
+        written
     }
 
     /// Publish one video frame as `packets` packets of `size` payload bytes. It is a keyframe if
@@ -474,22 +475,28 @@ impl Peer {
             let w = RtpWrite::new(pt, seq.into(), ts, now, payload)
                 .marker(i + 1 == packets)
                 .nackable(true);
-            if !self.write(mid, w, now) {
+            if !self.write(mid, w) {
                 break;
             }
         }
+        self.release(now);
         keyframe
     }
 
-    fn write(&mut self, mid: Mid, w: RtpWrite, now: Instant) -> bool {
+    fn write(&mut self, mid: Mid, w: RtpWrite) -> bool {
         let mut api = self.rtc.direct_api();
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
             return false;
         };
         stream.write_rtp(w);
         self.sent_packets += 1;
-        self.drain_at(now);
         true
+    }
+
+    /// str0m sends written RTP on its next time input: give it one now, so the packets are in
+    /// the outbox when this returns (their latency stamps are "now", so they must leave now).
+    fn release(&mut self, now: Instant) {
+        self.handle_timeout(now);
     }
 
     /// A payload that looks like VP8 (payload descriptor + keyframe header on frame starts) and

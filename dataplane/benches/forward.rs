@@ -1,8 +1,8 @@
 //! CPU cost of the core's forwarding path: one publisher → N subscribers, 1200-byte video
 //! packets, real str0m SRTP (decrypt once, encrypt per subscriber), no sockets.
 //!
-//! Each measured iteration feeds one SRTP datagram from the publisher into the `WorkerCore` and
-//! drains everything it produces (N encrypted datagrams, RTCP when due). Throughput is reported in
+//! Each measured iteration feeds one SRTP datagram from the publisher into the `WorkerCore` (in
+//! turns of 1 or 4 datagrams, see `forward`) and drains everything it produces (N encrypted datagrams, RTCP when due). Throughput is reported in
 //! forwarded packets, so criterion's time per element is the CPU time per forwarded packet.
 //!
 //!     cargo bench -p dataplane --bench forward
@@ -86,59 +86,66 @@ fn packets(sim: &mut Sim, count: u64) -> Vec<Vec<u8>> {
 }
 
 fn forward(c: &mut Criterion) {
-    let mut group = c.benchmark_group("forward_1200B");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(4))
-        .warm_up_time(Duration::from_secs(1));
-    for n in [1usize, 10, 50] {
-        let mut sim = room(n);
-        let from = sim.peer("pub").peer.local_addr();
-        let server = sim.server;
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::new("subscribers", n), &n, |b, _| {
-            b.iter_custom(|iters| {
-                let mut measured = Duration::ZERO;
-                let mut left = iters;
-                let mut sent = 0u64;
-                while left > 0 {
-                    let chunk = left.min(500);
-                    left -= chunk;
-                    // Untimed: let the peers exchange keepalives and RTCP with the core.
-                    sim.run_for(Duration::from_millis(20));
-                    let input = packets(&mut sim, chunk);
-                    let t0 = Instant::now();
-                    for d in &input {
-                        sim.now += Duration::from_micros(1100);
-                        let now = sim.now;
-                        sim.core.handle_input(Input::Receive {
-                            now,
-                            source: from,
-                            destination: server,
-                            data: d,
-                        });
-                        if sim.core.poll_timeout().is_some_and(|t| t <= now) {
-                            sim.core.handle_input(Input::Timeout(now));
-                        }
-                        while let Some(o) = sim.core.poll_output() {
-                            if let Output::Transmit(t) = o {
-                                sent += t.contents.len() as u64;
+    // `batch` datagrams are fed before the core's timers run and its output is drained: 1 is a
+    // packet at a time; 4 is one video frame per event-loop turn, as the worker sees it when
+    // a GRO read returns a frame's packets together.
+    for batch in [1usize, 4] {
+        let mut group = c.benchmark_group(format!("forward_1200B_batch{batch}"));
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(4))
+            .warm_up_time(Duration::from_secs(1));
+        for n in [1usize, 10, 50] {
+            let mut sim = room(n);
+            let from = sim.peer("pub").peer.local_addr();
+            let server = sim.server;
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::new("subscribers", n), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    let mut measured = Duration::ZERO;
+                    let mut left = iters;
+                    let mut sent = 0u64;
+                    while left > 0 {
+                        let chunk = left.min(500);
+                        left -= chunk;
+                        // Untimed: let the peers exchange keepalives and RTCP with the core.
+                        sim.run_for(Duration::from_millis(20));
+                        let input = packets(&mut sim, chunk);
+                        let t0 = Instant::now();
+                        for turn in input.chunks(batch) {
+                            sim.now += Duration::from_micros(1100);
+                            let now = sim.now;
+                            for d in turn {
+                                sim.core.handle_input(Input::Receive {
+                                    now,
+                                    source: from,
+                                    destination: server,
+                                    data: d,
+                                });
+                            }
+                            if sim.core.poll_timeout().is_some_and(|t| t <= now) {
+                                sim.core.handle_input(Input::Timeout(now));
+                            }
+                            while let Some(o) = sim.core.poll_output() {
+                                if let Output::Transmit(t) = o {
+                                    sent += t.contents.len() as u64;
+                                }
                             }
                         }
+                        measured += t0.elapsed();
                     }
-                    measured += t0.elapsed();
-                }
-                std::hint::black_box(sent);
-                measured
+                    std::hint::black_box(sent);
+                    measured
+                });
             });
-        });
-        let c = sim.core.counters();
-        eprintln!(
-            "subscribers={n}: forwarded {} rtp, {} datagrams out, drops {:?}",
-            c.rtp_forwarded, c.datagrams_out, c.drops
-        );
+            let c = sim.core.counters();
+            eprintln!(
+                "batch={batch} subscribers={n}: forwarded {} rtp, {} datagrams out, drops {:?}",
+                c.rtp_forwarded, c.datagrams_out, c.drops
+            );
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, forward);

@@ -51,10 +51,10 @@ struct Args {
     #[arg(long, env = "SFU_NODE_ID")]
     node_id: Option<String>,
     /// Turn GSO/GRO/recvmmsg batching off (one syscall per datagram), e.g. to measure its benefit.
-    #[arg(long, env = "SFU_NO_BATCHING")]
+    #[arg(long, env = "SFU_NO_BATCHING", value_parser = clap::builder::BoolishValueParser::new())]
     no_batching: bool,
     /// Do not pin worker threads to CPUs.
-    #[arg(long, env = "SFU_NO_PIN")]
+    #[arg(long, env = "SFU_NO_PIN", value_parser = clap::builder::BoolishValueParser::new())]
     no_pin: bool,
     /// CPUs to pin workers to, round-robin (default: 0..N).
     #[arg(long, env = "SFU_CPUS", value_delimiter = ',')]

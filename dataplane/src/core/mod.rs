@@ -1167,7 +1167,13 @@ impl WorkerCore {
             );
             sp.rtp_out += 1;
             self.counters.rtp_forwarded += 1;
-            self.drain(sub, now);
+            // str0m sends written RTP on its next time input (its pacer takes a snapshot of the
+            // queues then), so polling it now would only return `Timeout(now)`. Arm the
+            // subscriber's timer instead: `handle_timeout` feeds the time and drains once for
+            // all packets written to it by this batch of input — one poll cycle per subscriber
+            // per batch instead of one per packet.
+            sp.rtc_deadline = now;
+            self.schedule(sub);
         }
     }
 
