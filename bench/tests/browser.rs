@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bench::harness::{Node, Proc, TempDir, free_udp_ports};
@@ -35,9 +35,10 @@ fn browser_available() -> Result<(), String> {
     Ok(())
 }
 
-/// Serve `POST /kill` and `POST /start` for signaling instance 0 of `node` until the listener is
-/// dropped with the test. Returns the base URL.
-fn restart_endpoint(node: Arc<Mutex<Node>>) -> String {
+/// Serve `POST /kill` and `POST /start` for signaling instance 0 of `node` while the test holds
+/// it. Returns the base URL. The thread keeps only a `Weak`, so the node (and every process it
+/// started) is dropped when the test ends, even though the accept loop never returns.
+fn restart_endpoint(node: Weak<Mutex<Node>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     std::thread::spawn(move || {
@@ -55,6 +56,9 @@ fn restart_endpoint(node: Arc<Mutex<Node>>) -> String {
             while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
                 h.clear();
             }
+            let Some(node) = node.upgrade() else {
+                return; // the test is over
+            };
             let mut node = node.lock().unwrap_or_else(|e| e.into_inner());
             let (status, body) = if line.starts_with("POST /kill") {
                 node.kill_signaling(0);
@@ -157,7 +161,7 @@ fn browser_two_pages_see_each_other_and_chat() {
     let node = Node::start_with(2, &[], &sig_refs).expect("node starts");
     let base = format!("http://{}", node.signaling[0].0);
     let node = Arc::new(Mutex::new(node));
-    let restart_url = restart_endpoint(node.clone());
+    let restart_url = restart_endpoint(Arc::downgrade(&node));
     let out_dir = repo_root().join("test-output");
     let started = Instant::now();
     let status = Command::new("node")
@@ -182,5 +186,6 @@ fn browser_two_pages_see_each_other_and_chat() {
         turn_tail.join("\n")
     );
     assert!(took < Duration::from_secs(400));
+    drop(node);
     drop(turn);
 }
