@@ -2,7 +2,7 @@
 //! a UDP socket for media, around a sans-IO [`Peer`].
 
 use std::io;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -42,6 +42,123 @@ impl Default for Media {
     }
 }
 
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// The media side of a synthetic participant over a real socket: its UDP socket (kernel receive
+/// timestamps on, see [`crate::net`]) and the pacing of what it publishes. Shared by [`Client`]
+/// and [`crate::janus::JanusClient`]; the [`Peer`] stays with its owner (a resume replaces both).
+pub(crate) struct MediaLink {
+    udp: UdpSocket,
+    buf: Vec<u8>,
+    pub(crate) media: Option<Media>,
+    next_audio: Instant,
+    next_video: Instant,
+    next_keyframe: Instant,
+}
+
+impl MediaLink {
+    /// A non-blocking UDP socket on `ip` (any port); media starts when the peer connects.
+    pub(crate) fn bind(ip: IpAddr, media: Option<Media>, now: Instant) -> io::Result<Self> {
+        let udp = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        udp.set_nonblocking(true)?;
+        crate::net::enable_rx_timestamps(&udp)?;
+        Ok(Self {
+            udp,
+            buf: vec![0; 2048],
+            media,
+            next_audio: now,
+            next_video: now,
+            next_keyframe: now
+                + media
+                    .and_then(|m| m.keyframe_interval)
+                    .unwrap_or(Duration::from_secs(3600)),
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.udp.as_raw_fd()
+    }
+
+    /// When `peer` next needs [`MediaLink::poll`] without a socket event (its timers, media ticks).
+    pub(crate) fn next_deadline(&self, peer: &Peer) -> Instant {
+        let mut t = peer.poll_timeout();
+        if let Some(m) = self.media
+            && peer.is_connected()
+        {
+            if m.audio {
+                t = t.min(self.next_audio);
+            }
+            if m.video {
+                t = t.min(self.next_video);
+            }
+        }
+        t
+    }
+
+    /// Received datagrams, `peer`'s timers, the media that is due, then everything to send.
+    pub(crate) fn poll(&mut self, peer: &mut Peer, now: Instant) {
+        // The caller's `now` may be stale when it serves many clients: read the clock here so
+        // latency stamps and arrival times are exact (str0m only needs it to be monotonic).
+        let now = now.max(Instant::now());
+        loop {
+            match crate::net::recv_from_stamped(&self.udp, &mut self.buf) {
+                Ok((n, from, arrived)) => {
+                    peer.handle_receive_at(now, arrived.unwrap_or(now), from, &self.buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+        let now = now.max(Instant::now());
+        if now >= peer.poll_timeout() {
+            peer.handle_timeout(now);
+        }
+        if let Some(m) = self.media
+            && peer.is_connected()
+        {
+            if m.audio && now >= self.next_audio {
+                self.next_audio += Duration::from_millis(20);
+                if self.next_audio < now {
+                    self.next_audio = now + Duration::from_millis(20);
+                }
+                peer.send_audio(now, m.audio_size);
+            }
+            if m.video && now >= self.next_video {
+                let frame = Duration::from_micros(1_000_000 / u64::from(m.fps.max(1)));
+                self.next_video += frame;
+                if self.next_video < now {
+                    self.next_video = now + frame;
+                }
+                // Keyframes (periodic, or requested by PLI) are several times larger than delta
+                // frames, as with real encoders.
+                let forced = m.keyframe_interval.is_some() && now >= self.next_keyframe;
+                if let (true, Some(i)) = (forced, m.keyframe_interval) {
+                    self.next_keyframe = now + i;
+                }
+                let packets = if forced || peer.wants_keyframe() {
+                    m.packets_per_frame * m.keyframe_factor.max(1)
+                } else {
+                    m.packets_per_frame
+                };
+                peer.send_video_frame(now, forced, packets, m.packet_size, m.fps);
+            }
+        }
+        self.flush(peer);
+    }
+
+    /// Send everything `peer` has queued.
+    pub(crate) fn flush(&mut self, peer: &mut Peer) {
+        while let Some((to, data)) = peer.poll_transmit() {
+            let _ = self.udp.send_to(&data, to);
+        }
+    }
+}
+
 /// A connected synthetic participant.
 pub struct Client {
     pub peer: Peer,
@@ -49,11 +166,7 @@ pub struct Client {
     pub room: String,
     ws: WebSocket<MaybeTlsStream<TcpStream>>,
     ws_open: bool,
-    udp: UdpSocket,
-    media: Option<Media>,
-    next_audio: Instant,
-    next_video: Instant,
-    next_keyframe: Instant,
+    link: MediaLink,
     /// Every server message received after `joined` (parsed).
     pub messages: Vec<Value>,
     /// Current other participants: (id, name).
@@ -70,7 +183,6 @@ pub struct Client {
     /// Successful resumes, and when the WebSocket was last lost.
     pub resumes: u32,
     pub ws_lost_at: Option<Instant>,
-    buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for Client {
@@ -151,12 +263,9 @@ impl Client {
             })
             .unwrap_or_default();
 
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        udp.set_nonblocking(true)?;
-        crate::net::enable_rx_timestamps(&udp)?;
-        let local = udp.local_addr()?;
         let now = Instant::now();
-        let mut peer = Peer::new(id.clone(), local, now, epoch);
+        let link = MediaLink::bind(LOCALHOST, media, now)?;
+        let mut peer = Peer::new(id.clone(), link.local_addr()?, now, epoch);
         let (audio, video) = media.map_or((false, false), |m| (m.audio, m.video));
         let offer = peer.create_offer(audio, video);
         ws.send(Message::text(
@@ -177,14 +286,7 @@ impl Client {
             room: room.to_string(),
             ws,
             ws_open: true,
-            udp,
-            media,
-            next_audio: now,
-            next_video: now,
-            next_keyframe: now
-                + media
-                    .and_then(|m| m.keyframe_interval)
-                    .unwrap_or(Duration::from_secs(3600)),
+            link,
             messages: Vec::new(),
             others,
             answer_sdp,
@@ -195,12 +297,11 @@ impl Client {
             next_resume_url: 0,
             resumes: 0,
             ws_lost_at: None,
-            buf: vec![0; 2048],
         };
         for v in stash {
             c.handle_server_message(v)?;
         }
-        c.flush_udp();
+        c.link.flush(&mut c.peer);
         Ok(c)
     }
 
@@ -215,24 +316,13 @@ impl Client {
             MaybeTlsStream::Plain(s) => Some(s.as_raw_fd()),
             _ => None,
         };
-        (self.udp.as_raw_fd(), ws)
+        (self.link.fd(), ws)
     }
 
     /// When this client next needs [`Client::poll`] without any socket event (peer timers,
     /// media ticks).
     pub fn next_deadline(&self) -> Instant {
-        let mut t = self.peer.poll_timeout();
-        if let Some(m) = self.media
-            && self.peer.is_connected()
-        {
-            if m.audio {
-                t = t.min(self.next_audio);
-            }
-            if m.video {
-                t = t.min(self.next_video);
-            }
-        }
-        t
+        self.link.next_deadline(&self.peer)
     }
 
     /// The UDP port of the server's ICE candidate in our answer (= the worker hosting the room).
@@ -349,13 +439,13 @@ impl Client {
                     .collect()
             })
             .unwrap_or_default();
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        udp.set_nonblocking(true)?;
-        crate::net::enable_rx_timestamps(&udp)?;
         let now = Instant::now();
-        self.peer = Peer::new(self.id.clone(), udp.local_addr()?, now, self.epoch);
-        self.udp = udp;
-        let (audio, video) = self.media.map_or((false, false), |m| (m.audio, m.video));
+        self.link = MediaLink::bind(LOCALHOST, self.link.media, now)?;
+        self.peer = Peer::new(self.id.clone(), self.link.local_addr()?, now, self.epoch);
+        let (audio, video) = self
+            .link
+            .media
+            .map_or((false, false), |m| (m.audio, m.video));
         let offer = self.peer.create_offer(audio, video);
         self.ws.send(Message::text(
             json!({"type": "offer", "sdp": offer}).to_string(),
@@ -373,7 +463,7 @@ impl Client {
         for v in stash {
             self.handle_server_message(v)?;
         }
-        self.flush_udp();
+        self.link.flush(&mut self.peer);
         Ok(())
     }
 
@@ -409,68 +499,13 @@ impl Client {
                 Err(_) => self.ws_lost(),
             }
         }
-        // The caller's `now` may be stale when it serves many clients: read the clock here so
-        // latency stamps and arrival times are exact (str0m only needs it to be monotonic).
-        let now = now.max(Instant::now());
-        loop {
-            match crate::net::recv_from_stamped(&self.udp, &mut self.buf) {
-                Ok((n, from, arrived)) => {
-                    let arrived = arrived.unwrap_or(now);
-                    self.peer
-                        .handle_receive_at(now, arrived, from, &self.buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
-            }
-        }
-        let now = now.max(Instant::now());
-        if now >= self.peer.poll_timeout() {
-            self.peer.handle_timeout(now);
-        }
-        if let Some(m) = self.media
-            && self.peer.is_connected()
-        {
-            if m.audio && now >= self.next_audio {
-                self.next_audio += Duration::from_millis(20);
-                if self.next_audio < now {
-                    self.next_audio = now + Duration::from_millis(20);
-                }
-                self.peer.send_audio(now, m.audio_size);
-            }
-            if m.video && now >= self.next_video {
-                let frame = Duration::from_micros(1_000_000 / u64::from(m.fps.max(1)));
-                self.next_video += frame;
-                if self.next_video < now {
-                    self.next_video = now + frame;
-                }
-                // Keyframes (periodic, or requested by PLI) are several times larger than delta
-                // frames, as with real encoders.
-                let forced = m.keyframe_interval.is_some() && now >= self.next_keyframe;
-                if let (true, Some(i)) = (forced, m.keyframe_interval) {
-                    self.next_keyframe = now + i;
-                }
-                let packets = if forced || self.peer.wants_keyframe() {
-                    m.packets_per_frame * m.keyframe_factor.max(1)
-                } else {
-                    m.packets_per_frame
-                };
-                self.peer
-                    .send_video_frame(now, forced, packets, m.packet_size, m.fps);
-            }
-        }
-        self.flush_udp();
+        self.link.poll(&mut self.peer, now);
         Ok(())
     }
 
     fn ws_lost(&mut self) {
         self.ws_open = false;
         self.ws_lost_at = Some(Instant::now());
-    }
-
-    fn flush_udp(&mut self) {
-        while let Some((to, data)) = self.peer.poll_transmit() {
-            let _ = self.udp.send_to(&data, to);
-        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,7 +17,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use crate::client::Media;
+use crate::client::{Media, MediaLink};
 use crate::peer::Peer;
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -177,12 +177,7 @@ pub struct JanusClient {
     pub peer: Peer,
     pub id: String,
     session: JanusSession,
-    udp: UdpSocket,
-    media: Option<Media>,
-    next_audio: Instant,
-    next_video: Instant,
-    next_keyframe: Instant,
-    buf: Vec<u8>,
+    link: MediaLink,
 }
 
 impl JanusClient {
@@ -200,11 +195,9 @@ impl JanusClient {
     ) -> anyhow::Result<Self> {
         let mut session = JanusSession::connect(url, timeout)?;
         let handle = session.attach()?;
-        let udp = UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
-        udp.set_nonblocking(true)?;
-        crate::net::enable_rx_timestamps(&udp)?;
         let now = Instant::now();
-        let mut peer = Peer::new(name, udp.local_addr()?, now, epoch);
+        let link = MediaLink::bind(bind_ip, media, now)?;
+        let mut peer = Peer::new(name, link.local_addr()?, now, epoch);
         if let Some(m) = media {
             // Publisher: make the room (fine if it exists), then publish.
             let created = session.plugin_call(handle, json!({"request": "create", "room": room, "publishers": 1, "bitrate": 0, "fir_freq": 0}))?;
@@ -256,82 +249,23 @@ impl JanusClient {
             peer,
             id: name.to_string(),
             session,
-            udp,
-            media,
-            next_audio: now,
-            next_video: now,
-            next_keyframe: now
-                + media
-                    .and_then(|m| m.keyframe_interval)
-                    .unwrap_or(Duration::from_secs(3600)),
-            buf: vec![0; 2048],
+            link,
         };
-        c.flush_udp();
+        c.link.flush(&mut c.peer);
         Ok(c)
     }
 
     pub fn fds(&self) -> (std::os::fd::RawFd, Option<std::os::fd::RawFd>) {
-        use std::os::fd::AsRawFd;
-        (self.udp.as_raw_fd(), self.session.fd())
+        (self.link.fd(), self.session.fd())
     }
 
     pub fn next_deadline(&self) -> Instant {
-        let mut t = self.peer.poll_timeout();
-        if let Some(m) = self.media
-            && self.peer.is_connected()
-        {
-            if m.audio {
-                t = t.min(self.next_audio);
-            }
-            if m.video {
-                t = t.min(self.next_video);
-            }
-        }
-        t
+        self.link.next_deadline(&self.peer)
     }
 
     pub fn poll(&mut self, now: Instant) {
         self.session.drain();
         self.session.tick();
-        // As in `Client::poll`: a fresh clock, and latency measured to the kernel arrival time.
-        let now = now.max(Instant::now());
-        while let Ok((n, from, arrived)) = crate::net::recv_from_stamped(&self.udp, &mut self.buf) {
-            self.peer
-                .handle_receive_at(now, arrived.unwrap_or(now), from, &self.buf[..n]);
-        }
-        let now = now.max(Instant::now());
-        if now >= self.peer.poll_timeout() {
-            self.peer.handle_timeout(now);
-        }
-        if let Some(m) = self.media
-            && self.peer.is_connected()
-        {
-            if m.audio && now >= self.next_audio {
-                self.next_audio = (self.next_audio + Duration::from_millis(20)).max(now);
-                self.peer.send_audio(now, m.audio_size);
-            }
-            if m.video && now >= self.next_video {
-                let frame = Duration::from_micros(1_000_000 / u64::from(m.fps.max(1)));
-                self.next_video = (self.next_video + frame).max(now);
-                let forced = m.keyframe_interval.is_some() && now >= self.next_keyframe;
-                if let (true, Some(i)) = (forced, m.keyframe_interval) {
-                    self.next_keyframe = now + i;
-                }
-                let packets = if forced || self.peer.wants_keyframe() {
-                    m.packets_per_frame * m.keyframe_factor.max(1)
-                } else {
-                    m.packets_per_frame
-                };
-                self.peer
-                    .send_video_frame(now, forced, packets, m.packet_size, m.fps);
-            }
-        }
-        self.flush_udp();
-    }
-
-    fn flush_udp(&mut self) {
-        while let Some((to, data)) = self.peer.poll_transmit() {
-            let _ = self.udp.send_to(&data, to);
-        }
+        self.link.poll(&mut self.peer, now);
     }
 }

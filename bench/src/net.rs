@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage, recvmsg, setsockopt, sockopt,
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
 };
 use nix::sys::time::TimeSpec;
 
@@ -56,12 +56,8 @@ fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
     }
-    if a.family() == Some(nix::sys::socket::AddressFamily::Inet6) {
-        return a
-            .as_sockaddr_in6()
-            .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)));
-    }
-    None
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
 }
 
 /// A `CLOCK_REALTIME` instant (since the Unix epoch) as an `Instant`: now minus its age.

@@ -409,6 +409,71 @@ impl RedisSettings {
     }
 }
 
+/// What [`subscribe`] reports to its owner.
+#[derive(Debug)]
+pub enum Subscription<'a> {
+    /// Subscribed to both channels (again).
+    Up,
+    /// The subscription was lost (reported once per loss); reconnecting with backoff.
+    Down(redis::RedisError),
+    /// A beacon on the health channel (undecodable ones are skipped).
+    Beacon(crate::Beacon),
+    /// A message on the private channel, undecoded.
+    Message(&'a [u8]),
+}
+
+/// Subscribe to `channel` and the health channel and report what arrives to `on` until `stop`
+/// is set, reconnecting after a failure with backoff (100 ms doubling to 2 s). Blocks: run it on
+/// its own thread; it checks `stop` at least every 500 ms while subscribed.
+pub fn subscribe(
+    settings: &RedisSettings,
+    channel: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    mut on: impl FnMut(Subscription<'_>),
+) {
+    use std::sync::atomic::Ordering;
+    let health = settings.health_channel();
+    let mut backoff = Duration::from_millis(100);
+    let mut up = false;
+    while !stop.load(Ordering::Relaxed) {
+        let result = (|| -> redis::RedisResult<()> {
+            let client = redis::Client::open(settings.url.as_str())?;
+            let mut conn = client.get_connection_with_timeout(settings.timeout)?;
+            let mut ps = conn.as_pubsub();
+            ps.subscribe(channel)?;
+            ps.subscribe(&health)?;
+            ps.set_read_timeout(Some(Duration::from_millis(500)))?;
+            on(Subscription::Up);
+            up = true;
+            backoff = Duration::from_millis(100);
+            while !stop.load(Ordering::Relaxed) {
+                let msg = match ps.get_message() {
+                    Ok(m) => m,
+                    Err(e) if e.is_timeout() => continue,
+                    Err(e) => return Err(e),
+                };
+                let payload = msg.get_payload_bytes();
+                if msg.get_channel_name() == health {
+                    if let Ok(b) = crate::decode::<crate::Beacon>(payload) {
+                        on(Subscription::Beacon(b));
+                    }
+                } else {
+                    on(Subscription::Message(payload));
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            if up {
+                on(Subscription::Down(e));
+                up = false;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
 /// A Redis connection with timeouts that reconnects lazily, at most once per backoff interval, so
 /// a dead Redis costs callers one fast error instead of a hang.
 pub struct RedisConn {

@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use control::registry::{
-    Placement, RedisConn, RedisRegistry, RedisSettings, Registry, RegistryError,
+    Placement, RedisConn, RedisRegistry, RedisSettings, Registry, RegistryError, Subscription,
+    subscribe,
 };
 use control::{Beacon, BeaconKind, FromDataplane, RpcEnvelope, ToDataplane};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -205,47 +206,21 @@ fn subscriber(
         let _ = out.send(e);
         let _ = waker.wake();
     };
-    let mut backoff = Duration::from_millis(100);
-    let mut was_up = false;
-    while !stop.load(Ordering::Relaxed) {
-        let result = (|| -> redis::RedisResult<()> {
-            let client = redis::Client::open(settings.url.as_str())?;
-            let mut conn = client.get_connection_with_timeout(settings.timeout)?;
-            let mut ps = conn.as_pubsub();
-            ps.subscribe(settings.reply_channel(signaling_id))?;
-            ps.subscribe(settings.health_channel())?;
-            ps.set_read_timeout(Some(Duration::from_millis(500)))?;
-            emit(ClusterEvent::Subscribed(true));
-            was_up = true;
-            backoff = Duration::from_millis(100);
-            while !stop.load(Ordering::Relaxed) {
-                let msg = match ps.get_message() {
-                    Ok(m) => m,
-                    Err(e) if e.is_timeout() => continue,
-                    Err(e) => return Err(e),
-                };
-                let payload = msg.get_payload_bytes();
-                if msg.get_channel_name() == settings.health_channel() {
-                    if let Ok(b) = control::decode::<Beacon>(payload) {
-                        emit(ClusterEvent::Beacon(b));
-                    }
-                } else {
-                    match control::decode::<FromDataplane>(payload) {
-                        Ok(m) => emit(ClusterEvent::Reply(m)),
-                        Err(e) => warn!(error = %e, "bad reply from a dataplane"),
-                    }
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            if was_up {
+    subscribe(
+        settings,
+        &settings.reply_channel(signaling_id),
+        stop,
+        |s| match s {
+            Subscription::Up => emit(ClusterEvent::Subscribed(true)),
+            Subscription::Down(e) => {
                 warn!(error = %e, "redis subscription lost; reconnecting");
                 emit(ClusterEvent::Subscribed(false));
-                was_up = false;
             }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
+            Subscription::Beacon(b) => emit(ClusterEvent::Beacon(b)),
+            Subscription::Message(payload) => match control::decode::<FromDataplane>(payload) {
+                Ok(m) => emit(ClusterEvent::Reply(m)),
+                Err(e) => warn!(error = %e, "bad reply from a dataplane"),
+            },
+        },
+    );
 }

@@ -1173,7 +1173,10 @@ impl WorkerCore {
             // all packets written to it by this batch of input — one poll cycle per subscriber
             // per batch instead of one per packet.
             sp.rtc_deadline = now;
-            self.schedule(sub);
+            // Only the first packet of a turn for this subscriber needs the heap entry.
+            if sp.scheduled.is_none_or(|s| s > now) {
+                self.schedule(sub);
+            }
         }
     }
 

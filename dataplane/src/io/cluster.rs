@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use control::registry::{NodeInfo, Placement, RedisConn, RedisRegistry, RedisSettings, Registry};
+use control::registry::{
+    NodeInfo, Placement, RedisConn, RedisRegistry, RedisSettings, Registry, Subscription, subscribe,
+};
 use control::{Beacon, BeaconKind, RpcEnvelope};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::Waker;
@@ -302,42 +304,21 @@ fn subscriber(
         let _ = out.send(m);
         let _ = waker.wake();
     };
-    let mut backoff = Duration::from_millis(100);
-    while !stop.load(Ordering::Relaxed) {
-        let result = (|| -> redis::RedisResult<()> {
-            let client = redis::Client::open(settings.url.as_str())?;
-            let mut conn = client.get_connection_with_timeout(settings.timeout)?;
-            let mut ps = conn.as_pubsub();
-            ps.subscribe(settings.rpc_channel(node_id))?;
-            ps.subscribe(settings.health_channel())?;
-            ps.set_read_timeout(Some(Duration::from_millis(500)))?;
-            emit(ClusterIn::Subscribed(true));
-            backoff = Duration::from_millis(100);
-            while !stop.load(Ordering::Relaxed) {
-                let msg = match ps.get_message() {
-                    Ok(m) => m,
-                    Err(e) if e.is_timeout() => continue,
-                    Err(e) => return Err(e),
-                };
-                let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                if msg.get_channel_name() == settings.health_channel() {
-                    if let Ok(b) = control::decode::<Beacon>(&payload) {
-                        emit(ClusterIn::Beacon(b));
-                    }
-                } else {
-                    match control::decode::<RpcEnvelope>(&payload) {
-                        Ok(env) => emit(ClusterIn::Rpc(env)),
-                        Err(e) => debug!(error = %e, "bad rpc message"),
-                    }
-                }
+    subscribe(
+        settings,
+        &settings.rpc_channel(node_id),
+        stop,
+        |s| match s {
+            Subscription::Up => emit(ClusterIn::Subscribed(true)),
+            Subscription::Down(e) => {
+                warn!(error = %e, "redis subscription lost; reconnecting");
+                emit(ClusterIn::Subscribed(false));
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            debug!(error = %e, "subscriber disconnected");
-            emit(ClusterIn::Subscribed(false));
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
+            Subscription::Beacon(b) => emit(ClusterIn::Beacon(b)),
+            Subscription::Message(payload) => match control::decode::<RpcEnvelope>(payload) {
+                Ok(env) => emit(ClusterIn::Rpc(env)),
+                Err(e) => debug!(error = %e, "bad rpc message"),
+            },
+        },
+    );
 }
