@@ -159,6 +159,75 @@ impl MediaLink {
     }
 }
 
+/// What a join on a signaling WebSocket produced.
+struct Joined {
+    id: String,
+    resume_token: Option<String>,
+    others: Vec<(String, String)>,
+    link: MediaLink,
+    peer: Peer,
+    answer_sdp: String,
+    /// Server messages that arrived while waiting, in order.
+    stash: Vec<Value>,
+}
+
+/// Send `join` on `ws` (blocking, with its read timeout), wait for `joined`, then make the first
+/// offer from a fresh socket and peer and apply the answer.
+fn join_on(
+    ws: &mut WebSocket<MaybeTlsStream<TcpStream>>,
+    room: &str,
+    name: &str,
+    media: Option<Media>,
+    epoch: Instant,
+) -> anyhow::Result<Joined> {
+    ws.send(Message::text(
+        json!({"type": "join", "room": room, "name": name}).to_string(),
+    ))?;
+    let mut stash = Vec::new();
+    let joined = wait_for(ws, "joined", &mut stash)?;
+    let id = joined["participant"]["id"]
+        .as_str()
+        .context("joined without id")?
+        .to_string();
+    let resume_token = joined["resume"].as_str().map(str::to_string);
+    let others = joined["participants"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| {
+                    Some((
+                        p["id"].as_str()?.to_string(),
+                        p["name"].as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = Instant::now();
+    let link = MediaLink::bind(LOCALHOST, media, now)?;
+    let mut peer = Peer::new(id.clone(), link.local_addr()?, now, epoch);
+    let (audio, video) = media.map_or((false, false), |m| (m.audio, m.video));
+    let offer = peer.create_offer(audio, video);
+    ws.send(Message::text(
+        json!({"type": "offer", "sdp": offer}).to_string(),
+    ))?;
+    let answer = wait_for(ws, "answer", &mut stash)?;
+    let answer_sdp = answer["sdp"]
+        .as_str()
+        .context("answer without sdp")?
+        .to_string();
+    peer.handle_answer(&answer_sdp)?;
+    Ok(Joined {
+        id,
+        resume_token,
+        others,
+        link,
+        peer,
+        answer_sdp,
+        stash,
+    })
+}
+
 /// A connected synthetic participant.
 pub struct Client {
     pub peer: Peer,
@@ -239,44 +308,15 @@ impl Client {
             s.set_read_timeout(Some(timeout))?;
             s.set_nodelay(true)?;
         }
-        ws.send(Message::text(
-            json!({"type": "join", "room": room, "name": name}).to_string(),
-        ))?;
-        let mut stash = Vec::new();
-        let joined = wait_for(&mut ws, "joined", &mut stash)?;
-        let id = joined["participant"]["id"]
-            .as_str()
-            .context("joined without id")?
-            .to_string();
-        let resume_token = joined["resume"].as_str().map(str::to_string);
-        let others = joined["participants"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| {
-                        Some((
-                            p["id"].as_str()?.to_string(),
-                            p["name"].as_str()?.to_string(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-
-        let now = Instant::now();
-        let link = MediaLink::bind(LOCALHOST, media, now)?;
-        let mut peer = Peer::new(id.clone(), link.local_addr()?, now, epoch);
-        let (audio, video) = media.map_or((false, false), |m| (m.audio, m.video));
-        let offer = peer.create_offer(audio, video);
-        ws.send(Message::text(
-            json!({"type": "offer", "sdp": offer}).to_string(),
-        ))?;
-        let answer = wait_for(&mut ws, "answer", &mut stash)?;
-        let answer_sdp = answer["sdp"]
-            .as_str()
-            .context("answer without sdp")?
-            .to_string();
-        peer.handle_answer(&answer_sdp)?;
+        let Joined {
+            id,
+            resume_token,
+            others,
+            link,
+            peer,
+            answer_sdp,
+            stash,
+        } = join_on(&mut ws, room, name, media, epoch)?;
         if let MaybeTlsStream::Plain(s) = ws.get_mut() {
             s.set_nonblocking(true)?;
         }
@@ -416,51 +456,23 @@ impl Client {
             s.set_nonblocking(false)?;
             s.set_read_timeout(Some(timeout))?;
         }
-        self.ws.send(Message::text(
-            json!({"type": "join", "room": self.room, "name": self.name}).to_string(),
-        ))?;
-        let mut stash = Vec::new();
-        let joined = wait_for(&mut self.ws, "joined", &mut stash)?;
-        self.id = joined["participant"]["id"]
-            .as_str()
-            .context("joined without id")?
-            .to_string();
-        self.resume_token = joined["resume"].as_str().map(str::to_string);
-        self.others = joined["participants"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| {
-                        Some((
-                            p["id"].as_str()?.to_string(),
-                            p["name"].as_str()?.to_string(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let now = Instant::now();
-        self.link = MediaLink::bind(LOCALHOST, self.link.media, now)?;
-        self.peer = Peer::new(self.id.clone(), self.link.local_addr()?, now, self.epoch);
-        let (audio, video) = self
-            .link
-            .media
-            .map_or((false, false), |m| (m.audio, m.video));
-        let offer = self.peer.create_offer(audio, video);
-        self.ws.send(Message::text(
-            json!({"type": "offer", "sdp": offer}).to_string(),
-        ))?;
-        let answer = wait_for(&mut self.ws, "answer", &mut stash)?;
-        self.answer_sdp = answer["sdp"]
-            .as_str()
-            .context("answer without sdp")?
-            .to_string();
-        let sdp = self.answer_sdp.clone();
-        self.peer.handle_answer(&sdp)?;
+        let j = join_on(
+            &mut self.ws,
+            &self.room,
+            &self.name,
+            self.link.media,
+            self.epoch,
+        )?;
+        self.id = j.id;
+        self.resume_token = j.resume_token;
+        self.others = j.others;
+        self.link = j.link;
+        self.peer = j.peer;
+        self.answer_sdp = j.answer_sdp;
         if let MaybeTlsStream::Plain(s) = self.ws.get_mut() {
             s.set_nonblocking(true)?;
         }
-        for v in stash {
+        for v in j.stash {
             self.handle_server_message(v)?;
         }
         self.link.flush(&mut self.peer);

@@ -269,10 +269,8 @@ impl Node {
         )
     }
 
-    /// Start one more signaling instance on a free port; wait until it is healthy.
-    pub fn add_signaling(&mut self) -> anyhow::Result<SocketAddr> {
-        let port = free_tcp_port()?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    /// The command line of a signaling instance of this node listening on `addr`.
+    fn signaling_args(&self, addr: SocketAddr) -> Vec<String> {
         let mut args = vec![
             "--listen".into(),
             addr.to_string(),
@@ -280,6 +278,14 @@ impl Node {
             self.control_socket.display().to_string(),
         ];
         args.extend(self.extra_signaling_args.iter().cloned());
+        args
+    }
+
+    /// Start one more signaling instance on a free port; wait until it is healthy.
+    pub fn add_signaling(&mut self) -> anyhow::Result<SocketAddr> {
+        let port = free_tcp_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let args = self.signaling_args(addr);
         let n = self.signaling.len();
         let p = Proc::spawn(
             "signaling",
@@ -306,13 +312,7 @@ impl Node {
         };
         old.kill();
         let addr = *addr;
-        let mut args = vec![
-            "--listen".into(),
-            addr.to_string(),
-            "--control-socket".into(),
-            self.control_socket.display().to_string(),
-        ];
-        args.extend(self.extra_signaling_args.iter().cloned());
+        let args = self.signaling_args(addr);
         let log = self
             .dir
             .0
@@ -369,6 +369,63 @@ impl Node {
             s += &format!("--- signaling {a} ---\n{}\n", p.log_text());
         }
         s
+    }
+}
+
+/// Debian `coturn` on a free loopback port with a shared secret (TURN REST API credentials),
+/// logging into a directory; stopped when dropped.
+#[derive(Debug)]
+pub struct Turn {
+    _proc: Proc,
+    pub port: u16,
+    /// `turn:127.0.0.1:<port>?transport=udp`
+    pub url: String,
+    pub secret: String,
+}
+
+impl Turn {
+    /// Whether `turnserver` is installed.
+    pub fn installed() -> bool {
+        Command::new("turnserver").arg("-h").output().is_ok()
+    }
+
+    /// Start it with `secret` and 40 relay ports; its log is `dir/turn.log`.
+    pub fn start(dir: &Path, secret: &str) -> anyhow::Result<Self> {
+        let port = free_udp_ports(1)?;
+        let relay = free_udp_ports(40)?;
+        let args: Vec<String> = vec![
+            "-n".into(),
+            "--listening-ip=127.0.0.1".into(),
+            format!("--listening-port={port}"),
+            "--relay-ip=127.0.0.1".into(),
+            format!("--min-port={relay}"),
+            format!("--max-port={}", relay + 39),
+            "--use-auth-secret".into(),
+            format!("--static-auth-secret={secret}"),
+            "--realm=sfu.test".into(),
+            "--fingerprint".into(),
+            "--no-tls".into(),
+            "--no-dtls".into(),
+            "--no-cli".into(),
+            "--allow-loopback-peers".into(),
+            "--no-multicast-peers".into(),
+            format!("--userdb={}", dir.join("turndb").display()),
+            format!("--pidfile={}", dir.join("turn.pid").display()),
+            format!("--log-file={}", dir.join("turn.log").display()),
+            "--simple-log".into(),
+        ];
+        let proc = Proc::spawn(
+            "turnserver",
+            Path::new("turnserver"),
+            &args,
+            dir.join("turn.out"),
+        )?;
+        Ok(Self {
+            _proc: proc,
+            port,
+            url: format!("turn:127.0.0.1:{port}?transport=udp"),
+            secret: secret.to_string(),
+        })
     }
 }
 

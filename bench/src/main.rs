@@ -158,17 +158,6 @@ fn join(url: &str, room: &str) -> anyhow::Result<(Ws, String)> {
     Ok((ws, node))
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Client round trips Redis has served: `EVALSHA` + `PUBLISH` calls (every call our processes make
 /// on the join path is one of these; `INFO stats` would also count the commands run inside the
 /// Lua scripts, which are not round trips).
@@ -367,7 +356,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // 1. Idle sessions: open and join `sessions` WebSockets (100 rooms), hold them.
-    let rss0 = rss_kib(sig_pid);
+    let rss0 = bench::stats::rss_kib(sig_pid);
     let t = Instant::now();
     let mut held = Vec::with_capacity(sessions);
     for i in 0..sessions {
@@ -381,7 +370,7 @@ fn main() -> anyhow::Result<()> {
     let cpu0 = cpu_seconds(sig_pid).unwrap_or(0.0);
     std::thread::sleep(Duration::from_secs(hold_secs));
     let idle_cpu = cpu_seconds(sig_pid).unwrap_or(0.0) - cpu0;
-    let rss1 = rss_kib(sig_pid);
+    let rss1 = bench::stats::rss_kib(sig_pid);
     println!(
         "idle: {sessions} joined sessions held on one signaling instance; opened in {open_time:.2?}; \
          signaling RSS {rss0} → {rss1} KiB ({:.1} KiB/session); CPU while idle {:.3} s over {hold_secs} s",

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bench::harness::{Node, Proc, TempDir, free_udp_ports};
+use bench::harness::{Node, TempDir, Turn};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -82,46 +82,6 @@ fn restart_endpoint(node: Weak<Mutex<Node>>) -> String {
     url
 }
 
-/// Start coturn on loopback with a shared secret (TURN REST API). Returns the process, the TURN URL
-/// and the secret, or `None` if coturn is not installed.
-fn start_coturn(dir: &std::path::Path) -> Option<(Proc, String, String)> {
-    if Command::new("turnserver").arg("-h").output().is_err() {
-        return None;
-    }
-    let secret = format!("turn-{:016x}", rand_u64());
-    let port = free_udp_ports(1).expect("turn port");
-    let relay = free_udp_ports(40).expect("relay ports");
-    let args: Vec<String> = vec![
-        "-n".into(),
-        "--listening-ip=127.0.0.1".into(),
-        format!("--listening-port={port}"),
-        "--relay-ip=127.0.0.1".into(),
-        format!("--min-port={relay}"),
-        format!("--max-port={}", relay + 39),
-        "--use-auth-secret".into(),
-        format!("--static-auth-secret={secret}"),
-        "--realm=sfu.test".into(),
-        "--fingerprint".into(),
-        "--no-tls".into(),
-        "--no-dtls".into(),
-        "--no-cli".into(),
-        "--allow-loopback-peers".into(),
-        "--no-multicast-peers".into(),
-        format!("--userdb={}", dir.join("turndb").display()),
-        format!("--pidfile={}", dir.join("turn.pid").display()),
-        format!("--log-file={}", dir.join("turn.log").display()),
-        "--simple-log".into(),
-    ];
-    let p = Proc::spawn(
-        "turnserver",
-        std::path::Path::new("turnserver"),
-        &args,
-        dir.join("turn.out"),
-    )
-    .expect("coturn");
-    Some((p, format!("turn:127.0.0.1:{port}?transport=udp"), secret))
-}
-
 fn rand_u64() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -140,7 +100,8 @@ fn browser_two_pages_see_each_other_and_chat() {
         return;
     }
     let dir = TempDir::new("sfu-browser").expect("dir");
-    let turn = start_coturn(&dir.0);
+    let turn = Turn::installed()
+        .then(|| Turn::start(&dir.0, &format!("turn-{:016x}", rand_u64())).expect("coturn starts"));
     if turn.is_none() {
         assert!(
             std::env::var("SFU_REQUIRE_BROWSER").is_err(),
@@ -149,11 +110,11 @@ fn browser_two_pages_see_each_other_and_chat() {
         eprintln!("coturn not installed: the TURN scenario will be skipped");
     }
     let sig_args: Vec<String> = match &turn {
-        Some((_, url, secret)) => vec![
+        Some(t) => vec![
             "--turn-url".into(),
-            url.clone(),
+            t.url.clone(),
             "--turn-secret".into(),
-            secret.clone(),
+            t.secret.clone(),
         ],
         None => vec![],
     };
@@ -171,7 +132,7 @@ fn browser_two_pages_see_each_other_and_chat() {
         .env("RESTART_SIGNALING_URL", &restart_url)
         .env(
             "TURN_URL",
-            turn.as_ref().map(|(_, u, _)| u.as_str()).unwrap_or(""),
+            turn.as_ref().map(|t| t.url.as_str()).unwrap_or(""),
         )
         .current_dir(repo_root().join("scripts/browser"))
         .status()

@@ -48,6 +48,21 @@ fn join(c: &Cluster, via: usize, room: &str, name: &str, epoch: Instant) -> Clie
     .unwrap_or_else(|e| panic!("{name} failed to join via node {via}: {e:#}\n{}", c.logs()))
 }
 
+/// Join `room` as each `(signaling instance, name)` and wait until everyone receives everyone's
+/// video.
+fn call(c: &Cluster, room: &str, parts: &[(usize, &str)], epoch: Instant) -> Vec<Client> {
+    let mut cs: Vec<Client> = parts
+        .iter()
+        .map(|(via, name)| join(c, *via, room, name, epoch))
+        .collect();
+    assert!(
+        client::run(&mut cs, T, |cs| all_flowing(cs, 30)).expect("run"),
+        "{}",
+        c.logs()
+    );
+    cs
+}
+
 fn video(a: &Client, b: &Client) -> u64 {
     a.peer.received.packets_from(&b.id, MediaKind::Video)
 }
@@ -89,15 +104,7 @@ fn cluster_signaling_crash_clients_resume_elsewhere_and_media_never_stops() {
     };
     let epoch = Instant::now();
     // Both clients on node a's signaling; the room lives on whichever node is least loaded.
-    let mut cs = vec![
-        join(&c, 0, "sig-crash", "alice", epoch),
-        join(&c, 0, "sig-crash", "bob", epoch),
-    ];
-    assert!(
-        client::run(&mut cs, T, |cs| all_flowing(cs, 30)).expect("run"),
-        "no media\n{}",
-        c.logs()
-    );
+    let mut cs = call(&c, "sig-crash", &[(0, "alice"), (0, "bob")], epoch);
     for cl in &mut cs {
         cl.resume_urls = vec![c.nodes[1].ws_url()];
     }
@@ -141,15 +148,7 @@ fn cluster_signaling_crash_clients_resume_elsewhere_and_media_never_stops() {
 
     // The supervisor restarts sig-a: new joins through it work, to a room on either node.
     c.nodes[0].start_signaling().expect("restart sig-a");
-    let mut fresh = vec![
-        join(&c, 0, "after-restart", "dave", epoch),
-        join(&c, 1, "after-restart", "erin", epoch),
-    ];
-    assert!(
-        client::run(&mut fresh, T, |cs| all_flowing(cs, 30)).expect("run"),
-        "{}",
-        c.logs()
-    );
+    let _fresh = call(&c, "after-restart", &[(0, "dave"), (1, "erin")], epoch);
     assert_keeps_flowing(
         &c,
         &mut cs,
@@ -166,15 +165,7 @@ fn cluster_redis_outage_keeps_calls_and_refuses_new_rooms_quickly() {
     };
     let epoch = Instant::now();
     // One call through each signaling instance, so both local and relayed sessions are covered.
-    let mut cs = vec![
-        join(&c, 0, "redis-a", "a1", epoch),
-        join(&c, 1, "redis-a", "a2", epoch),
-    ];
-    assert!(
-        client::run(&mut cs, T, |cs| all_flowing(cs, 30)).expect("run"),
-        "{}",
-        c.logs()
-    );
+    let mut cs = call(&c, "redis-a", &[(0, "a1"), (1, "a2")], epoch);
 
     c.redis.kill();
     let pids: Vec<u32> = c
@@ -233,15 +224,7 @@ fn cluster_redis_outage_keeps_calls_and_refuses_new_rooms_quickly() {
         assert!(Instant::now() < end, "nodes did not re-register");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut fresh = vec![
-        join(&c, 0, "after-redis", "n1", epoch),
-        join(&c, 1, "after-redis", "n2", epoch),
-    ];
-    assert!(
-        client::run(&mut fresh, T, |cs| all_flowing(cs, 30)).expect("run"),
-        "{}",
-        c.logs()
-    );
+    let _fresh = call(&c, "after-redis", &[(0, "n1"), (1, "n2")], epoch);
     assert_keeps_flowing(
         &c,
         &mut cs,
@@ -257,15 +240,7 @@ fn cluster_dataplane_crash_closes_its_rooms_and_rejoin_lands_on_the_survivor() {
         return;
     };
     let epoch = Instant::now();
-    let mut cs = vec![
-        join(&c, 0, "dp-crash", "x1", epoch),
-        join(&c, 1, "dp-crash", "x2", epoch),
-    ];
-    assert!(
-        client::run(&mut cs, T, |cs| all_flowing(cs, 30)).expect("run"),
-        "{}",
-        c.logs()
-    );
+    let mut cs = call(&c, "dp-crash", &[(0, "x1"), (1, "x2")], epoch);
     let port = cs[0].server_port().expect("candidate port");
     let owner = c.node_by_port(port).expect("owner node");
     let survivor = 1 - owner;
@@ -315,15 +290,7 @@ fn cluster_drain_moves_new_rooms_away_finishes_old_ones_then_exits() {
         return;
     };
     let epoch = Instant::now();
-    let mut cs = vec![
-        join(&c, 0, "drain-old", "o1", epoch),
-        join(&c, 0, "drain-old", "o2", epoch),
-    ];
-    assert!(
-        client::run(&mut cs, T, |cs| all_flowing(cs, 30)).expect("run"),
-        "{}",
-        c.logs()
-    );
+    let mut cs = call(&c, "drain-old", &[(0, "o1"), (0, "o2")], epoch);
     let owner = c
         .node_by_port(cs[0].server_port().expect("port"))
         .expect("owner");
@@ -386,19 +353,10 @@ fn cluster_rolling_restart_of_signaling_drops_no_call() {
         return;
     };
     let epoch = Instant::now();
-    let mut cs = vec![
-        join(&c, 0, "rolling", "r1", epoch),
-        join(&c, 1, "rolling", "r2", epoch),
-        join(&c, 0, "rolling", "r3", epoch),
-    ];
+    let mut cs = call(&c, "rolling", &[(0, "r1"), (1, "r2"), (0, "r3")], epoch);
     for cl in &mut cs {
         cl.resume_urls = vec![c.nodes[0].ws_url(), c.nodes[1].ws_url()];
     }
-    assert!(
-        client::run(&mut cs, T, |cs| all_flowing(cs, 30)).expect("run"),
-        "{}",
-        c.logs()
-    );
 
     // The script restarts each instance in turn; here the harness plays the supervisor
     // (systemd's Restart=always): whenever an instance exits, it is started again.

@@ -418,11 +418,7 @@ fn flooding_client_is_rate_limited_then_disconnected() {
 
 #[test]
 fn turn_credentials_from_joined_are_accepted_by_coturn() {
-    if std::process::Command::new("turnserver")
-        .arg("-h")
-        .output()
-        .is_err()
-    {
+    if !bench::harness::Turn::installed() {
         assert!(
             std::env::var("SFU_REQUIRE_TURN").is_err(),
             "coturn is required but missing"
@@ -432,38 +428,8 @@ fn turn_credentials_from_joined_are_accepted_by_coturn() {
     }
     const SECRET: &str = "turn-test-secret";
     let dir = bench::harness::TempDir::new("sfu-turn").expect("dir");
-    let port = bench::harness::free_udp_ports(1).expect("port");
-    let relay = bench::harness::free_udp_ports(20).expect("relay ports");
-    let turn_args: Vec<String> = [
-        "-n".to_string(),
-        "--listening-ip=127.0.0.1".into(),
-        format!("--listening-port={port}"),
-        "--relay-ip=127.0.0.1".into(),
-        format!("--min-port={relay}"),
-        format!("--max-port={}", relay + 19),
-        "--use-auth-secret".into(),
-        format!("--static-auth-secret={SECRET}"),
-        "--realm=sfu.test".into(),
-        "--fingerprint".into(),
-        "--no-tls".into(),
-        "--no-dtls".into(),
-        "--no-cli".into(),
-        "--allow-loopback-peers".into(),
-        "--no-multicast-peers".into(),
-        format!("--userdb={}", dir.0.join("turndb").display()),
-        format!("--pidfile={}", dir.0.join("turn.pid").display()),
-        format!("--log-file={}", dir.0.join("turn.log").display()),
-        "--simple-log".into(),
-    ]
-    .to_vec();
-    let _turn = bench::harness::Proc::spawn(
-        "turnserver",
-        std::path::Path::new("turnserver"),
-        &turn_args,
-        dir.0.join("turn.out"),
-    )
-    .expect("coturn");
-    let turn_url = format!("turn:127.0.0.1:{port}?transport=udp");
+    let coturn = bench::harness::Turn::start(&dir.0, SECRET).expect("coturn");
+    let turn_url = coturn.url.clone();
     let node = Node::start_with(1, &[], &["--turn-url", &turn_url, "--turn-secret", SECRET])
         .expect("node");
     let (mut ws, _) = tungstenite::connect(node.ws_url(0)).expect("connect");
@@ -493,7 +459,7 @@ fn turn_credentials_from_joined_are_accepted_by_coturn() {
                 "-w",
                 pass,
                 "-p",
-                &port.to_string(),
+                &coturn.port.to_string(),
                 "-n",
                 "5",
                 "-m",

@@ -1453,22 +1453,30 @@ impl WorkerCore {
                 }
                 r
             }
-            None => self
-                .rooms
-                .get(&p.room)
-                .map(|r| {
-                    r.participants
-                        .iter()
-                        .copied()
-                        .filter(|x| *x != from)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            None => Self::room_except(&self.rooms, &p.room, from),
         };
         for r in recipients {
             self.send_chat(r, &delivery);
             self.drain(r, now);
         }
+    }
+
+    /// Everyone in `room` but `except` (over `rooms` alone, so a participant may be borrowed).
+    fn room_except(
+        rooms: &HashMap<String, Room>,
+        room: &str,
+        except: ParticipantIdx,
+    ) -> Vec<ParticipantIdx> {
+        rooms
+            .get(room)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .copied()
+                    .filter(|x| *x != except)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A participant announced its mute state: remember it (for later joiners) and tell the room.
@@ -1478,18 +1486,7 @@ impl WorkerCore {
         };
         p.media_state = state;
         let msg = state.to_json(&p.id);
-        let others: Vec<ParticipantIdx> = self
-            .rooms
-            .get(&p.room)
-            .map(|r| {
-                r.participants
-                    .iter()
-                    .copied()
-                    .filter(|x| *x != from)
-                    .collect()
-            })
-            .unwrap_or_default();
-        for o in others {
+        for o in Self::room_except(&self.rooms, &p.room, from) {
             self.send_chat(o, &msg);
             self.drain(o, now);
         }
