@@ -11,6 +11,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// Signaling arguments for load generation: one address opens thousands of sessions, so the
+/// per-address and per-connection abuse limits are lifted.
+pub const LOAD_SIGNALING_ARGS: &[&str] = &[
+    "--rate-limit",
+    "1000",
+    "--join-rate-per-ip",
+    "1000000",
+    "--max-connections-per-ip",
+    "1000000",
+    "--max-sessions-per-token",
+    "0",
+];
+
 /// Directory holding the workspace binaries (`target/<profile>`), found from the running test or
 /// benchmark executable (`target/<profile>/deps/<name>`), or `SFU_BIN_DIR`.
 pub fn bin_dir() -> PathBuf {
@@ -201,6 +214,8 @@ pub struct Node {
     pub workers: u16,
     pub dataplane: Proc,
     pub signaling: Vec<(SocketAddr, Proc)>,
+    /// The metrics address (`/metrics`, `/healthz`) of each signaling instance.
+    pub signaling_metrics: Vec<SocketAddr>,
     extra_dataplane_args: Vec<String>,
     extra_signaling_args: Vec<String>,
 }
@@ -232,6 +247,7 @@ impl Node {
             workers,
             dataplane,
             signaling: Vec::new(),
+            signaling_metrics: Vec::new(),
             extra_dataplane_args: extra,
             extra_signaling_args: signaling_args.iter().map(|s| s.to_string()).collect(),
         };
@@ -269,11 +285,14 @@ impl Node {
         )
     }
 
-    /// The command line of a signaling instance of this node listening on `addr`.
-    fn signaling_args(&self, addr: SocketAddr) -> Vec<String> {
+    /// The command line of a signaling instance of this node listening on `addr`, with its
+    /// metrics on `metrics`.
+    fn signaling_args(&self, addr: SocketAddr, metrics: SocketAddr) -> Vec<String> {
         let mut args = vec![
             "--listen".into(),
             addr.to_string(),
+            "--metrics-listen".into(),
+            metrics.to_string(),
             "--control-socket".into(),
             self.control_socket.display().to_string(),
         ];
@@ -285,7 +304,8 @@ impl Node {
     pub fn add_signaling(&mut self) -> anyhow::Result<SocketAddr> {
         let port = free_tcp_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let args = self.signaling_args(addr);
+        let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+        let args = self.signaling_args(addr, metrics);
         let n = self.signaling.len();
         let p = Proc::spawn(
             "signaling",
@@ -294,6 +314,7 @@ impl Node {
             self.dir.0.join(format!("signaling-{n}-{port}.log")),
         )?;
         self.signaling.push((addr, p));
+        self.signaling_metrics.push(metrics);
         self.wait_healthy(addr, Duration::from_secs(20))?;
         Ok(addr)
     }
@@ -312,7 +333,7 @@ impl Node {
         };
         old.kill();
         let addr = *addr;
-        let args = self.signaling_args(addr);
+        let args = self.signaling_args(addr, self.signaling_metrics[i]);
         let log = self
             .dir
             .0
@@ -506,6 +527,8 @@ pub struct ClusterNode {
     pub control_socket: PathBuf,
     pub udp_base: u16,
     pub sig_addr: SocketAddr,
+    /// Signaling's metrics address.
+    pub sig_metrics: SocketAddr,
     pub dataplane: Proc,
     pub signaling: Proc,
     dp_args: Vec<String>,
@@ -607,6 +630,7 @@ impl Cluster {
         let control_socket = self.dir.0.join(format!("{node_id}.sock"));
         let udp_base = free_udp_ports(1)?;
         let sig_addr: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+        let sig_metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
         let mut dp_args: Vec<String> = vec![
             "--workers".into(),
             "1".into(),
@@ -628,6 +652,8 @@ impl Cluster {
         let mut sig_args: Vec<String> = vec![
             "--listen".into(),
             sig_addr.to_string(),
+            "--metrics-listen".into(),
+            sig_metrics.to_string(),
             "--control-socket".into(),
             control_socket.display().to_string(),
             "--signaling-id".into(),
@@ -660,6 +686,7 @@ impl Cluster {
             control_socket,
             udp_base,
             sig_addr,
+            sig_metrics,
             dataplane,
             signaling,
             dp_args,

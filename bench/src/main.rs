@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bench::harness::{Cluster, Node, cpu_seconds};
+use bench::harness::{Cluster, LOAD_SIGNALING_ARGS, Node, cpu_seconds};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use tungstenite::stream::MaybeTlsStream;
@@ -230,6 +230,8 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
         let mut dp_args: Vec<String> = vec![
             "--max-participants-per-room".into(),
             "100000".into(),
+            "--max-participants".into(),
+            "1000000".into(),
             "--socket-buffer".into(),
             (32 << 20).to_string(),
         ];
@@ -254,7 +256,7 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
                 },
             ),
             None => {
-                let n = Node::start_with(a.workers, &refs, &["--rate-limit", "1000"])?;
+                let n = Node::start_with(a.workers, &refs, LOAD_SIGNALING_ARGS)?;
                 let t = Target {
                     sfu: load::Sfu::Ours,
                     ws_urls: vec![n.ws_url(0)],
@@ -332,9 +334,11 @@ fn main() -> anyhow::Result<()> {
         "3600",
         "--max-participants-per-room",
         "100000",
+        "--max-participants",
+        "1000000",
     ];
     let (urls, sig_pid, dp_pid, redis_port, _node, _cluster) = if cluster {
-        let c = Cluster::start(2, &dp_args, &["--rate-limit", "1000"])?;
+        let c = Cluster::start(2, &dp_args, LOAD_SIGNALING_ARGS)?;
         let urls: Vec<String> = c.nodes.iter().map(|n| n.ws_url()).collect();
         // url i belongs to node i: "node-a", "node-b".
         let sig = c.nodes[0].signaling.pid().context("pid")?;
@@ -342,7 +346,7 @@ fn main() -> anyhow::Result<()> {
         let port = c.redis.port;
         (urls, sig, dp, Some(port), None, Some(c))
     } else {
-        let n = Node::start_with(1, &dp_args, &["--rate-limit", "1000"])?;
+        let n = Node::start_with(1, &dp_args, LOAD_SIGNALING_ARGS)?;
         let urls = vec![n.ws_url(0)];
         let sig = n.signaling[0].1.pid().context("pid")?;
         let dp = n.dataplane.pid().context("pid")?;

@@ -618,7 +618,12 @@ fn metrics_endpoints_parse_and_counters_move_under_load() {
         200
     );
 
-    let sig = scrape(node.signaling[0].0);
+    // Signaling's metrics are on its own (loopback) listener, never on the public port.
+    assert_eq!(
+        http_get(node.signaling[0].0, "/metrics").expect("GET").0,
+        404
+    );
+    let sig = scrape(node.signaling_metrics[0]);
     assert_eq!(metric(&sig, "sfu_signaling_connections"), 2.0);
     assert_eq!(metric(&sig, "sfu_signaling_sessions"), 2.0);
     assert_eq!(

@@ -10,13 +10,18 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 
 const HEADER_LEN: usize = 4;
 
-/// Framing errors. Any of them means the byte stream can no longer be trusted: close it.
+/// Framing errors. Incoming, any of them means the byte stream can no longer be trusted: close
+/// it. Outgoing, `MessageTooLarge` concerns one message only (fail that request, keep the link)
+/// while `Backlog` means the peer is stuck.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CodecError {
     /// A frame (incoming or outgoing) is larger than the allowed maximum.
     #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
     MessageTooLarge { len: usize, max: usize },
+    /// The peer does not read: more than `max` bytes are already waiting to be sent to it.
+    #[error("{pending} bytes are waiting for the peer to read (limit {max})")]
+    Backlog { pending: usize, max: usize },
     /// A complete frame did not hold a valid message.
     #[error("malformed message: {reason}")]
     Malformed { reason: String },

@@ -66,16 +66,33 @@ impl Framed {
         }
     }
 
-    /// Queue a message for sending.
+    /// Queue a message for sending. A message larger than the frame limit is refused alone
+    /// ([`CodecError::MessageTooLarge`]: nothing is queued, the connection stays usable); a peer
+    /// that has not read [`MAX_PENDING_OUT`] bytes gets [`CodecError::Backlog`].
     pub fn queue<T: Serialize>(&mut self, msg: &T) -> Result<(), CodecError> {
-        let payload = crate::encode(msg);
-        if self.pending_out() + payload.len() > MAX_PENDING_OUT {
+        self.queue_encoded(&crate::encode(msg))
+    }
+
+    /// [`Framed::queue`] for a message already encoded with [`crate::encode`].
+    pub fn queue_encoded(&mut self, payload: &[u8]) -> Result<(), CodecError> {
+        if payload.len() > self.max {
             return Err(CodecError::MessageTooLarge {
-                len: self.pending_out() + payload.len(),
+                len: payload.len(),
+                max: self.max,
+            });
+        }
+        if self.pending_out() + payload.len() > MAX_PENDING_OUT {
+            return Err(CodecError::Backlog {
+                pending: self.pending_out(),
                 max: MAX_PENDING_OUT,
             });
         }
-        encode_frame(&payload, self.max, &mut self.out)
+        encode_frame(payload, self.max, &mut self.out)
+    }
+
+    /// The largest message payload this end sends or accepts.
+    pub fn max_frame(&self) -> usize {
+        self.max
     }
 
     /// Bytes queued but not yet written.
@@ -155,6 +172,34 @@ mod tests {
             got.push(m);
         }
         assert_eq!(got, msgs);
+    }
+
+    #[test]
+    fn an_oversized_message_fails_alone_and_the_link_keeps_working() {
+        let mut tx = Framed::new(100);
+        let big = ToDataplane::Request {
+            id: 1,
+            request: Request::Leave {
+                participant: "x".repeat(200),
+            },
+        };
+        assert!(matches!(
+            tx.queue(&big),
+            Err(CodecError::MessageTooLarge { max: 100, .. })
+        ));
+        assert_eq!(tx.pending_out(), 0, "nothing of it was queued");
+        let small = ToDataplane::Request {
+            id: 2,
+            request: Request::Leave {
+                participant: "p".into(),
+            },
+        };
+        tx.queue(&small).expect("the next message goes through");
+        let mut wire = Vec::new();
+        assert!(tx.flush_to(&mut wire).expect("flush"));
+        let mut rx = Framed::new(100);
+        rx.extend(&wire);
+        assert_eq!(rx.next_message::<ToDataplane>(), Ok(Some(small)));
     }
 
     #[test]

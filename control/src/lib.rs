@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod codec;
 mod framed;
+pub mod local;
 mod message;
 pub mod registry;
 

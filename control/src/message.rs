@@ -83,6 +83,9 @@ pub enum Request {
     Drain,
     /// Remove every participant of a room (reason `closed` for them). Answered by [`Response::Ok`].
     CloseRoom { room: String },
+    /// **Tests only**: make worker `worker` panic, to exercise worker supervision. Refused with
+    /// `bad_request` unless the dataplane runs with `--test-faults`. Answered by [`Response::Ok`].
+    InjectFault { worker: u32 },
 }
 
 /// What a participant may do.
@@ -225,6 +228,22 @@ pub enum LeaveReason {
     Abandoned,
     /// Its room was closed by an operator (`close_room`).
     RoomClosed,
+    /// The worker hosting its room failed and was restarted; rejoin.
+    WorkerFailed,
+    /// Its session was resumed on another signaling connection; this one is over.
+    Replaced,
+}
+
+impl LeaveReason {
+    /// The `room_closed.reason` a client gets when this removal means "the room is gone from its
+    /// node, join again", or `None` when the client itself is out (`left`).
+    pub fn room_closed(self) -> Option<&'static str> {
+        match self {
+            LeaveReason::Moved => Some("moved"),
+            LeaveReason::WorkerFailed => Some("worker_failed"),
+            _ => None,
+        }
+    }
 }
 
 /// A control request carried over Redis pub/sub to a node's `rpc` channel (cluster mode).

@@ -30,6 +30,8 @@ pub enum NodeState {
     Serving,
     /// Finishing its rooms; gets no new ones.
     Draining,
+    /// A worker failed and is restarting: its existing rooms continue, new rooms go elsewhere.
+    Degraded,
 }
 
 /// Live load of a node.

@@ -40,13 +40,25 @@ struct Args {
     /// UDP port of worker 0; worker N uses port-base + N.
     #[arg(long, env = "SFU_PORT_BASE", default_value_t = 40000)]
     port_base: u16,
-    /// Path of the control socket signaling connects to.
+    /// Path of the control socket signaling connects to (default: `$XDG_RUNTIME_DIR/sfu/
+    /// dataplane.sock`, `/run/sfu/dataplane.sock` for root, else `/tmp/sfu-<uid>/dataplane.sock`;
+    /// a missing directory is created with mode 0700).
+    #[arg(long, env = "SFU_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
+    /// File mode of the control socket (octal; never open to all users).
+    #[arg(long, env = "SFU_CONTROL_SOCKET_MODE", default_value = "0600", value_parser = ::control::local::parse_mode)]
+    control_socket_mode: u32,
+    /// A user id (besides our own and root) allowed to connect to the control socket
+    /// (repeatable; the socket mode must let it in too).
     #[arg(
-        long,
-        env = "SFU_CONTROL_SOCKET",
-        default_value = "/tmp/sfu-dataplane.sock"
+        long = "control-peer-uid",
+        env = "SFU_CONTROL_PEER_UIDS",
+        value_delimiter = ','
     )]
-    control_socket: PathBuf,
+    control_peer_uids: Vec<u32>,
+    /// Tests only: accept the `inject_fault` control request (makes a worker panic).
+    #[arg(long, env = "SFU_TEST_FAULTS", value_parser = clap::builder::BoolishValueParser::new(), hide = true)]
+    test_faults: bool,
     /// Node id reported to signaling (default: random).
     #[arg(long, env = "SFU_NODE_ID")]
     node_id: Option<String>,
@@ -127,8 +139,16 @@ fn main() -> anyhow::Result<()> {
     }
 
     let crypto = SharedCrypto::new().context("generating the DTLS certificate")?;
-    let listener = control::bind(&args.control_socket)
-        .with_context(|| format!("binding control socket {}", args.control_socket.display()))?;
+    let control_socket = args
+        .control_socket
+        .clone()
+        .unwrap_or_else(::control::local::default_socket_path);
+    let listener = control::bind(
+        &control_socket,
+        args.control_socket_mode,
+        &args.control_peer_uids,
+    )
+    .with_context(|| format!("binding control socket {}", control_socket.display()))?;
     let (poll, control_waker) = ControlServer::poll_and_waker()?;
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -169,7 +189,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let settings = ControlSettings {
-        socket_path: args.control_socket.clone(),
+        socket_path: control_socket.clone(),
         node_id: node_id.clone(),
         max_frame: ::control::DEFAULT_MAX_FRAME,
         resume_window: Duration::from_secs(args.resume_window_secs),
@@ -177,6 +197,8 @@ fn main() -> anyhow::Result<()> {
         media_ports: handles.iter().map(|h| h.local_addr.port()).collect(),
         capacity_rooms: (args.max_rooms_per_worker * workers).min(u32::MAX as usize) as u32,
         max_participants: args.max_participants.unwrap_or(500 * workers as u32),
+        peer_uids: args.control_peer_uids.clone(),
+        test_faults: args.test_faults,
     };
     let drain = Arc::new(AtomicBool::new(false));
     let mut server = ControlServer::new(
@@ -204,7 +226,7 @@ fn main() -> anyhow::Result<()> {
                 args.metrics_listen
             )
         })?;
-        let bound = control::serve_metrics(addr, server.metrics_text(), shutdown.clone())
+        let bound = dataplane::io::admin::serve(addr, server.admin_state(), shutdown.clone())
             .with_context(|| format!("binding the metrics endpoint {addr}"))?;
         info!(%bound, "metrics at /metrics");
     }
@@ -212,7 +234,7 @@ fn main() -> anyhow::Result<()> {
         .name("control".into())
         .spawn(move || server.run())?;
     info!(%node_id, workers, public_ip = %args.public_ip, %bind_ip, port_base = args.port_base,
-        control_socket = %args.control_socket.display(), batching = !args.no_batching, "dataplane ready");
+        control_socket = %control_socket.display(), batching = !args.no_batching, "dataplane ready");
 
     // The main thread waits for SIGINT/SIGTERM (stop now) or SIGUSR1 (drain: finish the rooms,
     // then exit), then stops everything in order.

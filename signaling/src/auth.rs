@@ -42,6 +42,9 @@ pub struct Claims {
     pub room: String,
     /// Expiry, Unix seconds.
     pub exp: u64,
+    /// Not valid before, Unix seconds (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     #[serde(default)]
     pub grants: GrantClaims,
 }
@@ -63,6 +66,8 @@ impl Auth {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
+        // A token not valid yet (`nbf` in the future) is refused like an expired one.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             key: DecodingKey::from_secret(secret),
@@ -160,6 +165,7 @@ mod tests {
             name: Some("Alice".into()),
             room: room.into(),
             exp,
+            nbf: None,
             grants: GrantClaims {
                 publish: false,
                 subscribe: true,
@@ -193,6 +199,21 @@ mod tests {
         .expect("mint");
         assert!(auth.verify(&foreign, "demo").is_err());
         assert!(auth.verify("not.a.jwt", "demo").is_err());
+        // Not valid yet (beyond the 5 s leeway): refused; valid from now: accepted.
+        let mut early = claims("demo", now() + 600);
+        early.nbf = Some(now() + 300);
+        let t = mint(secret, &early).expect("mint");
+        assert!(
+            auth.verify(&t, "demo")
+                .is_err_and(|e| e.contains("mmature") || e.contains("nbf")),
+            "{:?}",
+            auth.verify(&t, "demo")
+        );
+        early.nbf = Some(now());
+        assert!(
+            auth.verify(&mint(secret, &early).expect("mint"), "demo")
+                .is_ok()
+        );
         assert!(auth.verify("", "demo").is_err());
     }
 

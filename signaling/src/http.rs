@@ -87,6 +87,13 @@ pub fn response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> V
     out
 }
 
+/// `resp` (from [`response`]) without its body of `body_len` bytes: the answer to a `HEAD`
+/// request (same headers, including `Content-Length`, but no body).
+pub fn head_only(mut resp: Vec<u8>, body_len: usize) -> Vec<u8> {
+    resp.truncate(resp.len().saturating_sub(body_len));
+    resp
+}
+
 /// The `101 Switching Protocols` response for an upgrade request, or a 400 reason.
 pub fn websocket_accept(head: &Head) -> Result<Vec<u8>, &'static str> {
     if head.header("sec-websocket-version") != Some("13") {
@@ -119,6 +126,15 @@ mod tests {
             resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
             "{resp}"
         );
+    }
+
+    #[test]
+    fn head_responses_have_headers_but_no_body() {
+        let body = b"hello";
+        let r = head_only(response(200, "OK", "text/plain", body), body.len());
+        let text = String::from_utf8(r).expect("utf8");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 5\r\n"), "{text}");
     }
 
     #[test]

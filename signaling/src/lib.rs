@@ -8,13 +8,17 @@
 //! - [`protocol`]: client message types and validation.
 //! - [`session`]: the pure per-connection state machine.
 //! - [`http`], [`page`]: the minimal HTTP needed to serve the page and upgrade `/ws`.
+//! - [`router`]: pure routing state (participant → connection, pending requests).
+//! - [`limits`]: pure abuse limits (token buckets, per-address caps, proxies, origins).
 //! - [`server`]: the mio event loop tying it together.
 
 pub mod auth;
 pub mod cluster;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod page;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod session;

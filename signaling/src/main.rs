@@ -69,13 +69,25 @@ struct Serve {
     /// HTTP/WebSocket listen address.
     #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// The local dataplane's control socket.
+    /// Address serving `/metrics` and `/healthz` for operators ("off" to disable). Never
+    /// serve metrics on the public listen address.
     #[arg(
         long,
-        env = "SFU_CONTROL_SOCKET",
-        default_value = "/tmp/sfu-dataplane.sock"
+        env = "SIGNALING_METRICS_LISTEN",
+        default_value = "127.0.0.1:9465"
     )]
-    control_socket: PathBuf,
+    metrics_listen: String,
+    /// The local dataplane's control socket (default: `$XDG_RUNTIME_DIR/sfu/dataplane.sock`,
+    /// `/run/sfu/dataplane.sock` for root, else `/tmp/sfu-<uid>/dataplane.sock`).
+    #[arg(long, env = "SFU_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
+    /// A user id (besides our own and root) the control socket's owner may run as (repeatable).
+    #[arg(
+        long = "control-peer-uid",
+        env = "SFU_CONTROL_PEER_UIDS",
+        value_delimiter = ','
+    )]
+    control_peer_uids: Vec<u32>,
     /// Redis URL: cluster mode (rooms placed across all registered nodes, any instance serves any
     /// room, sessions resume through any instance). Without it, single-node mode.
     #[arg(long, env = "REDIS_URL")]
@@ -109,12 +121,45 @@ struct Serve {
     /// Largest WebSocket message in bytes; larger ones close the connection with code 1009.
     #[arg(long, env = "SIGNALING_MAX_MESSAGE", default_value_t = 1 << 20)]
     max_message: usize,
-    /// Maximum concurrent HTTP/WebSocket connections.
+    /// Maximum concurrent WebSocket connections (a few more HTTP connections are kept for
+    /// `/healthz` and the page; upgrades beyond get 503).
     #[arg(long, env = "SIGNALING_MAX_CONNECTIONS", default_value_t = 20_000)]
     max_connections: usize,
-    /// Client messages per second per connection (sustained); bursts up to 2.5×.
+    /// Maximum concurrent connections from one client address.
+    #[arg(long, env = "SIGNALING_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: u32,
+    /// Joins (and resumes) per second from one client address, sustained; bursts up to 5×.
+    #[arg(long, env = "SIGNALING_JOIN_RATE_PER_IP", default_value_t = 10.0)]
+    join_rate_per_ip: f64,
+    /// Live sessions per join token identity (`sub`) on this instance; 0 = unlimited.
+    #[arg(long, env = "SIGNALING_MAX_SESSIONS_PER_TOKEN", default_value_t = 2)]
+    max_sessions_per_token: usize,
+    /// Client frames (any kind) per second per connection (sustained); bursts up to 2.5×.
     #[arg(long, env = "SIGNALING_RATE_LIMIT", default_value_t = 20.0)]
     rate_limit: f64,
+    /// Seconds a WebSocket may stay open without joining (or after its session ended).
+    #[arg(long, env = "SIGNALING_JOIN_TIMEOUT_SECS", default_value_t = 30)]
+    join_timeout_secs: u64,
+    /// A silent WebSocket gets a ping after this many seconds, and is closed after twice as
+    /// many plus 5.
+    #[arg(long, env = "SIGNALING_PING_INTERVAL_SECS", default_value_t = 20)]
+    ping_interval_secs: u64,
+    /// A WebSocket `Origin` allowed to connect (repeatable; default: any). E.g.
+    /// `https://meet.example.com`.
+    #[arg(
+        long = "allowed-origin",
+        env = "SIGNALING_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// A reverse proxy / load balancer address whose `X-Forwarded-For` is trusted for the
+    /// client address (repeatable).
+    #[arg(
+        long = "trusted-proxy",
+        env = "SIGNALING_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// Write the process id here (for scripts/rolling-restart-signaling).
     #[arg(long, env = "SIGNALING_PID_FILE")]
     pid_file: Option<PathBuf>,
@@ -134,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             name: t.name,
             room: t.room,
             exp: now + t.ttl_secs,
+            nbf: None,
             grants: GrantClaims {
                 publish: !t.no_publish,
                 subscribe: !t.no_subscribe,
@@ -157,12 +203,47 @@ fn main() -> anyhow::Result<()> {
         builder.init();
     }
 
-    let mut settings = Settings::new(args.listen, args.control_socket.clone());
+    let control_socket = args
+        .control_socket
+        .clone()
+        .unwrap_or_else(control::local::default_socket_path);
+    let mut settings = Settings::new(args.listen, control_socket.clone());
+    settings.metrics_listen =
+        match args.metrics_listen.as_str() {
+            "off" => None,
+            a => Some(a.parse().with_context(|| {
+                format!("--metrics-listen {a:?} is not an address (or \"off\")")
+            })?),
+        };
+    settings.control_peer_uids = args.control_peer_uids.clone();
     settings.max_message = args.max_message;
     settings.max_connections = args.max_connections;
+    anyhow::ensure!(
+        args.max_connections_per_ip > 0,
+        "--max-connections-per-ip must be positive"
+    );
+    settings.max_connections_per_ip = args.max_connections_per_ip;
+    anyhow::ensure!(
+        args.join_rate_per_ip > 0.0,
+        "--join-rate-per-ip must be positive"
+    );
+    settings.join_rate_per_ip = args.join_rate_per_ip;
+    settings.max_sessions_per_token = args.max_sessions_per_token;
     anyhow::ensure!(args.rate_limit > 0.0, "--rate-limit must be positive");
     settings.rate_per_sec = args.rate_limit;
     settings.rate_burst = (args.rate_limit * 2.5).max(5.0);
+    anyhow::ensure!(
+        args.join_timeout_secs > 0,
+        "--join-timeout-secs must be positive"
+    );
+    settings.join_timeout = std::time::Duration::from_secs(args.join_timeout_secs);
+    anyhow::ensure!(
+        args.ping_interval_secs > 0,
+        "--ping-interval-secs must be positive"
+    );
+    settings.ping_interval = std::time::Duration::from_secs(args.ping_interval_secs);
+    settings.allowed_origins = args.allowed_origins.clone();
+    settings.trusted_proxies = args.trusted_proxies.clone();
     if let Some(id) = args.signaling_id {
         settings.signaling_id = id;
     }
@@ -203,8 +284,9 @@ fn main() -> anyhow::Result<()> {
         signal_hook::flag::register(sig, shutdown.clone())?;
     }
     let mut server = Server::bind(settings, shutdown)?;
-    info!(listen = %server.local_addr()?, control_socket = %args.control_socket.display(),
-        cluster = args.redis_url.is_some(), auth = args.jwt_secret.is_some(), "signaling ready");
+    info!(listen = %server.local_addr()?, metrics = ?server.metrics_addr(),
+        control_socket = %control_socket.display(), cluster = args.redis_url.is_some(),
+        auth = args.jwt_secret.is_some(), "signaling ready");
     server.run()?;
     if let Some(p) = &args.pid_file {
         let _ = std::fs::remove_file(p);

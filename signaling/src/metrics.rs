@@ -1,4 +1,5 @@
-//! Prometheus metrics of a signaling instance, served at `GET /metrics` on its listen address.
+//! Prometheus metrics of a signaling instance, served at `GET /metrics` on its metrics address
+//! (`--metrics-listen`, loopback by default; never on the public client port).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +11,12 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
+}
+
+/// Why a connection or request was refused or closed by a limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 /// A client message type, bounded to the known set (unknown types are `other`).
@@ -29,6 +36,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     pub redis_errors: Counter,
     pub messages: Family<TypeName, Counter>,
+    /// Connections refused or closed, and joins refused, by a limit (reason label).
+    pub limited: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -56,6 +65,7 @@ impl Metrics {
             rate_limited: Counter::default(),
             redis_errors: Counter::default(),
             messages: Family::default(),
+            limited: Family::default(),
         };
         registry.register(
             "sfu_signaling_connections",
@@ -93,6 +103,11 @@ impl Metrics {
             "Client messages by type",
             m.messages.clone(),
         );
+        registry.register(
+            "sfu_signaling_limited",
+            "Connections closed or refused and joins refused by an abuse limit, by reason",
+            m.limited.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -117,6 +132,11 @@ impl Metrics {
         self.messages
             .get_or_create(&TypeName { r#type: kind })
             .inc();
+    }
+
+    /// Count one limit hit.
+    pub fn limit(&self, reason: &'static str) {
+        self.limited.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn render(&self) -> String {

@@ -1,14 +1,17 @@
-//! The signaling server: one mio loop serving HTTP (the page), WebSockets (sessions), the
-//! control connection to the local dataplane and, in cluster mode, the Redis link to every node.
+//! The signaling server: one mio loop serving HTTP (the page), WebSockets (sessions), a metrics
+//! listener (loopback by default), the control connection to the local dataplane and, in
+//! cluster mode, the Redis link to every node.
 //!
 //! Routing: a session's requests go to the node that owns its room. The local node is reached
 //! over the Unix socket; any other node (or the local one while its socket is down) over Redis
-//! pub/sub. Responses and events come back the same way and are matched by request id and
-//! participant id.
+//! pub/sub. Responses come back matched by request id ([`Pending`]); events by participant id,
+//! through [`Routes`], which only a dataplane confirmation (`joined`, `attached`) changes.
+//!
+//! Client connections (HTTP, WebSocket, limits, liveness) live in `server/clients.rs`.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,28 +19,30 @@ use std::time::{Duration, Instant};
 
 use control::registry::{Placement, RedisSettings, RegistryError};
 use control::{
-    Framed, FromDataplane, PROTOCOL_VERSION, ReadStatus, Request, Response, ToDataplane,
+    CodecError, Framed, FromDataplane, PROTOCOL_VERSION, ReadStatus, Request, Response, ToDataplane,
 };
-use mio::net::{TcpListener, TcpStream, UnixStream};
+use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
 
 use crate::auth::{Auth, TurnConfig};
 use crate::cluster::{Cluster, ClusterEvent, Job};
-use crate::http::{self, HeadError};
+use crate::limits::{IpLimitSettings, IpLimits};
 use crate::metrics::{Metrics, ResultLabel};
-use crate::page;
-use crate::protocol::{ErrorCode, IceServer, ServerMsg};
-use crate::session::{Action, JoinContext, Session};
+use crate::protocol::IceServer;
+use crate::router::{ConnId, Pending, PendingRequest, Routes};
+use crate::session::{Action, JoinContext};
+
+mod clients;
+
+use clients::{Conn, ConnState};
 
 const LISTENER: Token = Token(0);
 const CONTROL: Token = Token(1);
 const WAKER: Token = Token(2);
-const FIRST_CONN: usize = 3;
+const METRICS_LISTENER: Token = Token(3);
+const FIRST_CONN: usize = 4;
 /// A node not heard from for this long (while we hear others) has failed.
 const NODE_DEAD_AFTER: Duration = Duration::from_millis(1500);
 
@@ -45,7 +50,12 @@ const NODE_DEAD_AFTER: Duration = Duration::from_millis(1500);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where `/metrics` and `/healthz` are served for operators (`None`: nowhere). The client
+    /// port serves `/healthz` too, but never `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     pub control_socket: PathBuf,
+    /// User ids the dataplane's control socket may belong to (besides our own and root).
+    pub control_peer_uids: Vec<u32>,
     pub ice_servers: Vec<IceServer>,
     pub turn: Option<TurnConfig>,
     /// HS256 secret for join tokens; `None` = no authentication.
@@ -56,12 +66,32 @@ pub struct Settings {
     pub signaling_id: String,
     /// Largest WebSocket message; larger ones close the connection with 1009.
     pub max_message: usize,
+    /// Open WebSockets at most; a few more HTTP connections are always accepted so `/healthz`
+    /// answers (with 503 for upgrades) when the cap is reached.
     pub max_connections: usize,
-    /// Per connection: sustained messages per second and burst.
+    /// Open connections per client address.
+    pub max_connections_per_ip: u32,
+    /// Joins (and resumes) per second per client address; bursts of 5×.
+    pub join_rate_per_ip: f64,
+    /// Live sessions (joining or joined) per join token identity on this instance; 0 = no limit.
+    pub max_sessions_per_token: usize,
+    /// Per connection: sustained frames per second (every kind) and burst.
     pub rate_per_sec: f64,
     pub rate_burst: f64,
     /// An HTTP request head must arrive within this time.
     pub http_timeout: Duration,
+    /// A WebSocket must start a join (or resume) within this time of opening or of its session
+    /// ending; else it is closed.
+    pub join_timeout: Duration,
+    /// A WebSocket silent for this long gets a ping; one silent for twice as long plus 5 s is
+    /// closed.
+    pub ping_interval: Duration,
+    /// Bytes queued for a client that does not read, beyond which it is disconnected.
+    pub max_write_buffer: usize,
+    /// WebSocket `Origin`s allowed to connect (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed for the client address.
+    pub trusted_proxies: Vec<IpAddr>,
     /// How long a control request may stay unanswered before the client gets `unavailable`.
     pub request_timeout: Duration,
 }
@@ -70,7 +100,9 @@ impl Settings {
     pub fn new(listen: SocketAddr, control_socket: PathBuf) -> Self {
         Self {
             listen,
+            metrics_listen: None,
             control_socket,
+            control_peer_uids: Vec::new(),
             ice_servers: Vec::new(),
             turn: None,
             jwt_secret: None,
@@ -78,48 +110,20 @@ impl Settings {
             signaling_id: format!("sig-{:08x}", rand::random::<u32>()),
             max_message: 1 << 20,
             max_connections: 20_000,
+            max_connections_per_ip: 256,
+            join_rate_per_ip: 10.0,
+            max_sessions_per_token: 2,
             rate_per_sec: 20.0,
             rate_burst: 50.0,
             http_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(20),
+            max_write_buffer: 256 << 10,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             request_timeout: Duration::from_secs(10),
         }
     }
-}
-
-enum ConnState {
-    /// Reading a request head.
-    Http { stream: TcpStream, buf: Vec<u8> },
-    /// Writing an HTTP response, then closing.
-    Respond {
-        stream: TcpStream,
-        out: Vec<u8>,
-        pos: usize,
-    },
-    Ws {
-        ws: Box<WebSocket<TcpStream>>,
-        session: Session,
-    },
-    /// Transitional placeholder while a state is being replaced.
-    Gone,
-}
-
-/// Token bucket limiting client messages per connection.
-struct RateLimit {
-    tokens: f64,
-    at: Instant,
-    /// Messages refused in a row; a client that keeps flooding is disconnected.
-    refused: u32,
-}
-
-struct Conn {
-    state: ConnState,
-    since: Instant,
-    writable: bool,
-    /// When we started closing the WebSocket; the socket is dropped 2 s later at the latest.
-    closing: Option<Instant>,
-    rate: RateLimit,
-    /// When the current join started (for the join-duration histogram).
-    join_started: Option<Instant>,
 }
 
 /// The control connection to the local dataplane.
@@ -135,13 +139,6 @@ struct ControlLink {
     writable: bool,
     /// Since when the connection has been down (for node-failure detection without Redis).
     down_since: Option<Instant>,
-}
-
-struct PendingRequest {
-    conn: Option<usize>,
-    node: String,
-    request: Request,
-    sent: Instant,
 }
 
 /// Liveness of media nodes as seen from here.
@@ -163,14 +160,19 @@ pub struct Server {
     settings: Settings,
     poll: Poll,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     conns: Slab<Conn>,
+    /// Open WebSockets (the rest of `conns` is HTTP in progress).
+    websockets: usize,
+    ip_limits: IpLimits,
+    /// Live sessions per join-token identity.
+    identities: HashMap<String, usize>,
     control: ControlLink,
     local_node: Option<String>,
     cluster: Option<Cluster>,
-    pending: HashMap<u64, PendingRequest>,
-    placements: HashMap<u64, usize>,
-    next_id: u64,
-    by_participant: HashMap<String, usize>,
+    pending: Pending,
+    placements: HashMap<u64, ConnId>,
+    routes: Routes,
     ctx: JoinContext,
     live: Liveness,
     metrics: Metrics,
@@ -183,6 +185,17 @@ impl Server {
         let mut listener = TcpListener::bind(settings.listen)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => {
+                let mut l = TcpListener::bind(addr).map_err(|e| {
+                    anyhow::anyhow!("binding the metrics listener {addr}: {e} (--metrics-listen)")
+                })?;
+                poll.registry()
+                    .register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let cluster = match &settings.redis {
             Some(r) => Some(Cluster::start(
@@ -209,18 +222,26 @@ impl Server {
             writable: false,
             down_since: Some(Instant::now()),
         };
+        let ip_limits = IpLimits::new(IpLimitSettings {
+            max_connections: settings.max_connections_per_ip,
+            join_rate: settings.join_rate_per_ip,
+            join_burst: (settings.join_rate_per_ip * 5.0).max(1.0),
+        });
         Ok(Self {
             settings,
             poll,
             listener,
+            metrics_listener,
             conns: Slab::with_capacity(1024),
+            websockets: 0,
+            ip_limits,
+            identities: HashMap::new(),
             control,
             local_node: None,
             cluster,
-            pending: HashMap::new(),
+            pending: Pending::default(),
             placements: HashMap::new(),
-            next_id: 1,
-            by_participant: HashMap::new(),
+            routes: Routes::default(),
             ctx,
             live: Liveness::default(),
             metrics: Metrics::new(),
@@ -230,6 +251,13 @@ impl Server {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The bound metrics address, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Whether this instance can serve joins: the local dataplane is connected, or (cluster mode)
@@ -242,6 +270,7 @@ impl Server {
     /// so clients resume through another instance right away.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        let mut next_prune = Instant::now();
         while !self.shutdown.load(Ordering::Relaxed) {
             let now = Instant::now();
             if self.control.stream.is_none() && now >= self.control.retry_at {
@@ -265,7 +294,8 @@ impl Server {
                 .map_or(0, |d| d.as_secs());
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    METRICS_LISTENER => self.accept(true),
                     CONTROL => {
                         self.control_ready(ev.is_readable() || ev.is_read_closed() || ev.is_error())
                     }
@@ -278,22 +308,13 @@ impl Server {
             self.expire(now);
             self.check_nodes(now);
             self.flush_control();
-        }
-        info!("signaling stopping: closing websockets with 1012 so clients resume elsewhere");
-        let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
-        for id in ids {
-            if let Some(Conn {
-                state: ConnState::Ws { ws, .. },
-                ..
-            }) = self.conns.get_mut(id)
-            {
-                let _ = ws.close(Some(CloseFrame {
-                    code: CloseCode::Restart,
-                    reason: "signaling restarting; resume".into(),
-                }));
-                let _ = ws.flush();
+            if now >= next_prune {
+                next_prune = now + Duration::from_secs(10);
+                self.ip_limits.prune(now);
             }
         }
+        info!("signaling stopping: closing websockets with 1012 so clients resume elsewhere");
+        self.close_all_for_restart();
         if let Some(c) = self.cluster.take() {
             c.stop();
         }
@@ -304,7 +325,11 @@ impl Server {
     // Control connection (local dataplane)
 
     fn connect_control(&mut self, now: Instant) {
-        match UnixStream::connect(&self.control.path) {
+        let result = UnixStream::connect(&self.control.path).and_then(|s| {
+            control::local::check_peer(&s, &self.settings.control_peer_uids)?;
+            Ok(s)
+        });
+        match result {
             Ok(mut stream) => {
                 if let Err(e) = self.poll.registry().register(
                     &mut stream,
@@ -325,6 +350,10 @@ impl Server {
                 debug!(path = %self.control.path.display(), "control socket connected; handshaking");
             }
             Err(e) => {
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    // Someone else's socket at our path: never talk to it; keep checking.
+                    warn!(path = %self.control.path.display(), error = %e, "refusing the control socket");
+                }
                 self.control.retry_at = now + self.control.backoff;
                 if self.control.backoff >= Duration::from_secs(2) {
                     debug!(error = %e, "dataplane control socket not reachable");
@@ -390,18 +419,10 @@ impl Server {
         self.control.ready = false;
         self.control.retry_at = Instant::now() + Duration::from_millis(100);
         self.control.backoff = Duration::from_millis(200);
-        // Requests sent over the socket will not be answered on a new connection.
-        let local = self.local_node.clone();
-        let lost: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| Some(&p.node) == local.as_ref() && self.cluster.is_none())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in lost {
-            if let Some(p) = self.pending.remove(&id) {
-                self.fail_request(p, "the media server connection was lost");
-            }
+        // Requests written to the lost socket will never be answered: fail them now (in cluster
+        // mode too) rather than after the request timeout. Sessions retry or re-attach.
+        for p in self.pending.take_where(|p| p.local) {
+            self.fail_request(p, "the media server connection was lost; retry");
         }
     }
 
@@ -418,7 +439,7 @@ impl Server {
                 self.live.failed.remove(&node_id);
                 self.local_node = Some(node_id.clone());
                 // Re-attach every session on this node to this connection.
-                let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+                let ids: Vec<ConnId> = self.conns.iter().map(|(i, _)| i).collect();
                 for id in ids {
                     let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
                         Some(ConnState::Ws { session, .. }) => {
@@ -434,13 +455,13 @@ impl Server {
                 self.control.last_health = Some((Instant::now(), stats));
             }
             FromDataplane::Response { id, response } => {
-                let Some(p) = self.pending.remove(&id) else {
+                let Some(p) = self.pending.take(id) else {
                     return;
                 };
                 self.deliver_response(p, response);
             }
             FromDataplane::Event { event } => {
-                let Some(conn) = self.by_participant.get(event.participant()).copied() else {
+                let Some(conn) = self.routes.owner(event.participant()) else {
                     return;
                 };
                 let actions = match self.conns.get_mut(conn).map(|c| &mut c.state) {
@@ -480,7 +501,7 @@ impl Server {
                 ClusterEvent::RpcFailed { msg, .. } => {
                     self.metrics.redis_errors.inc();
                     if let ToDataplane::Request { id, .. } = msg
-                        && let Some(p) = self.pending.remove(&id)
+                        && let Some(p) = self.pending.take(id)
                     {
                         self.fail_request(p, "the media node could not be reached; retry later");
                     }
@@ -532,29 +553,26 @@ impl Server {
             if let Some(c) = &self.cluster {
                 c.send(Job::MarkDead { node: node.clone() });
             }
-            let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
-            for id in ids {
-                let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
-                    Some(ConnState::Ws { session, .. }) => session.handle_node_failed(&node),
-                    _ => continue,
-                };
-                self.apply(id, actions);
-            }
-            let stale: Vec<u64> = self
-                .pending
-                .iter()
-                .filter(|(_, p)| p.node == node)
-                .map(|(i, _)| *i)
-                .collect();
-            for id in stale {
-                if let Some(p) = self.pending.remove(&id) {
-                    self.fail_request(p, "the media node failed");
-                }
-            }
+            self.node_failed(&node);
         }
     }
 
-    fn deliver_placement(&mut self, conn: usize, result: Result<Placement, RegistryError>) {
+    /// Close the rooms of a failed node for our clients and fail what is pending there.
+    fn node_failed(&mut self, node: &str) {
+        let ids: Vec<ConnId> = self.conns.iter().map(|(i, _)| i).collect();
+        for id in ids {
+            let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
+                Some(ConnState::Ws { session, .. }) => session.handle_node_failed(node),
+                _ => continue,
+            };
+            self.apply(id, actions);
+        }
+        for p in self.pending.take_where(|p| p.node == node) {
+            self.fail_request(p, "the media node failed");
+        }
+    }
+
+    fn deliver_placement(&mut self, conn: ConnId, result: Result<Placement, RegistryError>) {
         if let Err(e) = &result {
             self.metrics
                 .joins
@@ -575,11 +593,10 @@ impl Server {
         self.apply(conn, actions);
     }
 
-    fn place(&mut self, conn: usize, room: String, exclude: Vec<String>) {
+    fn place(&mut self, conn: ConnId, room: String, exclude: Vec<String>) {
         match &self.cluster {
             Some(c) => {
-                let ticket = self.next_id;
-                self.next_id += 1;
+                let ticket = self.pending.next_id();
                 self.placements.insert(ticket, conn);
                 c.send(Job::Place {
                     ticket,
@@ -624,26 +641,16 @@ impl Server {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        match &p.request {
-            Request::Join { .. } => {
-                self.metrics
-                    .joins
-                    .get_or_create(&ResultLabel { result })
-                    .inc();
-                if let (true, Some(t)) = (ok, c.join_started.take()) {
-                    self.metrics.join_seconds.observe(t.elapsed().as_secs_f64());
-                }
+        let counter = match &p.request {
+            Request::Join { .. } => Some(&self.metrics.joins),
+            Request::Attach { .. } => Some(&self.metrics.resumes),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.get_or_create(&ResultLabel { result }).inc();
+            if let (true, Some(t)) = (ok, c.join_started.take()) {
+                self.metrics.join_seconds.observe(t.elapsed().as_secs_f64());
             }
-            Request::Attach { .. } => {
-                self.metrics
-                    .resumes
-                    .get_or_create(&ResultLabel { result })
-                    .inc();
-                if let (true, Some(t)) = (ok, c.join_started.take()) {
-                    self.metrics.join_seconds.observe(t.elapsed().as_secs_f64());
-                }
-            }
-            _ => {}
         }
         let actions = match &mut c.state {
             ConnState::Ws { session, .. } => {
@@ -661,23 +668,36 @@ impl Server {
 
     /// Send `request` to `node`: over the socket if it is the local node and the socket is up,
     /// else over Redis, else fail it with `unavailable`.
-    fn send_request(&mut self, conn: Option<usize>, node: String, request: Request) {
-        let id = self.next_id;
-        self.next_id += 1;
+    fn send_request(&mut self, conn: Option<ConnId>, node: String, request: Request) {
+        let id = self.pending.next_id();
+        let local = self.local_node.as_ref() == Some(&node) && self.control.ready;
         let p = PendingRequest {
             conn,
             node: node.clone(),
             request,
             sent: Instant::now(),
+            local,
         };
         let msg = ToDataplane::Request {
             id,
             request: p.request.clone(),
         };
-        if self.local_node.as_ref() == Some(&node) && self.control.ready {
-            if self.control.framed.queue(&msg).is_err() {
-                self.fail_request(p, "the media server is not keeping up; retry later");
-                return;
+        if local {
+            match self.control.framed.queue(&msg) {
+                Ok(()) => {}
+                Err(CodecError::MessageTooLarge { len, max }) => {
+                    // One oversized request fails alone; the shared link stays up.
+                    let resp = Response::error(
+                        control::ErrorCode::BadRequest,
+                        format!("message of {len} bytes exceeds the control limit of {max}"),
+                    );
+                    self.deliver_response(p, resp);
+                    return;
+                }
+                Err(_) => {
+                    self.fail_request(p, "the media server is not keeping up; retry later");
+                    return;
+                }
             }
         } else if let Some(c) = &self.cluster {
             c.send(Job::Rpc { node, msg });
@@ -688,541 +708,80 @@ impl Server {
         self.pending.insert(id, p);
     }
 
-    // -------------------------------------------------------------------------------------------
-    // Client connections
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, peer)) => {
-                    if self.conns.len() >= self.settings.max_connections {
-                        debug!(%peer, "connection limit reached; refusing");
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    let entry = self.conns.vacant_entry();
-                    let token = Token(entry.key() + FIRST_CONN);
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, token, Interest::READABLE)
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    entry.insert(Conn {
-                        state: ConnState::Http {
-                            stream,
-                            buf: Vec::with_capacity(1024),
-                        },
-                        since: Instant::now(),
-                        writable: false,
-                        closing: None,
-                        rate: RateLimit {
-                            tokens: self.settings.rate_burst,
-                            at: Instant::now(),
-                            refused: 0,
-                        },
-                        join_started: None,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    warn!(error = %e, "accept");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn conn_ready(&mut self, id: usize) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        match &mut conn.state {
-            ConnState::Http { .. } => self.read_http(id),
-            ConnState::Respond { .. } => self.write_response(id),
-            ConnState::Ws { .. } => self.ws_ready(id),
-            ConnState::Gone => self.remove(id),
-        }
-    }
-
-    fn read_http(&mut self, id: usize) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        let ConnState::Http { stream, buf } = &mut conn.state else {
-            return;
-        };
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stream.read(&mut chunk) {
-                Ok(0) => return self.remove(id),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > http::MAX_HEAD {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.remove(id),
-            }
-        }
-        let head = match http::parse_head(buf) {
-            Ok(None) => return,
-            Ok(Some(h)) => h,
-            Err(HeadError::TooLarge) => {
-                return self.respond(
-                    id,
-                    http::response(
-                        431,
-                        "Request Header Fields Too Large",
-                        "text/plain",
-                        b"request head too large\n",
-                    ),
-                );
-            }
-            Err(HeadError::Malformed(m)) => {
-                return self.respond(
-                    id,
-                    http::response(
-                        400,
-                        "Bad Request",
-                        "text/plain",
-                        format!("{m}\n").as_bytes(),
-                    ),
-                );
-            }
-        };
-        if head.path == "/ws" {
-            if !head.is_websocket_upgrade() {
-                return self.respond(
-                    id,
-                    http::response(
-                        426,
-                        "Upgrade Required",
-                        "text/plain",
-                        b"WebSocket upgrade required\n",
-                    ),
-                );
-            }
-            match http::websocket_accept(&head) {
-                Ok(resp) => self.upgrade(id, resp),
-                Err(why) => self.respond(
-                    id,
-                    http::response(
-                        400,
-                        "Bad Request",
-                        "text/plain",
-                        format!("{why}\n").as_bytes(),
-                    ),
-                ),
-            }
-            return;
-        }
-        if head.method != "GET" && head.method != "HEAD" {
-            return self.respond(
-                id,
-                http::response(
-                    405,
-                    "Method Not Allowed",
-                    "text/plain",
-                    b"method not allowed\n",
-                ),
-            );
-        }
-        let resp = match head.path.as_str() {
-            "/metrics" => {
-                let mut conns = 0;
-                let mut sessions = 0;
-                for (_, c) in self.conns.iter() {
-                    if let ConnState::Ws { session, .. } = &c.state {
-                        conns += 1;
-                        sessions += i64::from(session.is_joined());
-                    }
-                }
-                self.metrics.connections.set(conns);
-                self.metrics.sessions.set(sessions);
-                let body = self.metrics.render();
-                http::response(
-                    200,
-                    "OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    body.as_bytes(),
-                )
-            }
-            "/healthz" if self.healthy() => http::response(200, "OK", "text/plain", b"ok\n"),
-            "/healthz" => http::response(
-                503,
-                "Service Unavailable",
-                "text/plain",
-                b"dataplane unavailable\n",
-            ),
-            path => match page::asset(path) {
-                Some((ctype, body)) => http::response(200, "OK", ctype, body),
-                None => http::response(404, "Not Found", "text/plain", b"not found\n"),
-            },
-        };
-        self.respond(id, resp);
-    }
-
-    /// Switch a connection to writing `out` and closing.
-    fn respond(&mut self, id: usize, out: Vec<u8>) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        let ConnState::Http { stream, .. } = std::mem::replace(&mut conn.state, ConnState::Gone)
-        else {
-            return;
-        };
-        conn.state = ConnState::Respond {
-            stream,
-            out,
-            pos: 0,
-        };
-        self.write_response(id);
-    }
-
-    fn write_response(&mut self, id: usize) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        let ConnState::Respond { stream, out, pos } = &mut conn.state else {
-            return;
-        };
-        while *pos < out.len() {
-            match stream.write(&out[*pos..]) {
-                Ok(0) => return self.remove(id),
-                Ok(n) => *pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !conn.writable {
-                        conn.writable = true;
-                        let _ = self.poll.registry().reregister(
-                            stream,
-                            Token(id + FIRST_CONN),
-                            Interest::WRITABLE,
-                        );
-                    }
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.remove(id),
-            }
-        }
-        let _ = stream.flush();
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        self.remove(id);
-    }
-
-    fn upgrade(&mut self, id: usize, response: Vec<u8>) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        let ConnState::Http { mut stream, .. } =
-            std::mem::replace(&mut conn.state, ConnState::Gone)
-        else {
-            return;
-        };
-        // The 101 response is ~130 bytes into a fresh socket buffer: it does not block in
-        // practice; if it does, the connection is dropped rather than stalling the loop.
-        let mut written = 0;
-        for _ in 0..100 {
-            match stream.write(&response[written..]) {
-                Ok(n) => written += n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(_) => break,
-            }
-            if written == response.len() {
-                break;
-            }
-        }
-        if written < response.len() {
-            return self.remove(id);
-        }
-        // Small I/O buffers: signaling messages are small and an idle session should cost little
-        // memory (tungstenite's default read buffer is 128 KiB per connection).
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0)
-            .max_message_size(Some(self.settings.max_message))
-            .max_frame_size(Some(self.settings.max_message));
-        let ws = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
-        conn.state = ConnState::Ws {
-            ws: Box::new(ws),
-            session: Session::new(),
-        };
-        debug!(conn = id, "websocket open");
-    }
-
-    fn ws_ready(&mut self, id: usize) {
-        // Read every complete message; each may produce actions that write to this socket.
-        loop {
-            let Some(conn) = self.conns.get_mut(id) else {
-                return;
-            };
-            let ConnState::Ws { ws, session } = &mut conn.state else {
-                return;
-            };
-            match ws.read() {
-                Ok(Message::Text(text)) => {
-                    // Rate limit: a token bucket per connection.
-                    let now = Instant::now();
-                    let r = &mut conn.rate;
-                    r.tokens = (r.tokens
-                        + now.duration_since(r.at).as_secs_f64() * self.settings.rate_per_sec)
-                        .min(self.settings.rate_burst);
-                    r.at = now;
-                    if r.tokens < 1.0 {
-                        self.metrics.rate_limited.inc();
-                        r.refused += 1;
-                        if r.refused > 200 {
-                            debug!(conn = id, "client keeps flooding; closing with 1008");
-                            let _ = ws.close(Some(CloseFrame {
-                                code: CloseCode::Policy,
-                                reason: "rate limit".into(),
-                            }));
-                            let _ = ws.flush();
-                            return self.disconnect(id);
-                        }
-                        if r.refused == 1 || r.refused.is_multiple_of(50) {
-                            let msg = ServerMsg::error(
-                                ErrorCode::RateLimited,
-                                format!(
-                                    "more than {} messages per second; message dropped",
-                                    self.settings.rate_per_sec
-                                ),
-                            );
-                            self.apply(id, vec![Action::Send(msg)]);
-                        }
-                        continue;
-                    }
-                    r.tokens -= 1.0;
-                    r.refused = 0;
-                    self.metrics.message(text.as_str());
-                    let actions = session.handle_text(text.as_str(), &self.ctx, new_participant_id);
-                    if actions.iter().any(|a| {
-                        matches!(
-                            a,
-                            Action::Place { .. } | Action::Request(Request::Attach { .. })
-                        )
-                    }) {
-                        conn.join_started = Some(now);
-                    }
-                    self.apply(id, actions);
-                }
-                Ok(Message::Binary(_)) => {
-                    let msg = ServerMsg::error(
-                        ErrorCode::BadRequest,
-                        "binary frames are not supported; send JSON text",
-                    );
-                    self.apply(id, vec![Action::Send(msg)]);
-                }
-                Ok(Message::Close(_)) => {
-                    conn.closing.get_or_insert_with(Instant::now);
-                }
-                Ok(_) => {} // ping/pong: tungstenite answers pings itself
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(tungstenite::Error::Capacity(e)) => {
-                    debug!(conn = id, error = %e, "message too large; closing with 1009");
-                    let _ = ws.close(Some(CloseFrame {
-                        code: CloseCode::Size,
-                        reason: "message too large".into(),
-                    }));
-                    let _ = ws.flush();
-                    return self.disconnect(id);
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return self.disconnect(id);
-                }
-                Err(e) => {
-                    debug!(conn = id, error = %e, "websocket error");
-                    return self.disconnect(id);
-                }
-            }
-        }
-        self.flush_ws(id);
-    }
-
     /// Perform a session's actions.
-    fn apply(&mut self, id: usize, actions: Vec<Action>) {
+    fn apply(&mut self, id: ConnId, actions: Vec<Action>) {
+        self.settle(id);
         for action in actions {
             match action {
                 Action::Send(msg) => {
-                    if let Some(Conn {
-                        state: ConnState::Ws { ws, .. },
-                        ..
-                    }) = self.conns.get_mut(id)
-                    {
-                        match ws.write(Message::text(msg.to_json())) {
-                            Ok(()) => {}
-                            Err(tungstenite::Error::Io(e))
-                                if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) => {
-                                debug!(conn = id, error = %e, "websocket write failed");
-                                self.disconnect(id);
-                                return;
-                            }
-                        }
+                    if !self.send_ws(id, &msg.to_json()) {
+                        return;
                     }
                 }
-                Action::Request(request) => {
-                    let node = match self.conns.get(id).map(|c| &c.state) {
-                        Some(ConnState::Ws { session, .. }) => session.node().map(str::to_string),
-                        _ => None,
-                    };
-                    if let Some(p) = match &request {
-                        Request::Join { participant, .. } | Request::Attach { participant, .. } => {
-                            Some(participant)
-                        }
-                        _ => None,
-                    } {
-                        self.by_participant.insert(p.clone(), id);
-                    }
-                    match node {
-                        Some(node) => self.send_request(Some(id), node, request),
-                        None => warn!(conn = id, "request without a node; dropped"),
+                Action::Request { node, request } => self.send_request(Some(id), node, request),
+                Action::Forget { node, request } => self.send_request(None, node, request),
+                Action::Place { room, exclude } => {
+                    if self.admit_join(id) {
+                        self.place(id, room, exclude);
                     }
                 }
-                Action::Place { room, exclude } => self.place(id, room, exclude),
-                Action::Close => {
-                    if let Some(Conn {
-                        state: ConnState::Ws { ws, .. },
-                        closing,
-                        ..
-                    }) = self.conns.get_mut(id)
-                    {
-                        let _ = ws.close(None);
-                        closing.get_or_insert_with(Instant::now);
-                    }
-                }
+                Action::Close => self.close_ws(id, None),
             }
         }
         self.flush_ws(id);
     }
 
-    fn flush_ws(&mut self, id: usize) {
+    /// Bring the routing table and the per-identity counts in line with the session's state
+    /// after it changed. A session is routed only once joined (a dataplane confirmation); a
+    /// confirmed resume on this connection replaces the connection that held it before.
+    fn settle(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let ConnState::Ws { ws, .. } = &mut conn.state else {
+        let ConnState::Ws { session, .. } = &conn.state else {
             return;
         };
-        let blocked = match ws.flush() {
-            Ok(()) => false,
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => true,
-            Err(tungstenite::Error::ConnectionClosed) => return self.disconnect(id),
-            Err(_) => return self.disconnect(id),
-        };
-        if blocked != conn.writable {
-            let interest = if blocked {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let _ = self
-                .poll
-                .registry()
-                .reregister(ws.get_mut(), Token(id + FIRST_CONN), interest);
-            conn.writable = blocked;
+        let joined = session.joined_participant().map(str::to_string);
+        let identity = session
+            .is_active()
+            .then(|| session.identity().map(str::to_string))
+            .flatten();
+        if !session.is_active() && conn.idle_since.is_none() {
+            conn.idle_since = Some(Instant::now());
+        } else if session.is_active() {
+            conn.idle_since = None;
         }
-    }
-
-    /// The client's WebSocket is gone. The participant stays on its node for the resume window
-    /// (the client may resume through any instance); the connection is removed.
-    fn disconnect(&mut self, id: usize) {
-        let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
-            Some(ConnState::Ws { session, .. }) => {
-                let node = session.node().map(str::to_string);
-                session
-                    .handle_disconnect()
-                    .into_iter()
-                    .map(|a| (node.clone(), a))
-                    .collect()
+        if conn.identity != identity {
+            if let Some(old) = conn.identity.take()
+                && let Some(n) = self.identities.get_mut(&old)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.identities.remove(&old);
+                }
             }
-            _ => vec![],
-        };
-        self.remove(id);
-        for (node, action) in actions {
-            if let (Some(node), Action::Request(r)) = (node, action) {
-                self.send_request(None, node, r);
+            if let Some(new) = &identity {
+                *self.identities.entry(new.clone()).or_default() += 1;
             }
+            conn.identity = identity;
         }
-    }
-
-    fn remove(&mut self, id: usize) {
-        let Some(mut conn) = self.conns.try_remove(id) else {
-            return;
-        };
-        let participant = match &mut conn.state {
-            ConnState::Http { stream, .. } | ConnState::Respond { stream, .. } => {
-                let _ = self.poll.registry().deregister(stream);
+        let displaced = match joined {
+            Some(p) => self.routes.confirm(id, &p),
+            None => {
+                self.routes.release(id);
                 None
             }
-            ConnState::Ws { ws, session } => {
-                let _ = self.poll.registry().deregister(ws.get_mut());
-                session.participant().map(str::to_string)
-            }
-            ConnState::Gone => None,
         };
-        if let Some(p) = participant
-            && self.by_participant.get(&p) == Some(&id)
-        {
-            self.by_participant.remove(&p);
-        }
-        for p in self.pending.values_mut() {
-            if p.conn == Some(id) {
-                p.conn = None;
-            }
-        }
-    }
-
-    /// Time out slow HTTP clients and unanswered control requests.
-    fn expire(&mut self, now: Instant) {
-        let slow: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                matches!(c.state, ConnState::Http { .. } | ConnState::Respond { .. })
-                    && now.duration_since(c.since) > self.settings.http_timeout
-            })
-            .map(|(i, _)| i)
-            .collect();
-        for id in slow {
-            self.remove(id);
-        }
-        let closed: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.closing
-                    .is_some_and(|t| now.duration_since(t) > Duration::from_secs(2))
-            })
-            .map(|(i, _)| i)
-            .collect();
-        for id in closed {
-            self.disconnect(id);
-        }
-        let late: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now.duration_since(p.sent) > self.settings.request_timeout)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            if let Some(p) = self.pending.remove(&id) {
-                warn!(request = ?std::mem::discriminant(&p.request), "dataplane did not answer in time");
-                self.fail_request(p, "the media server did not answer in time");
-            }
+        if let Some(old) = displaced {
+            info!(
+                conn = old,
+                "session resumed on another connection: closing the old one"
+            );
+            let actions = match self.conns.get_mut(old).map(|c| &mut c.state) {
+                Some(ConnState::Ws { session, .. }) => session.handle_replaced(),
+                _ => vec![],
+            };
+            self.apply(old, actions);
         }
     }
-}
-
-/// A fresh random participant id.
-fn new_participant_id() -> String {
-    format!("p{:016x}", rand::random::<u64>())
 }

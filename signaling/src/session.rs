@@ -5,12 +5,21 @@
 //! node) → `Joined` → `Leaving` → `Closed`; or `Idle` → `Resuming` (control `attach` sent to the
 //! node named in the resume token) → `Joined`. A failed join returns to `Idle` so the client can
 //! retry on the same connection; a failed node (`room_closed`) does too.
+//!
+//! Every transition matches `(state, input)` before it replaces the state: an input the current
+//! state does not expect (a late response to an earlier session of this connection, an event for
+//! another participant) changes nothing. A `Joined` session whose control link came back
+//! re-attaches and **stays joined**; what it missed meanwhile (participants who came or went) is
+//! sent to the client from the `attached` answer.
 
 use control::registry::{Placement, RegistryError};
-use control::{Event, Grants, Request, Response};
+use control::{Event, Grants, LeaveReason, Request, Response};
 
 use crate::auth::{Auth, ResumeToken, TurnConfig};
 use crate::protocol::{self, ClientMsg, ErrorCode, IceServer, PeerInfo, ServerMsg};
+
+#[cfg(test)]
+mod tests;
 
 /// What the server must do for a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,29 +28,36 @@ pub enum Action {
     Send(ServerMsg),
     /// Find the node that owns `room` (answered by [`Session::handle_placement`]).
     Place { room: String, exclude: Vec<String> },
-    /// Send a request to the dataplane on the session's node (see [`Session::node`]); its
-    /// response comes back through [`Session::handle_response`] with the same request.
-    Request(Request),
+    /// Send a request to the dataplane on `node`; its response comes back through
+    /// [`Session::handle_response`] with the same request.
+    Request { node: String, request: Request },
+    /// Send a request whose answer nobody waits for (clean-up on a node this session left).
+    Forget { node: String, request: Request },
     /// Close the WebSocket (normal closure).
     Close,
+}
+
+/// A join on its way to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Intent {
+    room: String,
+    id: String,
+    name: String,
+    grants: Grants,
+    /// The token's identity (`sub`), when auth is on.
+    identity: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Idle,
     Placing {
-        room: String,
-        id: String,
-        name: String,
-        grants: Grants,
+        join: Intent,
         retried: bool,
     },
     Joining {
         node: String,
-        room: String,
-        id: String,
-        name: String,
-        grants: Grants,
+        join: Intent,
         retried: bool,
         leave_after: bool,
     },
@@ -54,9 +70,13 @@ enum State {
         id: String,
         name: String,
         resume: ResumeToken,
+        identity: Option<String>,
+        /// The other participants as this client knows them (for a re-attach's diff).
+        peers: Vec<PeerInfo>,
     },
     Leaving {
         node: String,
+        id: String,
     },
     Closed,
 }
@@ -101,27 +121,48 @@ impl Session {
     /// The participant id once a join or resume is under way.
     pub fn participant(&self) -> Option<&str> {
         match &self.state {
-            State::Placing { id, .. } | State::Joining { id, .. } | State::Joined { id, .. } => {
-                Some(id)
-            }
+            State::Placing { join, .. } | State::Joining { join, .. } => Some(&join.id),
+            State::Joined { id, .. } | State::Leaving { id, .. } => Some(id),
             State::Resuming { token } => Some(&token.participant),
+            State::Idle | State::Closed => None,
+        }
+    }
+
+    /// The participant this session owns, once the dataplane confirmed it (joined or resumed).
+    pub fn joined_participant(&self) -> Option<&str> {
+        match &self.state {
+            State::Joined { id, .. } => Some(id),
             _ => None,
         }
     }
 
-    /// The node requests of this session go to.
+    /// The node the session's requests go to.
     pub fn node(&self) -> Option<&str> {
         match &self.state {
-            State::Joining { node, .. } | State::Joined { node, .. } | State::Leaving { node } => {
-                Some(node)
-            }
+            State::Joining { node, .. }
+            | State::Joined { node, .. }
+            | State::Leaving { node, .. } => Some(node),
             State::Resuming { token } => Some(&token.node),
-            _ => None,
+            State::Idle | State::Placing { .. } | State::Closed => None,
         }
     }
 
     pub fn is_joined(&self) -> bool {
         matches!(self.state, State::Joined { .. })
+    }
+
+    /// A join or resume is in progress or done (the session counts against per-token limits).
+    pub fn is_active(&self) -> bool {
+        !matches!(self.state, State::Idle | State::Closed)
+    }
+
+    /// The token identity of a session that joined (or is joining) with one.
+    pub fn identity(&self) -> Option<&str> {
+        match &self.state {
+            State::Placing { join, .. } | State::Joining { join, .. } => join.identity.as_deref(),
+            State::Joined { identity, .. } => identity.as_deref(),
+            _ => None,
+        }
     }
 
     /// A text frame from the client. `new_id` makes a participant id (only called for a join).
@@ -133,7 +174,7 @@ impl Session {
     ) -> Vec<Action> {
         let msg = match protocol::parse(text) {
             Ok(m) => m,
-            Err(e) => return vec![Action::Send(ServerMsg::error(ErrorCode::BadRequest, e))],
+            Err(e) => return vec![bad(e)],
         };
         match (msg, &mut self.state) {
             (ClientMsg::Candidate { .. }, _) => vec![],
@@ -150,86 +191,65 @@ impl Session {
                         "invalid resume token",
                     ))];
                 };
-                let request = Request::Attach {
-                    participant: token.participant.clone(),
-                    resume_key: token.key.clone(),
+                let action = Action::Request {
+                    node: token.node.clone(),
+                    request: Request::Attach {
+                        participant: token.participant.clone(),
+                        resume_key: token.key.clone(),
+                    },
                 };
                 self.state = State::Resuming { token };
-                vec![Action::Request(request)]
+                vec![action]
             }
             (
                 ClientMsg::Join {
                     room, name, token, ..
                 },
                 State::Idle,
-            ) => {
-                let room = room.unwrap_or_default();
-                if let Err(e) = protocol::validate_room(&room) {
-                    return vec![bad(e)];
-                }
-                let mut grants = Grants::default();
-                let mut name = name.unwrap_or_default();
-                if let Some(auth) = &ctx.auth {
-                    let Some(token) = token else {
-                        return vec![Action::Send(ServerMsg::error(
-                            ErrorCode::Unauthorized,
-                            "this server requires a token",
-                        ))];
+            ) => match Self::intent(room, name, token, ctx, new_id) {
+                Ok(join) => {
+                    let room = join.room.clone();
+                    self.state = State::Placing {
+                        join,
+                        retried: false,
                     };
-                    match auth.verify(&token, &room) {
-                        Ok(claims) => {
-                            if let Some(n) = claims.name {
-                                name = n;
-                            }
-                            grants = Grants {
-                                publish: claims.grants.publish,
-                                subscribe: claims.grants.subscribe,
-                            };
-                        }
-                        Err(e) => {
-                            return vec![Action::Send(ServerMsg::error(
-                                ErrorCode::Unauthorized,
-                                e,
-                            ))];
-                        }
-                    }
+                    vec![Action::Place {
+                        room,
+                        exclude: vec![],
+                    }]
                 }
-                let name = match protocol::validate_name(&name) {
-                    Ok(n) => n,
-                    Err(e) => return vec![bad(e)],
-                };
-                self.state = State::Placing {
-                    room: room.clone(),
-                    id: new_id(),
-                    name,
-                    grants,
-                    retried: false,
-                };
-                vec![Action::Place {
-                    room,
-                    exclude: vec![],
-                }]
-            }
+                Err(action) => vec![*action],
+            },
             (ClientMsg::Join { .. }, _) => vec![bad("already joined")],
-            (ClientMsg::Offer { sdp }, State::Joined { id, .. }) => {
-                vec![Action::Request(Request::Offer {
+            (ClientMsg::Offer { sdp }, State::Joined { id, node, .. }) => vec![Action::Request {
+                node: node.clone(),
+                request: Request::Offer {
                     participant: id.clone(),
                     sdp,
-                })]
-            }
-            (ClientMsg::Answer { sdp }, State::Joined { id, .. }) => {
-                vec![Action::Request(Request::Answer {
-                    participant: id.clone(),
-                    sdp,
-                })]
+                },
+            }],
+            (ClientMsg::Answer { sdp }, State::Joined { id, node, .. }) => {
+                vec![Action::Request {
+                    node: node.clone(),
+                    request: Request::Answer {
+                        participant: id.clone(),
+                        sdp,
+                    },
+                }]
             }
             (ClientMsg::Offer { .. } | ClientMsg::Answer { .. }, _) => {
                 vec![bad("join the room first")]
             }
             (ClientMsg::Leave {}, State::Joined { id, node, .. }) => {
-                let id = id.clone();
-                self.state = State::Leaving { node: node.clone() };
-                vec![Action::Request(Request::Leave { participant: id })]
+                let (id, node) = (id.clone(), node.clone());
+                self.state = State::Leaving {
+                    node: node.clone(),
+                    id: id.clone(),
+                };
+                vec![Action::Request {
+                    node,
+                    request: Request::Leave { participant: id },
+                }]
             }
             (ClientMsg::Leave {}, State::Joining { leave_after, .. }) => {
                 *leave_after = true;
@@ -243,162 +263,211 @@ impl Session {
         }
     }
 
-    /// The placement of the room this session is joining.
-    pub fn handle_placement(&mut self, result: Result<Placement, RegistryError>) -> Vec<Action> {
-        let State::Placing {
+    /// Validate a fresh join: room, token, name.
+    fn intent(
+        room: Option<String>,
+        name: Option<String>,
+        token: Option<String>,
+        ctx: &JoinContext,
+        new_id: impl FnOnce() -> String,
+    ) -> Result<Intent, Box<Action>> {
+        let room = room.unwrap_or_default();
+        protocol::validate_room(&room).map_err(|e| Box::new(bad(e)))?;
+        let mut grants = Grants::default();
+        let mut name = name.unwrap_or_default();
+        let mut identity = None;
+        if let Some(auth) = &ctx.auth {
+            let Some(token) = token else {
+                return Err(Box::new(Action::Send(ServerMsg::error(
+                    ErrorCode::Unauthorized,
+                    "this server requires a token",
+                ))));
+            };
+            let claims = auth.verify(&token, &room).map_err(|e| {
+                Box::new(Action::Send(ServerMsg::error(ErrorCode::Unauthorized, e)))
+            })?;
+            if let Some(n) = claims.name {
+                name = n;
+            }
+            grants = Grants {
+                publish: claims.grants.publish,
+                subscribe: claims.grants.subscribe,
+            };
+            identity = Some(claims.sub);
+        }
+        let name = protocol::validate_name(&name).map_err(|e| Box::new(bad(e)))?;
+        Ok(Intent {
             room,
-            id,
+            id: new_id(),
             name,
             grants,
-            retried,
-        } = std::mem::replace(&mut self.state, State::Idle)
-        else {
+            identity,
+        })
+    }
+
+    /// The server refused a join or resume before it reached a node (rate or session limits).
+    pub fn refuse_join(&mut self, code: ErrorCode, message: impl Into<String>) -> Vec<Action> {
+        match self.state {
+            State::Placing { .. } | State::Resuming { .. } => {
+                self.state = State::Idle;
+                vec![Action::Send(ServerMsg::error(code, message))]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// The placement of the room this session is joining.
+    pub fn handle_placement(&mut self, result: Result<Placement, RegistryError>) -> Vec<Action> {
+        let State::Placing { join, retried } = &self.state else {
             return vec![];
         };
         match result {
             Ok(p) => {
                 let request = Request::Join {
-                    room: room.clone(),
-                    participant: id.clone(),
-                    name: name.clone(),
+                    room: join.room.clone(),
+                    participant: join.id.clone(),
+                    name: join.name.clone(),
                     offer: None,
                     epoch: Some(p.epoch),
-                    grants,
+                    grants: join.grants,
                 };
                 self.state = State::Joining {
-                    node: p.node,
-                    room,
-                    id,
-                    name,
-                    grants,
-                    retried,
+                    node: p.node.clone(),
+                    join: join.clone(),
+                    retried: *retried,
                     leave_after: false,
                 };
-                vec![Action::Request(request)]
+                vec![Action::Request {
+                    node: p.node,
+                    request,
+                }]
             }
-            Err(RegistryError::NoNodes) => vec![Action::Send(ServerMsg::error(
-                ErrorCode::Unavailable,
-                "no media server is available; retry later",
-            ))],
-            Err(e) => vec![Action::Send(ServerMsg::error(
-                ErrorCode::Unavailable,
-                format!("room lookup failed: {e}"),
-            ))],
+            Err(e) => {
+                self.state = State::Idle;
+                let message = match e {
+                    RegistryError::NoNodes => "no media server is available; retry later".into(),
+                    e => format!("room lookup failed: {e}"),
+                };
+                vec![Action::Send(ServerMsg::error(
+                    ErrorCode::Unavailable,
+                    message,
+                ))]
+            }
         }
     }
 
-    /// The dataplane's response to a request this session made.
+    /// The dataplane's response to a request this session made. A response that does not belong
+    /// to the session's current state (e.g. to an offer of a session that was closed since) is
+    /// dropped.
     pub fn handle_response(
         &mut self,
         request: &Request,
         response: Response,
         ctx: &JoinContext,
     ) -> Vec<Action> {
-        match (request, response) {
+        match (&mut self.state, request, response) {
             (
-                Request::Join { .. },
+                State::Joining {
+                    node,
+                    join,
+                    leave_after,
+                    ..
+                },
+                Request::Join { participant, .. },
                 Response::Joined {
                     participants,
                     resume_key,
                     ..
                 },
-            ) => {
-                let State::Joining {
-                    node,
-                    room,
-                    id,
-                    name,
-                    leave_after,
-                    ..
-                } = std::mem::replace(&mut self.state, State::Idle)
-                else {
-                    return vec![];
-                };
-                if leave_after {
-                    self.state = State::Leaving { node };
-                    return vec![Action::Request(Request::Leave { participant: id })];
+            ) if *participant == join.id => {
+                let (node, join) = (node.clone(), join.clone());
+                if *leave_after {
+                    self.state = State::Leaving {
+                        node: node.clone(),
+                        id: join.id.clone(),
+                    };
+                    return vec![Action::Request {
+                        node,
+                        request: Request::Leave {
+                            participant: join.id,
+                        },
+                    }];
                 }
                 let resume = ResumeToken {
                     node: node.clone(),
-                    participant: id.clone(),
+                    participant: join.id.clone(),
                     key: resume_key,
                 };
                 let msg = ServerMsg::Joined {
-                    room: room.clone(),
+                    room: join.room.clone(),
                     participant: PeerInfo {
-                        id: id.clone(),
-                        name: name.clone(),
+                        id: join.id.clone(),
+                        name: join.name.clone(),
                     },
-                    participants,
-                    ice_servers: ctx.ice_servers(&id),
+                    participants: participants.clone(),
+                    ice_servers: ctx.ice_servers(&join.id),
                     resume: resume.encode(),
                     resumed: false,
                 };
                 self.state = State::Joined {
                     node,
-                    room,
-                    id,
-                    name,
+                    room: join.room,
+                    id: join.id,
+                    name: join.name,
                     resume,
+                    identity: join.identity,
+                    peers: participants,
                 };
                 vec![Action::Send(msg)]
             }
-            (Request::Join { .. }, Response::Error { code, message }) => {
-                let State::Joining {
+            (
+                State::Joining {
                     node,
-                    room,
-                    id,
-                    name,
-                    grants,
+                    join,
                     retried,
                     leave_after,
-                } = std::mem::replace(&mut self.state, State::Idle)
-                else {
-                    return vec![];
-                };
-                if leave_after {
+                },
+                Request::Join { participant, .. },
+                Response::Error { code, message },
+            ) if *participant == join.id => {
+                if *leave_after {
                     self.state = State::Closed;
                     return vec![
                         Action::Send(ServerMsg::error(code.into(), message)),
                         Action::Close,
                     ];
                 }
-                if code == control::ErrorCode::Unavailable && !retried {
+                if code == control::ErrorCode::Unavailable && !*retried {
                     // The placement was stale or the node is going away: look the room up again
                     // without that node, once.
+                    let exclude = vec![node.clone()];
+                    let room = join.room.clone();
                     self.state = State::Placing {
-                        room: room.clone(),
-                        id,
-                        name,
-                        grants,
+                        join: join.clone(),
                         retried: true,
                     };
-                    return vec![Action::Place {
-                        room,
-                        exclude: vec![node],
-                    }];
+                    return vec![Action::Place { room, exclude }];
                 }
+                self.state = State::Idle;
                 vec![Action::Send(ServerMsg::error(code.into(), message))]
             }
             (
-                Request::Attach { .. },
+                State::Resuming { token },
+                Request::Attach { participant, .. },
                 Response::Attached {
                     room,
                     name,
                     participants,
                 },
-            ) => {
-                let State::Resuming { token } = std::mem::replace(&mut self.state, State::Idle)
-                else {
-                    return vec![];
-                };
+            ) if *participant == token.participant => {
+                let token = token.clone();
                 let msg = ServerMsg::Joined {
                     room: room.clone(),
                     participant: PeerInfo {
                         id: token.participant.clone(),
                         name: name.clone(),
                     },
-                    participants,
+                    participants: participants.clone(),
                     ice_servers: ctx.ice_servers(&token.participant),
                     resume: token.encode(),
                     resumed: true,
@@ -409,109 +478,185 @@ impl Session {
                     id: token.participant.clone(),
                     name,
                     resume: token,
+                    identity: None,
+                    peers: participants,
                 };
                 vec![Action::Send(msg)]
             }
-            (Request::Attach { .. }, Response::Error { code, message }) => {
-                let was_resuming = matches!(self.state, State::Resuming { .. });
-                if was_resuming {
-                    self.state = State::Idle;
-                    let code = if code == control::ErrorCode::Unavailable {
-                        ErrorCode::Unavailable
-                    } else {
-                        ErrorCode::ResumeFailed
-                    };
-                    return vec![Action::Send(ServerMsg::error(
-                        code,
-                        format!("cannot resume: {message}"),
-                    ))];
+            (
+                State::Resuming { token },
+                Request::Attach { participant, .. },
+                Response::Error { code, message },
+            ) if *participant == token.participant => {
+                self.state = State::Idle;
+                let code = if code == control::ErrorCode::Unavailable {
+                    ErrorCode::Unavailable
+                } else {
+                    ErrorCode::ResumeFailed
+                };
+                vec![Action::Send(ServerMsg::error(
+                    code,
+                    format!("cannot resume: {message}"),
+                ))]
+            }
+            // A re-attach after the control link came back: the session stays joined; tell the
+            // client who came and went while the link was down.
+            (
+                State::Joined { id, peers, .. },
+                Request::Attach { participant, .. },
+                Response::Attached { participants, .. },
+            ) if participant == id => {
+                let mut actions = Vec::new();
+                for p in &participants {
+                    if !peers.iter().any(|k| k.id == p.id) {
+                        actions.push(Action::Send(ServerMsg::ParticipantJoined {
+                            participant: p.clone(),
+                        }));
+                    }
                 }
-                // A re-attach after a control reconnect failed: the session is gone.
+                for k in peers.iter() {
+                    if !participants.iter().any(|p| p.id == k.id) {
+                        actions.push(Action::Send(ServerMsg::ParticipantLeft {
+                            participant_id: k.id.clone(),
+                        }));
+                    }
+                }
+                *peers = participants;
+                actions
+            }
+            (
+                State::Joined { id, .. },
+                Request::Attach { participant, .. },
+                Response::Error { code, .. },
+            ) if participant == id => {
+                if code == control::ErrorCode::Unavailable {
+                    // The link dropped again before the answer: the next reconnect re-attaches.
+                    return vec![];
+                }
+                // The dataplane no longer knows the participant: the session is gone.
                 self.state = State::Closed;
                 vec![
                     Action::Send(ServerMsg::Left {
-                        reason: control::LeaveReason::Failed,
+                        reason: LeaveReason::Failed,
                     }),
                     Action::Close,
                 ]
             }
-            (Request::Offer { .. }, Response::Answer { sdp }) => {
-                vec![Action::Send(ServerMsg::Answer { sdp })]
-            }
-            (Request::Leave { .. }, _) => {
+            (
+                State::Joined { id, .. },
+                Request::Offer { participant, .. },
+                Response::Answer { sdp },
+            ) if participant == id => vec![Action::Send(ServerMsg::Answer { sdp })],
+            (
+                State::Joined { id, .. },
+                Request::Offer { participant, .. } | Request::Answer { participant, .. },
+                Response::Error { code, message },
+            ) if participant == id => vec![Action::Send(ServerMsg::error(code.into(), message))],
+            (State::Leaving { id, .. }, Request::Leave { participant }, _) if participant == id => {
                 self.state = State::Closed;
                 vec![Action::Close]
-            }
-            (_, Response::Error { code, message }) => {
-                vec![Action::Send(ServerMsg::error(code.into(), message))]
             }
             _ => vec![],
         }
     }
 
-    /// An event addressed to this session's participant.
+    /// An event from the dataplane. Only events addressed to this session's own, confirmed
+    /// participant are acted on; anything else (a stale route, another participant) is dropped.
     pub fn handle_event(&mut self, event: Event) -> Vec<Action> {
-        if !self.is_joined() {
-            // Events can only follow a successful join or resume; anything else is stale.
+        let State::Joined { id, peers, .. } = &mut self.state else {
+            return vec![];
+        };
+        if event.participant() != id.as_str() {
             return vec![];
         }
         match event {
-            Event::PeerJoined { peer, .. } => vec![Action::Send(ServerMsg::ParticipantJoined {
-                participant: peer,
-            })],
-            Event::PeerLeft { peer_id, .. } => vec![Action::Send(ServerMsg::ParticipantLeft {
-                participant_id: peer_id,
-            })],
-            Event::Offer { sdp, .. } => vec![Action::Send(ServerMsg::Offer { sdp })],
-            Event::Gone {
-                reason: control::LeaveReason::Moved,
-                ..
-            } => {
-                self.state = State::Idle;
-                vec![Action::Send(ServerMsg::RoomClosed {
-                    reason: "moved".into(),
+            Event::PeerJoined { peer, .. } => {
+                if !peers.iter().any(|p| p.id == peer.id) {
+                    peers.push(peer.clone());
+                }
+                vec![Action::Send(ServerMsg::ParticipantJoined {
+                    participant: peer,
                 })]
             }
-            Event::Gone { reason, .. } => {
-                self.state = State::Closed;
-                vec![Action::Send(ServerMsg::Left { reason }), Action::Close]
+            Event::PeerLeft { peer_id, .. } => {
+                peers.retain(|p| p.id != peer_id);
+                vec![Action::Send(ServerMsg::ParticipantLeft {
+                    participant_id: peer_id,
+                })]
             }
+            Event::Offer { sdp, .. } => vec![Action::Send(ServerMsg::Offer { sdp })],
+            Event::Gone { reason, .. } => match reason.room_closed() {
+                // The room is gone from its node, not the client's fault: it joins again.
+                Some(why) => {
+                    self.state = State::Idle;
+                    vec![Action::Send(ServerMsg::RoomClosed { reason: why.into() })]
+                }
+                None => {
+                    self.state = State::Closed;
+                    vec![Action::Send(ServerMsg::Left { reason }), Action::Close]
+                }
+            },
         }
     }
 
+    /// Another connection resumed this session's participant: this one is over.
+    pub fn handle_replaced(&mut self) -> Vec<Action> {
+        if !self.is_joined() {
+            return vec![];
+        }
+        self.state = State::Closed;
+        vec![
+            Action::Send(ServerMsg::Left {
+                reason: LeaveReason::Replaced,
+            }),
+            Action::Close,
+        ]
+    }
+
     /// The node hosting this session failed: the room is closed for this client, which may join
-    /// again (the room is re-placed on a healthy node).
+    /// again (the room is re-placed on a healthy node). If the node was only slow, not dead, the
+    /// participant left behind on it is removed (`Forget`).
     pub fn handle_node_failed(&mut self, node: &str) -> Vec<Action> {
         if self.node() != Some(node) {
             return vec![];
         }
-        let was_leaving = matches!(self.state, State::Leaving { .. });
-        self.state = if was_leaving {
-            State::Closed
-        } else {
-            State::Idle
+        let forget = |id: &str| Action::Forget {
+            node: node.to_string(),
+            request: Request::Leave {
+                participant: id.to_string(),
+            },
         };
-        if was_leaving {
-            return vec![Action::Close];
-        }
-        vec![Action::Send(ServerMsg::RoomClosed {
-            reason: "node_failed".into(),
-        })]
-    }
-
-    /// The WebSocket closed. The participant is **not** removed: its client may resume the
-    /// session through any signaling instance within the resume window (the dataplane removes it
-    /// after that). Only an explicit `leave` removes it at once.
-    pub fn handle_disconnect(&mut self) -> Vec<Action> {
-        let state = std::mem::replace(&mut self.state, State::Closed);
-        match state {
-            // The join response will find no session; the server then sends the leave.
-            State::Joining { .. } | State::Placing { .. } => vec![],
+        match &self.state {
+            State::Leaving { id, .. } => {
+                let f = forget(id);
+                self.state = State::Closed;
+                vec![f, Action::Close]
+            }
+            State::Joined { id, .. } => {
+                let f = forget(id);
+                self.state = State::Idle;
+                vec![
+                    Action::Send(ServerMsg::RoomClosed {
+                        reason: "node_failed".into(),
+                    }),
+                    f,
+                ]
+            }
+            // The pending join or attach fails on its own (the server fails requests to a failed
+            // node); nothing to undo here.
             _ => vec![],
         }
     }
 
-    /// The control connection to this session's node came back: re-attach.
+    /// The WebSocket closed. The participant is **not** removed: its client may resume the
+    /// session through any signaling instance within the resume window (the dataplane removes it
+    /// after that). Only an explicit `leave` removes it at once. A join still in flight is undone
+    /// by the server when its answer finds no connection.
+    pub fn handle_disconnect(&mut self) {
+        self.state = State::Closed;
+    }
+
+    /// The control link to `node` came back: a joined session on it re-attaches.
     pub fn handle_control_restored(&mut self, node: &str) -> Vec<Action> {
         match &self.state {
             State::Joined {
@@ -519,10 +664,13 @@ impl Session {
                 node: n,
                 resume,
                 ..
-            } if n == node => vec![Action::Request(Request::Attach {
-                participant: id.clone(),
-                resume_key: resume.key.clone(),
-            })],
+            } if n == node => vec![Action::Request {
+                node: node.to_string(),
+                request: Request::Attach {
+                    participant: id.clone(),
+                    resume_key: resume.key.clone(),
+                },
+            }],
             _ => vec![],
         }
     }
@@ -530,480 +678,4 @@ impl Session {
 
 fn bad(message: impl Into<String>) -> Action {
     Action::Send(ServerMsg::error(ErrorCode::BadRequest, message))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use control::LeaveReason;
-
-    fn ctx() -> JoinContext {
-        JoinContext {
-            ice_servers: vec![IceServer {
-                urls: vec!["stun:s".into()],
-                username: None,
-                credential: None,
-            }],
-            ..JoinContext::default()
-        }
-    }
-
-    fn placed(node: &str, epoch: u64) -> Result<Placement, RegistryError> {
-        Ok(Placement {
-            node: node.into(),
-            epoch,
-        })
-    }
-
-    fn joined_response(key: &str) -> Response {
-        Response::Joined {
-            answer: None,
-            worker: 0,
-            port: 1,
-            participants: vec![],
-            resume_key: key.into(),
-        }
-    }
-
-    /// Join through placement; returns the session and the join request.
-    fn join(room: &str) -> (Session, Request) {
-        let mut s = Session::new();
-        let a = s.handle_text(
-            &format!(r#"{{"type":"join","room":"{room}","name":" Al "}}"#),
-            &ctx(),
-            || "p1".into(),
-        );
-        assert_eq!(
-            a,
-            vec![Action::Place {
-                room: room.into(),
-                exclude: vec![]
-            }]
-        );
-        assert_eq!(s.participant(), Some("p1"));
-        assert_eq!(s.node(), None);
-        let a = s.handle_placement(placed("n1", 7));
-        let Some(Action::Request(req)) = a.into_iter().next() else {
-            panic!("no join request")
-        };
-        assert!(
-            matches!(&req, Request::Join { epoch: Some(7), participant, name, .. } if participant == "p1" && name == "Al")
-        );
-        assert_eq!(s.node(), Some("n1"));
-        (s, req)
-    }
-
-    fn joined_session() -> Session {
-        let (mut s, req) = join("r");
-        s.handle_response(&req, joined_response("k1"), &ctx());
-        assert!(s.is_joined());
-        s
-    }
-
-    fn error_code(actions: &[Action]) -> Option<ErrorCode> {
-        actions.iter().find_map(|a| match a {
-            Action::Send(ServerMsg::Error { code, .. }) => Some(*code),
-            _ => None,
-        })
-    }
-
-    #[test]
-    fn join_flow_with_placement_and_resume_token() {
-        let (mut s, req) = join("r");
-        let a = s.handle_response(&req, joined_response("key"), &ctx());
-        let [
-            Action::Send(ServerMsg::Joined {
-                room,
-                participant,
-                resume,
-                resumed,
-                ice_servers,
-                ..
-            }),
-        ] = &a[..]
-        else {
-            panic!("{a:?}")
-        };
-        assert_eq!(
-            (
-                room.as_str(),
-                participant.id.as_str(),
-                participant.name.as_str(),
-                *resumed
-            ),
-            ("r", "p1", "Al", false)
-        );
-        assert_eq!(ice_servers, &ctx().ice_servers);
-        let token = ResumeToken::decode(resume).expect("token");
-        assert_eq!(
-            (
-                token.node.as_str(),
-                token.participant.as_str(),
-                token.key.as_str()
-            ),
-            ("n1", "p1", "key")
-        );
-        let a = s.handle_text(r#"{"type":"offer","sdp":"v=0"}"#, &ctx(), || unreachable!());
-        let offer = Request::Offer {
-            participant: "p1".into(),
-            sdp: "v=0".into(),
-        };
-        assert_eq!(a, vec![Action::Request(offer.clone())]);
-        assert_eq!(
-            s.handle_response(&offer, Response::Answer { sdp: "ans".into() }, &ctx()),
-            vec![Action::Send(ServerMsg::Answer { sdp: "ans".into() })]
-        );
-    }
-
-    #[test]
-    fn resume_attaches_at_the_token_node() {
-        let token = ResumeToken {
-            node: "n2".into(),
-            participant: "p9".into(),
-            key: "kk".into(),
-        }
-        .encode();
-        let mut s = Session::new();
-        let a = s.handle_text(
-            &format!(r#"{{"type":"join","resume":"{token}"}}"#),
-            &ctx(),
-            || unreachable!(),
-        );
-        let attach = Request::Attach {
-            participant: "p9".into(),
-            resume_key: "kk".into(),
-        };
-        assert_eq!(a, vec![Action::Request(attach.clone())]);
-        assert_eq!(s.node(), Some("n2"));
-        let a = s.handle_response(
-            &attach,
-            Response::Attached {
-                room: "r".into(),
-                name: "Nine".into(),
-                participants: vec![],
-            },
-            &ctx(),
-        );
-        assert!(
-            matches!(&a[..], [Action::Send(ServerMsg::Joined { resumed: true, participant, .. })] if participant.id == "p9" && participant.name == "Nine")
-        );
-        assert!(s.is_joined());
-
-        // An expired session: resume_failed, and the connection can join normally.
-        let mut s = Session::new();
-        let a = s.handle_text(
-            &format!(r#"{{"type":"join","resume":"{token}"}}"#),
-            &ctx(),
-            || unreachable!(),
-        );
-        let Action::Request(attach) = &a[0] else {
-            panic!()
-        };
-        let a = s.handle_response(
-            attach,
-            Response::error(control::ErrorCode::UnknownParticipant, "gone"),
-            &ctx(),
-        );
-        assert_eq!(error_code(&a), Some(ErrorCode::ResumeFailed));
-        assert!(matches!(
-            s.handle_text(r#"{"type":"join","room":"r","name":"a"}"#, &ctx(), || "p"
-                .into())[0],
-            Action::Place { .. }
-        ));
-        let mut s = Session::new();
-        assert_eq!(
-            error_code(&s.handle_text(
-                r#"{"type":"join","resume":"garbage!"}"#,
-                &ctx(),
-                || unreachable!()
-            )),
-            Some(ErrorCode::ResumeFailed)
-        );
-    }
-
-    #[test]
-    fn failed_join_retries_placement_once_then_allows_retry() {
-        let (mut s, req) = join("r");
-        let a = s.handle_response(
-            &req,
-            Response::error(control::ErrorCode::Unavailable, "stale"),
-            &ctx(),
-        );
-        assert_eq!(
-            a,
-            vec![Action::Place {
-                room: "r".into(),
-                exclude: vec!["n1".into()]
-            }]
-        );
-        let a = s.handle_placement(placed("n2", 8));
-        let Action::Request(req2) = &a[0] else {
-            panic!()
-        };
-        let a = s.handle_response(
-            req2,
-            Response::error(control::ErrorCode::Unavailable, "again"),
-            &ctx(),
-        );
-        assert_eq!(error_code(&a), Some(ErrorCode::Unavailable));
-        let a = s.handle_text(r#"{"type":"join","room":"r2","name":"a"}"#, &ctx(), || {
-            "p2".into()
-        });
-        assert!(matches!(&a[0], Action::Place { .. }));
-        assert_eq!(
-            error_code(&s.handle_placement(Err(RegistryError::NoNodes))),
-            Some(ErrorCode::Unavailable)
-        );
-        // Room full is not retried.
-        let (mut s, req) = join("r");
-        assert_eq!(
-            error_code(&s.handle_response(
-                &req,
-                Response::error(control::ErrorCode::RoomFull, "full"),
-                &ctx()
-            )),
-            Some(ErrorCode::RoomFull)
-        );
-    }
-
-    #[test]
-    fn auth_and_turn() {
-        let secret = b"0123456789abcdef0123456789abcdef";
-        let mut c = ctx();
-        c.auth = Some(Auth::new(secret));
-        c.turn = Some(TurnConfig {
-            urls: vec!["turn:t".into()],
-            secret: "x".into(),
-            ttl_secs: 60,
-        });
-        c.now_unix = 1000;
-        let mut s = Session::new();
-        assert_eq!(
-            error_code(
-                &s.handle_text(r#"{"type":"join","room":"r","name":"a"}"#, &c, || "p"
-                    .into())
-            ),
-            Some(ErrorCode::Unauthorized)
-        );
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            + 60;
-        let claims = crate::auth::Claims {
-            sub: "u".into(),
-            name: Some("From Token".into()),
-            room: "r".into(),
-            exp,
-            grants: crate::auth::GrantClaims {
-                publish: false,
-                subscribe: true,
-            },
-        };
-        let token = crate::auth::mint(secret, &claims).expect("mint");
-        let other_room = s.handle_text(
-            &format!(r#"{{"type":"join","room":"x","name":"a","token":"{token}"}}"#),
-            &c,
-            || "p".into(),
-        );
-        assert_eq!(error_code(&other_room), Some(ErrorCode::Unauthorized));
-        let a = s.handle_text(
-            &format!(r#"{{"type":"join","room":"r","name":"a","token":"{token}"}}"#),
-            &c,
-            || "p".into(),
-        );
-        assert!(matches!(&a[0], Action::Place { .. }));
-        let a = s.handle_placement(placed("n", 1));
-        let Action::Request(req) = &a[0] else {
-            panic!()
-        };
-        assert!(
-            matches!(req, Request::Join { name, grants: Grants { publish: false, subscribe: true }, .. } if name == "From Token")
-        );
-        let a = s.handle_response(req, joined_response("k"), &c);
-        let Action::Send(ServerMsg::Joined { ice_servers, .. }) = &a[0] else {
-            panic!()
-        };
-        assert_eq!(ice_servers.len(), 2);
-        assert_eq!(ice_servers[1].username.as_deref(), Some("1060:p"));
-    }
-
-    #[test]
-    fn bad_input_gets_bad_request_and_keeps_the_session() {
-        let mut s = Session::new();
-        for bad in [
-            "{",
-            r#"{"type":"nope"}"#,
-            r#"{"type":"offer","sdp":"x"}"#,
-            r#"{"type":"answer","sdp":"x"}"#,
-            r#"{"type":"join","room":"bad room","name":"a"}"#,
-            r#"{"type":"join","room":"r","name":""}"#,
-            r#"{"type":"join","name":"a"}"#,
-        ] {
-            assert_eq!(
-                error_code(&s.handle_text(bad, &ctx(), || "p".into())),
-                Some(ErrorCode::BadRequest),
-                "{bad}"
-            );
-        }
-        assert!(
-            s.handle_text(r#"{"type":"candidate","candidate":"x"}"#, &ctx(), || "p"
-                .into())
-                .is_empty()
-        );
-        let mut s = joined_session();
-        assert_eq!(
-            error_code(
-                &s.handle_text(r#"{"type":"join","room":"r","name":"a"}"#, &ctx(), || "p"
-                    .into())
-            ),
-            Some(ErrorCode::BadRequest)
-        );
-        assert!(s.is_joined());
-    }
-
-    #[test]
-    fn events_become_client_messages() {
-        let mut s = joined_session();
-        let peer = PeerInfo {
-            id: "p2".into(),
-            name: "B".into(),
-        };
-        assert_eq!(
-            s.handle_event(Event::PeerJoined {
-                participant: "p1".into(),
-                peer: peer.clone()
-            }),
-            vec![Action::Send(ServerMsg::ParticipantJoined {
-                participant: peer
-            })]
-        );
-        assert_eq!(
-            s.handle_event(Event::Offer {
-                participant: "p1".into(),
-                sdp: "o".into()
-            }),
-            vec![Action::Send(ServerMsg::Offer { sdp: "o".into() })]
-        );
-        assert_eq!(
-            s.handle_event(Event::PeerLeft {
-                participant: "p1".into(),
-                peer_id: "p2".into(),
-                reason: LeaveReason::Left
-            }),
-            vec![Action::Send(ServerMsg::ParticipantLeft {
-                participant_id: "p2".into()
-            })]
-        );
-        assert_eq!(
-            s.handle_event(Event::Gone {
-                participant: "p1".into(),
-                reason: LeaveReason::Timeout
-            }),
-            vec![
-                Action::Send(ServerMsg::Left {
-                    reason: LeaveReason::Timeout
-                }),
-                Action::Close
-            ]
-        );
-        let mut s = joined_session();
-        assert_eq!(
-            s.handle_event(Event::Gone {
-                participant: "p1".into(),
-                reason: LeaveReason::Moved
-            }),
-            vec![Action::Send(ServerMsg::RoomClosed {
-                reason: "moved".into()
-            })]
-        );
-        assert!(matches!(
-            s.handle_text(r#"{"type":"join","room":"r","name":"a"}"#, &ctx(), || "p"
-                .into())[0],
-            Action::Place { .. }
-        ));
-    }
-
-    #[test]
-    fn node_failure_closes_the_room_for_the_client() {
-        let mut s = joined_session();
-        assert!(s.handle_node_failed("other").is_empty());
-        assert_eq!(
-            s.handle_node_failed("n1"),
-            vec![Action::Send(ServerMsg::RoomClosed {
-                reason: "node_failed".into()
-            })]
-        );
-        assert!(!s.is_joined());
-        assert!(matches!(
-            s.handle_text(r#"{"type":"join","room":"r","name":"a"}"#, &ctx(), || "p"
-                .into())[0],
-            Action::Place { .. }
-        ));
-    }
-
-    #[test]
-    fn leave_and_disconnect() {
-        let mut s = joined_session();
-        let a = s.handle_text(r#"{"type":"leave"}"#, &ctx(), || unreachable!());
-        let req = Request::Leave {
-            participant: "p1".into(),
-        };
-        assert_eq!(a, vec![Action::Request(req.clone())]);
-        assert_eq!(s.node(), Some("n1"), "the leave goes to the session's node");
-        assert_eq!(
-            s.handle_response(&req, Response::Ok, &ctx()),
-            vec![Action::Close]
-        );
-
-        // A dropped WebSocket does not remove the participant: it may resume.
-        let mut s = joined_session();
-        assert!(s.handle_disconnect().is_empty());
-        assert!(
-            s.handle_event(Event::Offer {
-                participant: "p1".into(),
-                sdp: "o".into()
-            })
-            .is_empty()
-        );
-
-        // Leave while the join is in flight: leave as soon as it lands.
-        let (mut s, join) = join("r");
-        assert!(
-            s.handle_text(r#"{"type":"leave"}"#, &ctx(), || unreachable!())
-                .is_empty()
-        );
-        assert_eq!(
-            s.handle_response(&join, joined_response("k"), &ctx()),
-            vec![Action::Request(Request::Leave {
-                participant: "p1".into()
-            })]
-        );
-    }
-
-    #[test]
-    fn control_restored_reattaches_and_a_lost_session_ends() {
-        let mut s = joined_session();
-        assert!(s.handle_control_restored("other-node").is_empty());
-        let a = s.handle_control_restored("n1");
-        let attach = Request::Attach {
-            participant: "p1".into(),
-            resume_key: "k1".into(),
-        };
-        assert_eq!(a, vec![Action::Request(attach.clone())]);
-        let a = s.handle_response(
-            &attach,
-            Response::error(control::ErrorCode::UnknownParticipant, "gone"),
-            &ctx(),
-        );
-        assert_eq!(
-            a,
-            vec![
-                Action::Send(ServerMsg::Left {
-                    reason: LeaveReason::Failed
-                }),
-                Action::Close
-            ]
-        );
-        assert!(Session::new().handle_control_restored("n1").is_empty());
-    }
 }

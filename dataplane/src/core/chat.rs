@@ -22,8 +22,15 @@ pub struct ChatRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatError {
     BadRequest(String),
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
     UnknownParticipant(String),
+    /// The sender exceeded its chat rate; the message was dropped.
+    RateLimited {
+        per_sec: u32,
+    },
 }
 
 impl ChatError {
@@ -32,6 +39,7 @@ impl ChatError {
             ChatError::BadRequest(_) => "bad_request",
             ChatError::TooLarge { .. } => "too_large",
             ChatError::UnknownParticipant(_) => "unknown_participant",
+            ChatError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -42,6 +50,9 @@ impl ChatError {
                 format!("message text is {len} bytes; the limit is {max} bytes")
             }
             ChatError::UnknownParticipant(id) => format!("no participant {id:?} in this room"),
+            ChatError::RateLimited { per_sec } => format!(
+                "more than {per_sec} messages per second; messages are dropped until you slow down"
+            ),
         }
     }
 

@@ -19,6 +19,7 @@
 mod chat;
 mod crypto;
 mod demux;
+mod guard;
 mod ids;
 mod munger;
 mod participant;
@@ -49,6 +50,7 @@ pub use chat::{
 };
 pub use crypto::SharedCrypto;
 pub use demux::{Demux, PacketClass, RouteError, classify};
+pub use guard::{clean_error, guard, media_sections};
 pub use ids::{ParticipantIdx, TrackInIdx, TrackOutIdx};
 pub use munger::RtpMunger;
 use participant::{MAX_ADDRS, MAX_CHAT_BACKLOG, Participant, PendingOffer};
@@ -77,6 +79,13 @@ pub struct CoreConfig {
     pub rtx_buffer_video: usize,
     /// How often str0m computes per-stream statistics (NACK counts for metrics); `None` = never.
     pub rtc_stats_interval: Option<Duration>,
+    /// Client SDP with more media sections (`m=` lines) than this is refused (`bad_request`)
+    /// before it is parsed.
+    pub max_media_per_offer: usize,
+    /// Chat (and mute-state) messages per second one participant may send, sustained; bursts
+    /// up to `chat_burst`. Beyond it messages are dropped with a `rate_limited` error.
+    pub chat_rate: f64,
+    pub chat_burst: f64,
 }
 
 impl CoreConfig {
@@ -92,6 +101,9 @@ impl CoreConfig {
             max_chat_text: 4096,
             rtx_buffer_video: 512,
             rtc_stats_interval: Some(Duration::from_secs(5)),
+            max_media_per_offer: 1024,
+            chat_rate: 5.0,
+            chat_burst: 20.0,
         }
     }
 }
@@ -213,10 +225,12 @@ pub enum DropReason {
     ChatInvalid,
     /// A chat message could not be queued (SCTP buffer or backlog full).
     ChatBackpressure,
+    /// A participant sent chat faster than its rate limit.
+    ChatRateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::UnknownUfrag,
         DropReason::UnknownSource,
@@ -228,6 +242,7 @@ impl DropReason {
         DropReason::TooManyAddresses,
         DropReason::ChatInvalid,
         DropReason::ChatBackpressure,
+        DropReason::ChatRateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -243,6 +258,7 @@ impl DropReason {
             DropReason::TooManyAddresses => "too_many_addresses",
             DropReason::ChatInvalid => "chat_invalid",
             DropReason::ChatBackpressure => "chat_backpressure",
+            DropReason::ChatRateLimited => "chat_rate_limited",
         }
     }
 }
@@ -408,15 +424,20 @@ impl WorkerCore {
     ) {
         self.counters.datagrams_in += 1;
         self.counters.bytes_in += data.len() as u64;
-        let (idx, is_stun) = match self.demux.route(source, data) {
-            Ok(r) => r,
-            Err(e) => {
+        let (idx, is_stun) = match guard(|| self.demux.route(source, data)) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
                 trace!(%source, ?e, "drop datagram");
                 self.counters.drop(e.into());
                 return;
             }
+            None => {
+                self.counters.drop(DropReason::Malformed);
+                return;
+            }
         };
-        let Ok(recv) = Receive::new(Protocol::Udp, source, destination, data) else {
+        let Some(Ok(recv)) = guard(|| Receive::new(Protocol::Udp, source, destination, data))
+        else {
             self.counters.drop(DropReason::Malformed);
             return;
         };
@@ -428,9 +449,17 @@ impl WorkerCore {
         if is_stun && self.demux.addr_owner(&source) != Some(idx) {
             // A new address for this participant: only bind it once the ICE agent accepts the
             // request (MESSAGE-INTEGRITY checked with the participant's password).
-            if !p.rtc.accepts(&input) {
-                self.counters.drop(DropReason::StunUnauthorized);
-                return;
+            match guard(|| p.rtc.accepts(&input)) {
+                Some(true) => {}
+                Some(false) => {
+                    self.counters.drop(DropReason::StunUnauthorized);
+                    return;
+                }
+                // The datagram made str0m panic: drop it; the session itself is intact.
+                None => {
+                    self.counters.drop(DropReason::Malformed);
+                    return;
+                }
             }
             if !p.addrs.contains(&source) {
                 if p.addrs.len() >= MAX_ADDRS {
@@ -449,14 +478,14 @@ impl WorkerCore {
             return;
         };
         p.last_rx = now;
-        match catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(input))) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+        match guard(|| p.rtc.handle_input(input)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
                 // A single bad datagram (e.g. failed SRTP auth) is not fatal for the session.
                 debug!(participant = %p.id, error = %e, "rtc rejected datagram");
                 self.counters.drop(DropReason::RtcRejected);
             }
-            Err(_) => {
+            None => {
                 warn!(participant = %p.id, "rtc panicked on input; closing participant");
                 p.failed = true;
             }
@@ -568,7 +597,7 @@ impl WorkerCore {
                 }
                 Some(Response::Ok)
             }
-            Request::Stats | Request::Drain => Some(Response::error(
+            Request::Stats | Request::Drain | Request::InjectFault { .. } => Some(Response::error(
                 ErrorCode::BadRequest,
                 "handled by the control thread, not a worker",
             )),
@@ -629,15 +658,10 @@ impl WorkerCore {
             }
             _ => {}
         }
-        let offer = match offer.map(SdpOffer::from_sdp_string) {
+        let offer = match offer.map(|o| self.parse_offer(o)) {
             None => None,
             Some(Ok(o)) => Some(o),
-            Some(Err(e)) => {
-                return Some(Response::error(
-                    ErrorCode::BadRequest,
-                    format!("invalid SDP offer: {e}"),
-                ));
-            }
+            Some(Err(e)) => return Some(e),
         };
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
@@ -654,23 +678,21 @@ impl WorkerCore {
         rtc.add_local_candidate(candidate);
         let answer = match offer {
             None => None,
-            Some(offer) => {
-                match catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer))) {
-                    Ok(Ok(a)) => Some(a.to_sdp_string()),
-                    Ok(Err(e)) => {
-                        return Some(Response::error(
-                            ErrorCode::BadRequest,
-                            format!("SDP offer not acceptable: {e}"),
-                        ));
-                    }
-                    Err(_) => {
-                        return Some(Response::error(
-                            ErrorCode::BadRequest,
-                            "SDP offer not acceptable",
-                        ));
-                    }
+            Some(offer) => match guard(|| rtc.sdp_api().accept_offer(offer)) {
+                Some(Ok(a)) => Some(a.to_sdp_string()),
+                Some(Err(e)) => {
+                    return Some(Response::error(
+                        ErrorCode::BadRequest,
+                        format!("SDP offer not acceptable: {}", clean_error(e)),
+                    ));
                 }
-            }
+                None => {
+                    return Some(Response::error(
+                        ErrorCode::BadRequest,
+                        "SDP offer not acceptable",
+                    ));
+                }
+            },
         };
         let initial_done = answer.is_some();
 
@@ -787,6 +809,42 @@ impl WorkerCore {
         None
     }
 
+    fn parse_offer(&self, sdp: &str) -> Result<SdpOffer, Response> {
+        self.parse_sdp(sdp, "offer", SdpOffer::from_sdp_string)
+    }
+
+    /// Parse client SDP: refused before parsing if it has more media sections than allowed (an
+    /// answer to thousands of m-lines would not fit the control link), parse errors cleaned of
+    /// internal details, a parser panic caught.
+    fn parse_sdp<T, E: std::fmt::Display>(
+        &self,
+        sdp: &str,
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<T, Response> {
+        let sections = media_sections(sdp);
+        if sections > self.cfg.max_media_per_offer {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!(
+                    "SDP {what} has {sections} media sections; at most {} are accepted",
+                    self.cfg.max_media_per_offer
+                ),
+            ));
+        }
+        match guard(|| parse(sdp)) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("invalid SDP {what}: {}", clean_error(e)),
+            )),
+            None => Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("invalid SDP {what}"),
+            )),
+        }
+    }
+
     fn build_rtc(&self, creds: IceCreds, now: Instant) -> Rtc {
         RtcConfig::new()
             .set_crypto_provider(self.crypto.provider.clone())
@@ -807,14 +865,9 @@ impl WorkerCore {
         let Some(idx) = self.by_id.get(id).copied() else {
             return Some(unknown(id));
         };
-        let answer = match SdpAnswer::from_sdp_string(sdp) {
+        let answer = match self.parse_sdp(sdp, "answer", SdpAnswer::from_sdp_string) {
             Ok(a) => a,
-            Err(e) => {
-                return Some(Response::error(
-                    ErrorCode::BadRequest,
-                    format!("invalid SDP answer: {e}"),
-                ));
-            }
+            Err(e) => return Some(e),
         };
         let p = self.participants.get_mut(idx.0)?;
         let Some(pending) = p.pending.take() else {
@@ -841,7 +894,7 @@ impl WorkerCore {
                 }
                 Response::error(
                     ErrorCode::BadRequest,
-                    format!("SDP answer not acceptable: {e}"),
+                    format!("SDP answer not acceptable: {}", clean_error(e)),
                 )
             }
             Err(_) => {
@@ -858,14 +911,9 @@ impl WorkerCore {
         let Some(idx) = self.by_id.get(id).copied() else {
             return Some(unknown(id));
         };
-        let offer = match SdpOffer::from_sdp_string(sdp) {
+        let offer = match self.parse_offer(sdp) {
             Ok(o) => o,
-            Err(e) => {
-                return Some(Response::error(
-                    ErrorCode::BadRequest,
-                    format!("invalid SDP offer: {e}"),
-                ));
-            }
+            Err(e) => return Some(e),
         };
         let p = self.participants.get_mut(idx.0)?;
         // Glare: the server is the polite peer. Its outstanding offer is rolled back (str0m
@@ -889,7 +937,7 @@ impl WorkerCore {
             }
             Ok(Err(e)) => Response::error(
                 ErrorCode::BadRequest,
-                format!("SDP offer not acceptable: {e}"),
+                format!("SDP offer not acceptable: {}", clean_error(e)),
             ),
             Err(_) => {
                 p_fail(&mut self.participants, idx);
@@ -1159,12 +1207,16 @@ impl WorkerCore {
             let Some(stream) = api.stream_tx_by_mid(mid, None) else {
                 continue;
             };
-            stream.write_rtp(
-                RtpWrite::new(pt_out, seq.into(), ts, pkt.timestamp, pkt.payload.clone())
-                    .marker(pkt.header.marker)
-                    .ext_vals(ext.clone())
-                    .nackable(nackable),
-            );
+            let write = RtpWrite::new(pt_out, seq.into(), ts, pkt.timestamp, pkt.payload.clone())
+                .marker(pkt.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(nackable);
+            if guard(|| stream.write_rtp(write)).is_none() {
+                warn!(participant = %sp.id, "rtc panicked on write_rtp; closing participant");
+                sp.failed = true;
+                self.work.push_back(Work::Remove(sub, LeaveReason::Failed));
+                continue;
+            }
             sp.rtp_out += 1;
             self.counters.rtp_forwarded += 1;
             // str0m sends written RTP on its next time input (its pacer takes a snapshot of the
@@ -1253,6 +1305,14 @@ impl WorkerCore {
     }
 
     fn subscribe(&mut self, sub: ParticipantIdx, ti: TrackInIdx) {
+        // A participant whose token denies `subscribe` receives no media at all.
+        if self
+            .participants
+            .get(sub.0)
+            .is_none_or(|p| !p.grants.subscribe)
+        {
+            return;
+        }
         let Some(tin) = self.tracks_in.get(ti.0) else {
             return;
         };
@@ -1403,6 +1463,24 @@ impl WorkerCore {
     // Chat
 
     fn handle_chat(&mut self, from: ParticipantIdx, data: &[u8], now: Instant) {
+        let (rate, burst) = (self.cfg.chat_rate, self.cfg.chat_burst);
+        let Some(p) = self.participants.get_mut(from.0) else {
+            return;
+        };
+        // Per-sender rate limit: a flood from one participant never crowds out the room.
+        if !p.chat_allowance.try_take(now, rate, burst) {
+            self.counters.drop(DropReason::ChatRateLimited);
+            if !std::mem::replace(&mut p.chat_limited, true) {
+                let msg = ChatError::RateLimited {
+                    per_sec: rate.round() as u32,
+                }
+                .to_json();
+                self.send_chat(from, &msg);
+                self.drain(from, now);
+            }
+            return;
+        }
+        p.chat_limited = false;
         let Some(p) = self.participants.get(from.0) else {
             return;
         };
@@ -1505,8 +1583,12 @@ impl WorkerCore {
             }
             return;
         };
-        let written = p.rtc.channel(id).map(|mut ch| ch.write(false, msg));
-        if !matches!(written, Some(Ok(true))) {
+        let written = guard(|| p.rtc.channel(id).map(|mut ch| ch.write(false, msg)));
+        if written.is_none() {
+            warn!(participant = %p.id, "rtc panicked on a chat write; closing participant");
+            p.failed = true;
+        }
+        if !matches!(written, Some(Some(Ok(true)))) {
             self.counters.drop(DropReason::ChatBackpressure);
         }
     }
@@ -1520,7 +1602,7 @@ impl WorkerCore {
         };
         info!(participant = %p.id, room = %p.room, ?reason, "participant removed");
         // Tell the browser (DTLS close_notify, RTCP BYE) unless the session is already broken.
-        if !p.failed && p.rtc.close().is_ok() {
+        if !p.failed && guard(|| p.rtc.close()).is_some_and(|r| r.is_ok()) {
             for _ in 0..64 {
                 match catch_unwind(AssertUnwindSafe(|| p.rtc.poll_output())) {
                     Ok(Ok(RtcOutput::Transmit(t))) => {

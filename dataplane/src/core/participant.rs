@@ -74,6 +74,40 @@ pub struct Participant {
     pub joined_at: Instant,
     /// Last cumulative NACK count per outgoing m-line (str0m egress stats).
     pub egress_nacks: Vec<(Mid, u64)>,
+    /// Chat messages it may still send now (per-sender rate limit).
+    pub chat_allowance: Allowance,
+    /// Its last chat message was refused by the rate limit (it was told once).
+    pub chat_limited: bool,
+}
+
+/// A token bucket driven by the caller's clock (the core never reads one).
+#[derive(Debug, Clone, Copy)]
+pub struct Allowance {
+    tokens: Option<f64>,
+    at: Instant,
+}
+
+impl Allowance {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            tokens: None,
+            at: now,
+        }
+    }
+
+    /// Take one token at `now` from a bucket of `burst` refilled at `rate` per second.
+    pub fn try_take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        let tokens = self.tokens.map_or(burst, |t| (t + dt * rate).min(burst));
+        self.at = now;
+        if tokens >= 1.0 {
+            self.tokens = Some(tokens - 1.0);
+            true
+        } else {
+            self.tokens = Some(tokens);
+            false
+        }
+    }
 }
 
 impl Participant {
@@ -110,6 +144,8 @@ impl Participant {
             media_state: super::chat::MediaState::default(),
             joined_at: now,
             egress_nacks: Vec::new(),
+            chat_allowance: Allowance::new(now),
+            chat_limited: false,
         }
     }
 

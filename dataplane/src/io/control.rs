@@ -1,12 +1,18 @@
 //! The control thread: serves the Unix socket for local signaling processes and, in cluster mode,
 //! requests from remote signaling instances over Redis pub/sub; routes between them and the
-//! workers. It never touches media and never waits for a worker.
+//! workers; supervises the workers. It never touches media and never waits for a worker.
 //!
-//! Routing state kept here: room → (worker, fencing epoch), participant → (worker, owning peer),
-//! request tags → (peer, request id). A peer (a local connection or a remote signaling instance)
-//! that goes away orphans its participants but does not remove them: media keeps flowing, and
-//! another signaling instance takes them over with `attach` (session resume). Participants
-//! orphaned for longer than the resume window are removed (`abandoned`).
+//! Routing state ([`Routes`], pure and table-tested): room → (worker, fencing epoch),
+//! participant → (worker, owning peer). Request tags → (peer, request id) live here. A peer (a
+//! local connection or a remote signaling instance) that goes away orphans its participants but
+//! does not remove them: media keeps flowing, and another signaling instance takes them over with
+//! `attach` (session resume). Participants orphaned for longer than the resume window are removed
+//! (`abandoned`).
+//!
+//! Peers and the socket itself (`control/peers.rs`): only the dataplane's own user, root and
+//! configured uids may connect (`SO_PEERCRED`); a connection must say `hello` within
+//! [`HELLO_TIMEOUT`]; at most [`MAX_LOCAL_PEERS`] at once. A single message that does not fit the
+//! frame limit fails that request only (`bad_request`), never the connection.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,19 +23,26 @@ use std::time::{Duration, Instant};
 
 use control::registry::{NodeInfo, NodeLoad, NodeState, Placement};
 use control::{
-    BeaconKind, ErrorCode, Framed, FromDataplane, LeaveReason, NodeStats, PROTOCOL_VERSION,
-    ReadStatus, Request, Response, ToDataplane, WorkerStats,
+    BeaconKind, ErrorCode, Event, FromDataplane, LeaveReason, NodeStats, Request, Response,
+    ToDataplane, WorkerStats,
 };
 use crossbeam_channel::{Receiver, TrySendError};
-use mio::net::{UnixListener, UnixStream};
+use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use super::admin::{SharedAdmin, process_cpu_seconds};
 use super::cluster::{ClusterCmd, ClusterIn, ClusterLink};
 use super::metrics::Metrics;
-use super::worker::WorkerHandle;
+use super::routes::{JoinRefused, JoinRoute, PeerId, RoomGone, Routes};
+use super::worker::{FromWorker, ToWorker, WorkerHandle};
 use crate::core::{Command, Op, Report};
+
+mod peers;
+
+use peers::Peer;
+pub use peers::bind;
 
 const LISTENER: Token = Token(0);
 pub const CONTROL_WAKER: Token = Token(1);
@@ -38,6 +51,10 @@ const FIRST_CONN: usize = 2;
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// A remote signaling instance silent for this long is considered gone.
 const REMOTE_PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// A local connection must send `hello` within this time.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Local control connections at most.
+pub const MAX_LOCAL_PEERS: usize = 64;
 
 /// Settings of the control thread.
 #[derive(Debug, Clone)]
@@ -53,70 +70,25 @@ pub struct ControlSettings {
     pub capacity_rooms: u32,
     /// Participants this node takes at most (joins beyond get `unavailable`).
     pub max_participants: u32,
+    /// User ids (besides ours and root) allowed to connect to the control socket.
+    pub peer_uids: Vec<u32>,
+    /// Accept [`Request::InjectFault`] (tests only).
+    pub test_faults: bool,
 }
 
-enum Peer {
-    /// A signaling process on this host, over the Unix socket.
-    Local {
-        stream: UnixStream,
-        framed: Framed,
-        /// Name from `hello`; `None` until the handshake is done.
-        client: Option<String>,
-        writable: bool,
-    },
-    /// A signaling instance elsewhere, over Redis pub/sub.
-    Remote {
-        signaling: String,
-        last_seen: Instant,
-    },
-}
-
-struct Route {
-    worker: u32,
-    room: String,
-    owner: Option<usize>,
-    /// When it lost its owner.
-    orphaned_since: Option<Instant>,
-}
-
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum PendingKind {
     Join,
+    Attach,
     Other,
 }
 
 struct Pending {
-    peer: usize,
+    peer: PeerId,
     id: u64,
     kind: PendingKind,
     participant: String,
-    room: Option<String>,
-}
-
-struct RoomEntry {
     worker: u32,
-    members: usize,
-    epoch: Option<u64>,
-}
-
-/// Bind the socket (replacing a stale one) before anything else starts.
-pub fn bind(path: &PathBuf) -> anyhow::Result<UnixListener> {
-    if path.exists() {
-        // A live dataplane answers on it; a stale file from a crash does not.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "control socket {} is in use by another dataplane",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)?;
-    }
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
-    }
-    Ok(UnixListener::bind(path)?)
 }
 
 /// The control thread's state.
@@ -125,17 +97,20 @@ pub struct ControlServer {
     poll: Poll,
     listener: UnixListener,
     peers: Slab<Peer>,
-    remote_ids: HashMap<String, usize>,
+    remote_ids: HashMap<String, PeerId>,
     workers: Vec<WorkerHandle>,
-    reports: Receiver<(u32, Report)>,
+    reports: Receiver<(u32, FromWorker)>,
     cluster: Option<ClusterLink>,
     /// The Redis subscription is up (remote peers can be heard).
     subscribed: bool,
-    rooms: HashMap<String, RoomEntry>,
-    routes: HashMap<String, Route>,
+    routes: Routes,
     pending: HashMap<u64, Pending>,
     next_tag: u64,
     stats: Vec<WorkerStats>,
+    /// Workers that failed and still need their `Restart` (their queue was full).
+    restart_due: Vec<u32>,
+    /// Why each down worker failed.
+    failures: HashMap<u32, String>,
     shutdown: Arc<AtomicBool>,
     drain: Arc<AtomicBool>,
     draining: bool,
@@ -146,8 +121,8 @@ pub struct ControlServer {
     last_cpu: (Instant, f64),
     cpu_percent: f32,
     metrics: Metrics,
-    /// The latest metrics text, read by the HTTP thread (`serve_metrics`).
-    metrics_text: Arc<std::sync::Mutex<String>>,
+    /// What the metrics endpoint serves (`admin::serve`).
+    admin: SharedAdmin,
 }
 
 impl ControlServer {
@@ -157,7 +132,7 @@ impl ControlServer {
         poll: Poll,
         mut listener: UnixListener,
         workers: Vec<WorkerHandle>,
-        reports: Receiver<(u32, Report)>,
+        reports: Receiver<(u32, FromWorker)>,
         cluster: Option<ClusterLink>,
         shutdown: Arc<AtomicBool>,
         drain: Arc<AtomicBool>,
@@ -172,7 +147,16 @@ impl ControlServer {
                 ..WorkerStats::default()
             })
             .collect();
+        let mut metrics = Metrics::new();
+        for w in &workers {
+            metrics.worker_up(w.id, false);
+        }
+        let admin = SharedAdmin::default();
+        if let Ok(mut a) = admin.lock() {
+            a.metrics = metrics.render();
+        }
         Ok(Self {
+            routes: Routes::new(workers.len(), settings.max_participants),
             settings,
             poll,
             listener,
@@ -182,11 +166,11 @@ impl ControlServer {
             reports,
             cluster,
             subscribed: false,
-            rooms: HashMap::new(),
-            routes: HashMap::new(),
             pending: HashMap::new(),
             next_tag: 1,
             stats,
+            restart_due: Vec::new(),
+            failures: HashMap::new(),
             shutdown,
             drain,
             draining: false,
@@ -194,8 +178,8 @@ impl ControlServer {
             last_forwarded: (Instant::now(), 0),
             last_cpu: (Instant::now(), process_cpu_seconds()),
             cpu_percent: 0.0,
-            metrics_text: Arc::new(std::sync::Mutex::new(Metrics::new().render())),
-            metrics: Metrics::new(),
+            metrics,
+            admin,
         })
     }
 
@@ -204,14 +188,12 @@ impl ControlServer {
         if self.draining {
             return 0;
         }
-        self.settings
-            .max_participants
-            .saturating_sub(self.routes.len() as u32)
+        self.routes.capacity_remaining()
     }
 
-    /// The shared metrics text; serve it with [`serve_metrics`].
-    pub fn metrics_text(&self) -> Arc<std::sync::Mutex<String>> {
-        self.metrics_text.clone()
+    /// What the metrics endpoint serves; pass it to [`super::admin::serve`].
+    pub fn admin_state(&self) -> SharedAdmin {
+        self.admin.clone()
     }
 
     /// Attach the Redis link (cluster mode).
@@ -247,6 +229,9 @@ impl ControlServer {
             },
             state: if self.draining {
                 NodeState::Draining
+            } else if !self.routes.down_workers().is_empty() {
+                // Placement skips it until its workers run again.
+                NodeState::Degraded
             } else {
                 NodeState::Serving
             },
@@ -324,8 +309,8 @@ impl ControlServer {
         std::mem::take(&mut self.workers)
     }
 
-    /// Once a second: expire silent remote peers, remove abandoned participants, progress a drain,
-    /// refresh the metrics text.
+    /// Once a second: expire silent remote peers and local ones that never said hello, remove
+    /// abandoned participants, restart failed workers, progress a drain, refresh the metrics.
     fn sweep(&mut self, now: Instant) {
         self.metrics
             .set_capacity_remaining(i64::from(self.capacity_remaining()));
@@ -333,35 +318,10 @@ impl ControlServer {
         if let Some(c) = &self.cluster {
             self.metrics.set_redis_errors(&c.errors);
         }
-        let text = self.metrics.render();
-        if let Ok(mut t) = self.metrics_text.lock() {
-            *t = text;
-        }
-        if self.subscribed {
-            let silent: Vec<usize> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| matches!(p, Peer::Remote { last_seen, .. } if now.duration_since(*last_seen) > REMOTE_PEER_TIMEOUT))
-                .map(|(i, _)| i)
-                .collect();
-            for id in silent {
-                self.close_peer(id);
-            }
-        }
-        let abandoned: Vec<(String, u32)> = self
-            .routes
-            .iter()
-            .filter(|(_, r)| {
-                r.orphaned_since
-                    .is_some_and(|t| now.duration_since(t) > self.settings.resume_window)
-            })
-            .map(|(p, r)| (p.clone(), r.worker))
-            .collect();
-        for (participant, worker) in abandoned {
+        self.refresh_admin();
+        self.expire_peers(now);
+        for (participant, worker) in self.routes.take_abandoned(now, self.settings.resume_window) {
             info!(%participant, "no signaling for the resume window: removing");
-            if let Some(r) = self.routes.get_mut(&participant) {
-                r.orphaned_since = None;
-            }
             self.command(
                 worker,
                 Op::Remove {
@@ -370,10 +330,13 @@ impl ControlServer {
                 },
             );
         }
+        for w in std::mem::take(&mut self.restart_due) {
+            self.restart_worker(w);
+        }
         if self.drain.load(Ordering::Relaxed) && !self.draining {
             self.start_drain();
         }
-        if self.draining && self.routes.is_empty() && !self.deregistered {
+        if self.draining && self.routes.participants() == 0 && !self.deregistered {
             match &self.cluster {
                 Some(c) => {
                     info!("drain complete: deregistering");
@@ -385,6 +348,27 @@ impl ControlServer {
                     self.shutdown.store(true, Ordering::SeqCst);
                 }
             }
+        }
+    }
+
+    /// Publish the metrics text and the health verdict for the endpoint thread.
+    fn refresh_admin(&mut self) {
+        let text = self.metrics.render();
+        let down = self.routes.down_workers();
+        let unhealthy = (!down.is_empty()).then(|| {
+            down.iter()
+                .map(|w| {
+                    format!(
+                        "worker {w} down: {}",
+                        self.failures.get(w).map_or("failed", String::as_str)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        if let Ok(mut a) = self.admin.lock() {
+            a.metrics = text;
+            a.unhealthy = unhealthy;
         }
     }
 
@@ -400,7 +384,10 @@ impl ControlServer {
         let Some(w) = self.workers.get(worker as usize) else {
             return false;
         };
-        let ok = w.commands.try_send(Command { tag: 0, op }).is_ok();
+        let ok = w
+            .commands
+            .try_send(ToWorker::Command(Command { tag: 0, op }))
+            .is_ok();
         let _ = w.waker.wake();
         ok
     }
@@ -416,18 +403,10 @@ impl ControlServer {
         let msg = FromDataplane::Health {
             stats: self.node_stats(),
         };
-        let ready: Vec<usize> = self
+        let ready: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
-                matches!(
-                    p,
-                    Peer::Local {
-                        client: Some(_),
-                        ..
-                    }
-                )
-            })
+            .filter(|(_, p)| p.ready())
             .map(|(i, _)| i)
             .collect();
         for id in ready {
@@ -435,156 +414,13 @@ impl ControlServer {
         }
     }
 
-    // -------------------------------------------------------------------------------------------
-    // Peers
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    let entry = self.peers.vacant_entry();
-                    let token = Token(entry.key() + FIRST_CONN);
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut stream, token, Interest::READABLE)
-                    {
-                        warn!(error = %e, "register control connection");
-                        continue;
-                    }
-                    debug!(peer = entry.key(), "control connection accepted");
-                    entry.insert(Peer::Local {
-                        stream,
-                        framed: Framed::new(self.settings.max_frame),
-                        client: None,
-                        writable: false,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    warn!(error = %e, "accept on control socket");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn read_local(&mut self, id: usize) {
-        let Some(Peer::Local { stream, framed, .. }) = self.peers.get_mut(id) else {
-            return;
-        };
-        let status = framed.read_from(stream);
-        loop {
-            let Some(Peer::Local { framed, .. }) = self.peers.get_mut(id) else {
-                return;
-            };
-            match framed.next_message::<ToDataplane>() {
-                Ok(Some(msg)) => self.handle_message(id, msg),
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(peer = id, error = %e, "bad control frame; closing connection");
-                    self.close_peer(id);
-                    return;
-                }
-            }
-        }
-        if !matches!(status, Ok(ReadStatus::Open)) {
-            self.close_peer(id);
-        }
-    }
-
-    fn close_peer(&mut self, id: usize) {
-        let Some(peer) = self.peers.try_remove(id) else {
-            return;
-        };
-        let who = match peer {
-            Peer::Local {
-                mut stream,
-                mut framed,
-                client,
-                ..
-            } => {
-                let _ = framed.flush_to(&mut stream);
-                let _ = self.poll.registry().deregister(&mut stream);
-                client.unwrap_or_else(|| "local".into())
-            }
-            Peer::Remote { signaling, .. } => {
-                self.remote_ids.remove(&signaling);
-                signaling
-            }
-        };
-        let now = Instant::now();
-        let mut orphaned = 0;
-        for r in self.routes.values_mut() {
-            if r.owner == Some(id) {
-                r.owner = None;
-                r.orphaned_since = Some(now);
-                orphaned += 1;
-            }
-        }
-        info!(peer = id, %who, orphaned, "signaling peer gone; its sessions keep running for the resume window");
-    }
-
-    fn send(&mut self, peer: usize, msg: &FromDataplane) {
-        match self.peers.get_mut(peer) {
-            Some(Peer::Local { framed, .. }) => {
-                if let Err(e) = framed.queue(msg) {
-                    warn!(peer, error = %e, "control connection not reading; closing it");
-                    self.close_peer(peer);
-                }
-            }
-            Some(Peer::Remote { signaling, .. }) => {
-                if let Some(c) = &self.cluster {
-                    c.send(ClusterCmd::Publish {
-                        channel: c.settings.reply_channel(signaling),
-                        payload: control::encode(msg),
-                    });
-                }
-            }
-            None => {}
-        }
-    }
-
-    fn respond(&mut self, peer: usize, id: u64, response: Response) {
-        self.send(peer, &FromDataplane::Response { id, response });
-    }
-
-    fn welcome(&self) -> FromDataplane {
-        FromDataplane::Welcome {
-            version: PROTOCOL_VERSION,
-            node_id: self.settings.node_id.clone(),
-            workers: self.workers.len() as u32,
-        }
-    }
-
-    fn handle_message(&mut self, peer: usize, msg: ToDataplane) {
+    fn handle_message(&mut self, peer: PeerId, msg: ToDataplane) {
         let hello_done = match self.peers.get(peer) {
-            Some(Peer::Local { client, .. }) => client.is_some(),
-            Some(Peer::Remote { .. }) => true,
+            Some(p) => p.ready(),
             None => return,
         };
         match msg {
-            ToDataplane::Hello { version, client } => {
-                if version != PROTOCOL_VERSION {
-                    self.respond(
-                        peer,
-                        0,
-                        Response::error(
-                            ErrorCode::UnsupportedVersion,
-                            format!("protocol version {version} not supported; this dataplane speaks {PROTOCOL_VERSION}"),
-                        ),
-                    );
-                    self.flush_locals();
-                    self.close_peer(peer);
-                    return;
-                }
-                info!(peer, %client, "control client connected");
-                if let Some(Peer::Local { client: c, .. }) = self.peers.get_mut(peer) {
-                    *c = Some(client);
-                }
-                let welcome = self.welcome();
-                self.send(peer, &welcome);
-            }
+            ToDataplane::Hello { version, client } => self.hello(peer, version, client),
             ToDataplane::Request { id, .. } if !hello_done => {
                 self.respond(
                     peer,
@@ -598,7 +434,7 @@ impl ControlServer {
         }
     }
 
-    fn handle_request(&mut self, peer: usize, id: u64, request: Request) {
+    fn handle_request(&mut self, peer: PeerId, id: u64, request: Request) {
         if self.shutdown.load(Ordering::Relaxed) {
             self.respond(
                 peer,
@@ -607,7 +443,8 @@ impl ControlServer {
             );
             return;
         }
-        let (worker, kind, participant, room) = match &request {
+        let refuse = |code, message: String| Response::error(code, message);
+        let (worker, kind, participant) = match &request {
             Request::Stats => {
                 let stats = self.node_stats();
                 self.respond(peer, id, Response::Stats(stats));
@@ -619,160 +456,147 @@ impl ControlServer {
                 self.respond(peer, id, Response::Ok);
                 return;
             }
-            Request::CloseRoom { room } => {
-                let Some(r) = self.rooms.get(room) else {
+            Request::InjectFault { worker } => {
+                let response = if !self.settings.test_faults {
+                    refuse(
+                        ErrorCode::BadRequest,
+                        "fault injection is off (start the dataplane with --test-faults)".into(),
+                    )
+                } else if let Some(w) = self.workers.get(*worker as usize) {
+                    warn!(worker, "injecting a panic (--test-faults)");
+                    let _ = w.commands.try_send(ToWorker::InjectPanic);
+                    let _ = w.waker.wake();
+                    Response::Ok
+                } else {
+                    refuse(ErrorCode::BadRequest, format!("no worker {worker}"))
+                };
+                self.respond(peer, id, response);
+                return;
+            }
+            Request::CloseRoom { room } => match self.routes.room_worker(room) {
+                Some(w) => (w, PendingKind::Other, String::new()),
+                None => {
                     self.respond(
                         peer,
                         id,
-                        Response::error(ErrorCode::BadRequest, format!("no room {room:?} here")),
+                        refuse(ErrorCode::BadRequest, format!("no room {room:?} here")),
                     );
                     return;
-                };
-                (r.worker, PendingKind::Other, String::new(), None)
-            }
+                }
+            },
             Request::Join {
                 room,
                 participant,
                 epoch,
                 ..
             } => {
-                if self.routes.contains_key(participant) {
-                    self.respond(
-                        peer,
-                        id,
-                        Response::error(
-                            ErrorCode::DuplicateParticipant,
-                            format!("participant {participant:?} already exists"),
-                        ),
-                    );
-                    return;
-                }
-                match self.rooms.get_mut(room) {
-                    Some(r) => {
-                        if let (Some(known), Some(e)) = (r.epoch, *epoch)
-                            && e < known
-                        {
-                            self.respond(
-                                peer,
-                                id,
-                                Response::error(
-                                    ErrorCode::Unavailable,
-                                    "stale room placement; look the room up again",
-                                ),
-                            );
-                            return;
+                let draining = self.draining;
+                match self
+                    .routes
+                    .reserve_join(participant, room, *epoch, peer, draining)
+                {
+                    Ok(JoinRoute { worker, placed }) => {
+                        if let Some(epoch) = placed {
+                            self.room_placed(room, epoch);
                         }
-                        if epoch.is_some() && *epoch != r.epoch {
-                            r.epoch = *epoch;
-                            self.room_placed(room);
-                        }
+                        (worker, PendingKind::Join, participant.clone())
                     }
-                    None => {
-                        if self.draining {
-                            self.respond(
-                                peer,
-                                id,
-                                Response::error(ErrorCode::Unavailable, "node is draining"),
-                            );
-                            return;
-                        }
-                        let worker = self.least_loaded_worker();
-                        self.rooms.insert(
-                            room.clone(),
-                            RoomEntry {
-                                worker,
-                                members: 0,
-                                epoch: *epoch,
-                            },
-                        );
-                        self.room_placed(room);
+                    Err(e) => {
+                        let (code, message) = match e {
+                            JoinRefused::Duplicate => (
+                                ErrorCode::DuplicateParticipant,
+                                format!("participant {participant:?} already exists"),
+                            ),
+                            JoinRefused::AtCapacity { max } => (
+                                ErrorCode::Unavailable,
+                                format!("this media server is full ({max} participants)"),
+                            ),
+                            JoinRefused::StaleEpoch => (
+                                ErrorCode::Unavailable,
+                                "stale room placement; look the room up again".into(),
+                            ),
+                            JoinRefused::Draining => {
+                                (ErrorCode::Unavailable, "node is draining".into())
+                            }
+                            JoinRefused::NoWorker => (
+                                ErrorCode::Unavailable,
+                                "no media worker is running; retry shortly".into(),
+                            ),
+                        };
+                        self.respond(peer, id, refuse(code, message));
+                        return;
                     }
                 }
-                let Some(r) = self.rooms.get_mut(room) else {
-                    return;
-                };
-                r.members += 1;
-                let worker = r.worker;
-                self.routes.insert(
-                    participant.clone(),
-                    Route {
-                        worker,
-                        room: room.clone(),
-                        owner: Some(peer),
-                        orphaned_since: None,
-                    },
-                );
-                (
-                    worker,
-                    PendingKind::Join,
-                    participant.clone(),
-                    Some(room.clone()),
-                )
             }
             Request::Answer { participant, .. }
             | Request::Offer { participant, .. }
             | Request::Leave { participant }
             | Request::Attach { participant, .. } => {
-                let Some(route) = self.routes.get_mut(participant) else {
+                let Some(worker) = self.routes.worker_of(participant) else {
                     self.respond(
                         peer,
                         id,
-                        Response::error(
+                        refuse(
                             ErrorCode::UnknownParticipant,
                             format!("no participant {participant:?} on this dataplane"),
                         ),
                     );
                     return;
                 };
-                if matches!(request, Request::Attach { .. }) {
-                    // Ownership moves only once the worker verified the resume key (see
-                    // `handle_reports`); until then events keep going to the old owner.
-                }
-                (route.worker, PendingKind::Other, participant.clone(), None)
+                // Ownership of an attach moves only once the worker verified the resume key
+                // (see `handle_reports`); until then events keep going to the old owner.
+                let kind = if matches!(request, Request::Attach { .. }) {
+                    PendingKind::Attach
+                } else {
+                    PendingKind::Other
+                };
+                (worker, kind, participant.clone())
             }
         };
         let tag = self.next_tag;
         self.next_tag += 1;
-        let Some(w) = self.workers.get(worker as usize) else {
-            self.respond(
-                peer,
-                id,
-                Response::error(ErrorCode::Internal, "no such worker"),
-            );
-            return;
-        };
-        let is_attach = matches!(request, Request::Attach { .. });
-        match w.commands.try_send(Command::request(tag, request)) {
-            Ok(()) => {
+        let sent = match self.workers.get(worker as usize) {
+            Some(w) if !self.routes.worker_down(worker) => {
+                let r = w
+                    .commands
+                    .try_send(ToWorker::Command(Command::request(tag, request)));
                 let _ = w.waker.wake();
+                r
+            }
+            _ => Err(TrySendError::Disconnected(ToWorker::Restart)),
+        };
+        match sent {
+            Ok(()) => {
                 self.pending.insert(
                     tag,
                     Pending {
                         peer,
                         id,
-                        kind: if is_attach { PendingKind::Other } else { kind },
+                        kind,
                         participant,
-                        room,
+                        worker,
                     },
                 );
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                if let PendingKind::Join = kind {
-                    self.forget_join(&participant, room.as_deref());
+            Err(e) => {
+                if kind == PendingKind::Join
+                    && let Some(g) = self.routes.remove_participant(&participant, worker)
+                {
+                    self.room_gone(g);
                 }
-                self.respond(
-                    peer,
-                    id,
-                    Response::error(ErrorCode::Unavailable, "worker is overloaded; retry later"),
-                );
+                let why = if matches!(e, TrySendError::Full(_)) {
+                    "worker is overloaded; retry later"
+                } else {
+                    "the worker is restarting; retry shortly"
+                };
+                self.respond(peer, id, refuse(ErrorCode::Unavailable, why.into()));
             }
         }
     }
 
-    /// Tell the registry thread this node hosts `room` under its current epoch.
-    fn room_placed(&self, room: &str) {
-        if let (Some(c), Some(epoch)) = (&self.cluster, self.rooms.get(room).and_then(|r| r.epoch))
-        {
+    /// Tell the registry thread this node hosts `room` under `epoch`.
+    fn room_placed(&self, room: &str, epoch: u64) {
+        if let Some(c) = &self.cluster {
             c.send(ClusterCmd::RoomPlaced {
                 room: room.to_string(),
                 placement: Placement {
@@ -784,12 +608,10 @@ impl ControlServer {
     }
 
     /// The room is gone from this node: release its registry mapping.
-    fn room_gone(&mut self, room: &str) {
-        if let Some(r) = self.rooms.remove(room)
-            && let (Some(c), Some(epoch)) = (&self.cluster, r.epoch)
-        {
+    fn room_gone(&mut self, gone: RoomGone) {
+        if let (Some(c), Some(epoch)) = (&self.cluster, gone.epoch) {
             c.send(ClusterCmd::RoomClosed {
-                room: room.to_string(),
+                room: gone.room,
                 placement: Placement {
                     node: self.settings.node_id.clone(),
                     epoch,
@@ -798,85 +620,84 @@ impl ControlServer {
         }
     }
 
-    /// The worker with the fewest participants (rooms as tie-breaker).
-    fn least_loaded_worker(&self) -> u32 {
-        let mut load = vec![(0usize, 0usize); self.workers.len()];
-        for r in self.rooms.values() {
-            if let Some(l) = load.get_mut(r.worker as usize) {
-                l.0 += r.members;
-                l.1 += 1;
-            }
-        }
-        load.iter()
-            .enumerate()
-            .min_by_key(|(_, l)| **l)
-            .map_or(0, |(i, _)| i as u32)
-    }
-
-    /// Undo the routing of a join that failed.
-    fn forget_join(&mut self, participant: &str, room: Option<&str>) {
-        self.routes.remove(participant);
-        if let Some(room) = room
-            && let Some(r) = self.rooms.get_mut(room)
-        {
-            r.members = r.members.saturating_sub(1);
-            if r.members == 0 {
-                self.room_gone(room);
-            }
-        }
-    }
-
     fn handle_reports(&mut self) {
-        while let Ok((worker, report)) = self.reports.try_recv() {
+        while let Ok((worker, msg)) = self.reports.try_recv() {
+            let report = match msg {
+                FromWorker::Report(r) => r,
+                FromWorker::Failed { reason } => {
+                    self.worker_failed(worker, reason);
+                    continue;
+                }
+                FromWorker::Restarted => {
+                    info!(worker, "worker running again");
+                    self.routes.worker_up(worker);
+                    self.failures.remove(&worker);
+                    self.metrics.worker_up(worker, true);
+                    self.refresh_admin();
+                    if let Some(c) = &self.cluster {
+                        c.send(ClusterCmd::Node(self.node_info()));
+                    }
+                    continue;
+                }
+            };
             match report {
                 Report::Response { tag, response } => {
                     let Some(p) = self.pending.remove(&tag) else {
                         continue;
                     };
-                    match (&p.kind, &response) {
+                    match (p.kind, &response) {
                         (PendingKind::Join, Response::Error { .. }) => {
-                            self.forget_join(&p.participant, p.room.as_deref())
+                            if let Some(g) = self.routes.remove_participant(&p.participant, worker)
+                            {
+                                self.room_gone(g);
+                            }
                         }
-                        (_, Response::Attached { .. }) => {
-                            if let Some(r) = self.routes.get_mut(&p.participant) {
-                                r.owner = Some(p.peer);
-                                r.orphaned_since = None;
+                        (PendingKind::Attach, Response::Attached { .. }) => {
+                            if let Some(old) = self.routes.attached(&p.participant, p.peer) {
+                                // Resumed through another signaling peer: the old one's session
+                                // is over.
+                                self.send(
+                                    old,
+                                    &FromDataplane::Event {
+                                        event: Event::Gone {
+                                            participant: p.participant.clone(),
+                                            reason: LeaveReason::Replaced,
+                                        },
+                                    },
+                                );
                             }
                         }
                         _ => {}
                     }
-                    self.respond(p.peer, p.id, response);
-                }
-                Report::Event(event) => {
-                    match self.routes.get(event.participant()).and_then(|r| r.owner) {
-                        Some(peer) => self.send(peer, &FromDataplane::Event { event }),
-                        None => debug!(
-                            participant = event.participant(),
-                            "event for a participant without signaling"
-                        ),
+                    let joined = matches!(response, Response::Joined { .. });
+                    if !self.respond(p.peer, p.id, response) && joined {
+                        // Its answer could not be delivered: nobody will ever use the slot.
+                        self.command(
+                            worker,
+                            Op::Remove {
+                                participant: p.participant,
+                                reason: LeaveReason::Failed,
+                            },
+                        );
                     }
                 }
+                Report::Event(event) => match self.routes.owner(event.participant()) {
+                    Some(peer) => {
+                        self.send(peer, &FromDataplane::Event { event });
+                    }
+                    None => debug!(
+                        participant = event.participant(),
+                        "event for a participant without signaling"
+                    ),
+                },
                 Report::ParticipantClosed { participant } => {
-                    if self
-                        .routes
-                        .get(&participant)
-                        .is_some_and(|r| r.worker == worker)
-                        && let Some(route) = self.routes.remove(&participant)
-                        && let Some(r) = self.rooms.get_mut(&route.room)
-                    {
-                        r.members = r.members.saturating_sub(1);
-                        if r.members == 0 {
-                            self.room_gone(&route.room);
-                        }
+                    if let Some(g) = self.routes.remove_participant(&participant, worker) {
+                        self.room_gone(g);
                     }
                 }
                 Report::RoomClosed { room } => {
-                    if self
-                        .rooms
-                        .get(&room)
-                        .is_some_and(|r| r.worker == worker && r.members == 0)
-                    {
-                        self.room_gone(&room);
+                    if let Some(g) = self.routes.room_closed(&room, worker) {
+                        self.room_gone(g);
                     }
                 }
                 Report::Stats(mut s) => {
@@ -890,6 +711,80 @@ impl ControlServer {
         }
     }
 
+    /// A worker panicked: its participants are told (`room_closed {reason:"worker_failed"}`, so
+    /// clients rejoin), its rooms released, its pending requests failed; then it restarts.
+    fn worker_failed(&mut self, worker: u32, reason: String) {
+        error!(worker, %reason, "worker failed");
+        self.metrics.worker_down(worker);
+        self.failures.insert(worker, reason);
+        let (lost, rooms) = self.routes.worker_failed(worker);
+        info!(
+            worker,
+            participants = lost.len(),
+            rooms = rooms.len(),
+            "closing the failed worker's rooms"
+        );
+        for (participant, owner) in lost {
+            if let Some(peer) = owner {
+                self.send(
+                    peer,
+                    &FromDataplane::Event {
+                        event: Event::Gone {
+                            participant,
+                            reason: LeaveReason::WorkerFailed,
+                        },
+                    },
+                );
+            }
+        }
+        for g in rooms {
+            self.room_gone(g);
+        }
+        let failed: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.worker == worker)
+            .map(|(t, _)| *t)
+            .collect();
+        for tag in failed {
+            if let Some(p) = self.pending.remove(&tag) {
+                self.respond(
+                    p.peer,
+                    p.id,
+                    Response::error(ErrorCode::Unavailable, "the worker failed; retry"),
+                );
+            }
+        }
+        if let Some(s) = self.stats.get_mut(worker as usize) {
+            *s = WorkerStats {
+                worker,
+                port: s.port,
+                ..WorkerStats::default()
+            };
+        }
+        self.refresh_admin();
+        if let Some(c) = &self.cluster {
+            c.send(ClusterCmd::Node(self.node_info()));
+        }
+        self.restart_worker(worker);
+    }
+
+    fn restart_worker(&mut self, worker: u32) {
+        let Some(w) = self.workers.get(worker as usize) else {
+            return;
+        };
+        match w.commands.try_send(ToWorker::Restart) {
+            Ok(()) => {
+                let _ = w.waker.wake();
+            }
+            // Its queue is full of commands it is refusing: try again at the next sweep.
+            Err(TrySendError::Full(_)) => self.restart_due.push(worker),
+            Err(TrySendError::Disconnected(_)) => {
+                error!(worker, "worker thread is gone; it stays down")
+            }
+        }
+    }
+
     fn handle_cluster(&mut self) {
         let Some(c) = &self.cluster else {
             return;
@@ -898,20 +793,7 @@ impl ControlServer {
         for m in msgs {
             match m {
                 ClusterIn::Rpc(env) => {
-                    let peer = match self.remote_ids.get(&env.from) {
-                        Some(p) => *p,
-                        None => {
-                            let p = self.peers.insert(Peer::Remote {
-                                signaling: env.from.clone(),
-                                last_seen: Instant::now(),
-                            });
-                            self.remote_ids.insert(env.from.clone(), p);
-                            p
-                        }
-                    };
-                    if let Some(Peer::Remote { last_seen, .. }) = self.peers.get_mut(peer) {
-                        *last_seen = Instant::now();
-                    }
+                    let peer = self.remote_peer(&env.from);
                     match env.msg {
                         // A remote peer needs no handshake, but gets the node's identity.
                         ToDataplane::Hello { .. } => {
@@ -922,21 +804,12 @@ impl ControlServer {
                     }
                 }
                 ClusterIn::Beacon(b) => {
-                    if b.kind == BeaconKind::Signaling
-                        && let Some(p) = self.remote_ids.get(&b.id)
-                        && let Some(Peer::Remote { last_seen, .. }) = self.peers.get_mut(*p)
-                    {
-                        *last_seen = Instant::now();
+                    if b.kind == BeaconKind::Signaling {
+                        self.remote_seen(&b.id);
                     }
                 }
                 ClusterIn::Fenced { room } => {
-                    let members: Vec<(String, u32)> = self
-                        .routes
-                        .iter()
-                        .filter(|(_, r)| r.room == room)
-                        .map(|(p, r)| (p.clone(), r.worker))
-                        .collect();
-                    for (participant, worker) in members {
+                    for (participant, worker) in self.routes.members(&room) {
                         self.command(
                             worker,
                             Op::Remove {
@@ -945,21 +818,14 @@ impl ControlServer {
                             },
                         );
                     }
-                    if let Some(r) = self.rooms.get_mut(&room) {
-                        // Never release the new owner's mapping.
-                        r.epoch = None;
-                    }
+                    // Never release the new owner's mapping.
+                    self.routes.fence(&room);
                 }
                 ClusterIn::Subscribed(up) => {
                     self.subscribed = up;
                     if up {
                         // Silence while we could not hear anyone proves nothing.
-                        let now = Instant::now();
-                        for (_, p) in self.peers.iter_mut() {
-                            if let Peer::Remote { last_seen, .. } = p {
-                                *last_seen = now;
-                            }
-                        }
+                        self.refresh_remote_peers();
                     }
                 }
                 ClusterIn::Deregistered => {
@@ -969,100 +835,4 @@ impl ControlServer {
             }
         }
     }
-
-    fn flush_locals(&mut self) {
-        let mut dead = Vec::new();
-        for (id, p) in self.peers.iter_mut() {
-            let Peer::Local {
-                stream,
-                framed,
-                writable,
-                ..
-            } = p
-            else {
-                continue;
-            };
-            if framed.pending_out() == 0 {
-                continue;
-            }
-            match framed.flush_to(stream) {
-                Ok(done) => {
-                    if done == *writable {
-                        let interest = if done {
-                            Interest::READABLE
-                        } else {
-                            Interest::READABLE | Interest::WRITABLE
-                        };
-                        let _ = self.poll.registry().reregister(
-                            stream,
-                            Token(id + FIRST_CONN),
-                            interest,
-                        );
-                        *writable = !done;
-                    }
-                }
-                Err(_) => dead.push(id),
-            }
-        }
-        for id in dead {
-            self.close_peer(id);
-        }
-    }
-}
-
-/// CPU seconds (user + system) this process has used, from `/proc/self/stat`; 0 elsewhere.
-fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Serve `GET /metrics` (Prometheus text) and `GET /healthz` on `addr` from a small thread of its
-/// own, reading the text the control thread refreshes every second. Connections are handled one
-/// at a time with short timeouts: this is for a scraper, not for the public.
-pub fn serve_metrics(
-    addr: std::net::SocketAddr,
-    text: Arc<std::sync::Mutex<String>>,
-    shutdown: Arc<AtomicBool>,
-) -> io::Result<std::net::SocketAddr> {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        while !shutdown.load(Ordering::Relaxed) {
-            let mut s = match listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            let _ = s.set_nonblocking(false);
-            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
-            let mut buf = [0u8; 2048];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let (status, ctype, body) = if req.starts_with("GET /metrics") {
-                let body = text.lock().map(|t| t.clone()).unwrap_or_default();
-                ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", body)
-            } else if req.starts_with("GET /healthz") {
-                ("200 OK", "text/plain", "ok\n".to_string())
-            } else {
-                ("404 Not Found", "text/plain", "not found\n".to_string())
-            };
-            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-        }
-    })?;
-    Ok(local)
 }

@@ -46,6 +46,8 @@ pub struct Metrics {
     redis_errors: Counter,
     capacity_remaining: Gauge,
     draining: Gauge,
+    worker_up: Family<Worker, Gauge>,
+    worker_restarts: Family<Worker, Counter>,
     /// The previous snapshot per worker (counters advance by the difference).
     prev: Vec<WorkerStats>,
 }
@@ -84,6 +86,8 @@ impl Metrics {
             redis_errors: Counter::default(),
             capacity_remaining: Gauge::default(),
             draining: Gauge::default(),
+            worker_up: Family::default(),
+            worker_restarts: Family::default(),
             prev: Vec::new(),
             registry: Registry::default(),
         };
@@ -161,7 +165,44 @@ impl Metrics {
             "1 while the node drains",
             m.draining.clone(),
         );
+        r.register(
+            "sfu_worker_up",
+            "1 while a worker runs, 0 while it is down after a failure",
+            m.worker_up.clone(),
+        );
+        r.register(
+            "sfu_worker_restarts",
+            "Workers restarted after a failure (panic)",
+            m.worker_restarts.clone(),
+        );
         Self { registry: r, ..m }
+    }
+
+    /// Worker `w` runs (at start, and after a restart: its counters start again from zero).
+    pub fn worker_up(&mut self, w: u32, restarted: bool) {
+        let label = Worker {
+            worker: w.to_string(),
+        };
+        self.worker_up.get_or_create(&label).set(1);
+        if restarted {
+            self.worker_restarts.get_or_create(&label).inc();
+            if let Some(p) = self.prev.get_mut(w as usize) {
+                *p = WorkerStats::default();
+            }
+        }
+    }
+
+    /// Worker `w` failed and is down.
+    pub fn worker_down(&mut self, w: u32) {
+        let label = Worker {
+            worker: w.to_string(),
+        };
+        self.worker_up.get_or_create(&label).set(0);
+        if let Some(p) = self.prev.get_mut(w as usize) {
+            // Its rooms and participants are gone.
+            p.rooms.clear();
+            p.participants = 0;
+        }
     }
 
     /// Account a worker's periodic stats snapshot.

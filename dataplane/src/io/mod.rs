@@ -2,11 +2,16 @@
 //!
 //! - [`udp`]: one worker's UDP socket with GRO/recvmmsg receive and GSO send via quinn-udp.
 //! - [`worker`]: one pinned mio event loop per core around a [`crate::core::WorkerCore`].
-//! - [`control`]: the control thread serving the Unix socket (and, in cluster mode, Redis rpc).
+//! - [`control`]: the control thread serving the Unix socket (and, in cluster mode, Redis rpc),
+//!   supervising the workers.
+//! - [`routes`]: the control thread's pure routing and fencing state.
+//! - [`admin`]: `/metrics` and `/healthz` for operators.
 //! - [`cluster`]: the Redis threads of cluster mode (registry heartbeats, pub/sub).
 
+pub mod admin;
 pub mod cluster;
 pub mod control;
 pub mod metrics;
+pub mod routes;
 pub mod udp;
 pub mod worker;

@@ -1,23 +1,33 @@
-//! One worker thread: a pinned mio loop around one [`WorkerCore`] and one UDP socket.
+//! One worker thread: a pinned mio loop around one [`WorkerCore`] and one UDP socket, under a
+//! supervisor.
 //!
 //! Each loop turn reads the clock once, takes commands from the bounded queue, receives datagrams
 //! in batches (bounded per turn so timers and commands are never starved), fires due timers and
 //! then flushes the core's output: datagrams to the socket (GSO-coalesced), reports to the control
 //! thread (which it wakes).
+//!
+//! Supervision: the loop runs inside `catch_unwind`. If it panics (a bug, or an injected fault in
+//! tests), its core and socket are dropped, the control thread gets [`FromWorker::Failed`] and
+//! tells every participant of the worker (`room_closed {reason:"worker_failed"}`: their clients
+//! join again), then sends [`ToWorker::Restart`]; every command queued before that is answered
+//! `unavailable`. The thread then binds a new socket on the same port, builds a fresh core and
+//! reports [`FromWorker::Restarted`].
 
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use control::{ErrorCode, Response};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{error, info, warn};
 
 use super::udp::UdpShell;
 use crate::core::{
-    Command, CoreConfig, Input, Output, Report, SharedCrypto, WallClock, WorkerCore,
+    Command, CoreConfig, Input, Op, Output, Report, SharedCrypto, WallClock, WorkerCore,
 };
 
 const SOCKET: Token = Token(0);
@@ -39,18 +49,53 @@ pub struct WorkerSettings {
     pub command_queue: usize,
 }
 
+/// What the control thread sends a worker.
+#[derive(Debug)]
+pub enum ToWorker {
+    Command(Command),
+    /// After a failure: start again with a fresh core (everything queued before is refused).
+    Restart,
+    /// Test fault injection (`--test-faults`): panic inside the worker loop.
+    InjectPanic,
+}
+
+/// What a worker tells the control thread.
+#[derive(Debug)]
+pub enum FromWorker {
+    Report(Report),
+    /// The loop panicked or failed; the worker is down until told to [`ToWorker::Restart`].
+    Failed {
+        reason: String,
+    },
+    /// Running again with a fresh core, on the same port.
+    Restarted,
+}
+
 /// What the control thread holds of a worker.
 #[derive(Debug)]
 pub struct WorkerHandle {
     pub id: u32,
-    pub commands: Sender<Command>,
+    pub commands: Sender<ToWorker>,
     pub waker: Arc<Waker>,
     pub local_addr: SocketAddr,
     pub thread: JoinHandle<()>,
 }
 
-/// Reports from all workers, tagged with the worker id.
-pub type ReportSender = Sender<(u32, Report)>;
+/// Messages from all workers, tagged with the worker id.
+pub type ReportSender = Sender<(u32, FromWorker)>;
+
+/// Everything a worker thread needs across restarts. The poll (and so the waker the control
+/// thread holds) lives as long as the thread; only the socket and the core are replaced.
+struct Supervisor {
+    id: u32,
+    settings: WorkerSettings,
+    crypto: SharedCrypto,
+    poll: Poll,
+    commands: Receiver<ToWorker>,
+    reports: ReportSender,
+    control_waker: Arc<Waker>,
+    shutdown: Arc<AtomicBool>,
+}
 
 /// Bind the socket and start the worker thread.
 pub fn spawn(
@@ -60,50 +105,25 @@ pub fn spawn(
     control_waker: Arc<Waker>,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<WorkerHandle> {
-    let mut udp = UdpShell::bind(settings.bind, settings.batching, settings.socket_buffer)?;
+    let udp = UdpShell::bind(settings.bind, settings.batching, settings.socket_buffer)?;
     let local_addr = udp.local_addr()?;
     let poll = Poll::new()?;
-    poll.registry()
-        .register(udp.socket(), SOCKET, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::bounded(settings.command_queue);
     let id = settings.core.worker;
+    let sup = Supervisor {
+        id,
+        settings,
+        crypto,
+        poll,
+        commands: rx,
+        reports,
+        control_waker,
+        shutdown,
+    };
     let thread = std::thread::Builder::new()
         .name(format!("worker-{id}"))
-        .spawn(move || {
-            if let Some(cpu) = settings.cpu
-                && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
-            {
-                warn!(worker = id, cpu, "could not pin worker thread");
-            }
-            let clock = WallClock {
-                instant: Instant::now(),
-                unix_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
-            };
-            let core = WorkerCore::new(settings.core.clone(), crypto, clock);
-            let mut w = Worker {
-                id,
-                core,
-                udp,
-                poll,
-                commands: rx,
-                reports,
-                control_waker,
-                shutdown,
-                advertised: settings.core.local_addr,
-                writable: false,
-                waited: Duration::ZERO,
-                since_report: Instant::now(),
-            };
-            info!(worker = id, bind = %local_addr, advertised = %w.advertised,
-                batching = w.udp.batching(), gso_segments = w.udp.max_segments(), "worker started");
-            if let Err(e) = w.run() {
-                error!(worker = id, error = %e, "worker loop failed");
-            }
-        })?;
+        .spawn(move || sup.run(udp))?;
     Ok(WorkerHandle {
         id,
         commands: tx,
@@ -113,15 +133,148 @@ pub fn spawn(
     })
 }
 
-struct Worker {
+impl Supervisor {
+    fn run(mut self, udp: UdpShell) {
+        if let Some(cpu) = self.settings.cpu
+            && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+        {
+            warn!(worker = self.id, cpu, "could not pin worker thread");
+        }
+        let mut socket = Some(udp);
+        loop {
+            let udp = match socket.take() {
+                Some(u) => u,
+                None => match self.rebind() {
+                    Some(u) => u,
+                    None => return,
+                },
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.run_loop(udp)));
+            // The worker (core, socket) was dropped while unwinding: the port is free again, and
+            // closing the socket removed it from the poll.
+            let reason = match outcome {
+                Ok(Ok(())) => return, // shutdown
+                Ok(Err(e)) => format!("worker loop failed: {e}"),
+                Err(panic) => format!("worker panicked: {}", panic_message(&panic)),
+            };
+            error!(worker = self.id, %reason, "worker failed; its participants are told, restarting");
+            self.emit(FromWorker::Failed { reason });
+            if !self.await_restart() {
+                return;
+            }
+        }
+    }
+
+    fn emit(&self, m: FromWorker) {
+        let _ = self.reports.send((self.id, m));
+        let _ = self.control_waker.wake();
+    }
+
+    /// Wait for [`ToWorker::Restart`], refusing what was queued for the dead core. `false` on
+    /// shutdown.
+    fn await_restart(&self) -> bool {
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return false;
+            }
+            match self.commands.recv_timeout(MAX_SLEEP) {
+                Ok(ToWorker::Restart) => return true,
+                Ok(ToWorker::Command(Command {
+                    tag,
+                    op: Op::Request(_),
+                })) => {
+                    let response =
+                        Response::error(ErrorCode::Unavailable, "the worker is restarting");
+                    self.emit(FromWorker::Report(Report::Response { tag, response }));
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// A new socket on the same port (retried briefly).
+    fn rebind(&self) -> Option<UdpShell> {
+        for attempt in 0..50 {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return None;
+            }
+            match UdpShell::bind(
+                self.settings.bind,
+                self.settings.batching,
+                self.settings.socket_buffer,
+            ) {
+                Ok(u) => {
+                    info!(worker = self.id, attempt, "worker restarted");
+                    self.emit(FromWorker::Restarted);
+                    return Some(u);
+                }
+                Err(e) => {
+                    warn!(worker = self.id, error = %e, "rebinding the worker socket");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        error!(
+            worker = self.id,
+            "could not rebind the worker socket; the worker stays down"
+        );
+        None
+    }
+
+    fn run_loop(&mut self, mut udp: UdpShell) -> std::io::Result<()> {
+        self.poll
+            .registry()
+            .register(udp.socket(), SOCKET, Interest::READABLE)?;
+        let clock = WallClock {
+            instant: Instant::now(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        let core = WorkerCore::new(self.settings.core.clone(), self.crypto.clone(), clock);
+        let local_addr = udp.local_addr()?;
+        info!(worker = self.id, bind = %local_addr, advertised = %self.settings.core.local_addr,
+            batching = udp.batching(), gso_segments = udp.max_segments(), "worker started");
+        let mut w = Worker {
+            id: self.id,
+            core,
+            udp,
+            poll: &mut self.poll,
+            commands: &self.commands,
+            reports: &self.reports,
+            control_waker: &self.control_waker,
+            shutdown: &self.shutdown,
+            advertised: self.settings.core.local_addr,
+            writable: false,
+            waited: Duration::ZERO,
+            since_report: Instant::now(),
+        };
+        w.run()
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+struct Worker<'a> {
     id: u32,
     core: WorkerCore,
     udp: UdpShell,
-    poll: Poll,
-    commands: Receiver<Command>,
-    reports: ReportSender,
-    control_waker: Arc<Waker>,
-    shutdown: Arc<AtomicBool>,
+    poll: &'a mut Poll,
+    commands: &'a Receiver<ToWorker>,
+    reports: &'a ReportSender,
+    control_waker: &'a Waker,
+    shutdown: &'a AtomicBool,
     advertised: SocketAddr,
     /// WRITABLE interest is registered (send backlog pending).
     writable: bool,
@@ -130,7 +283,7 @@ struct Worker {
     since_report: Instant,
 }
 
-impl Worker {
+impl Worker<'_> {
     fn run(&mut self) -> std::io::Result<()> {
         let mut events = Events::with_capacity(64);
         let mut more_to_read = false;
@@ -168,7 +321,11 @@ impl Worker {
                 return Ok(());
             }
             while let Ok(cmd) = self.commands.try_recv() {
-                self.core.handle_input(Input::Command(now, cmd));
+                match cmd {
+                    ToWorker::Command(cmd) => self.core.handle_input(Input::Command(now, cmd)),
+                    ToWorker::InjectPanic => panic!("injected fault (--test-faults)"),
+                    ToWorker::Restart => {}
+                }
             }
             more_to_read = false;
             if readable {
@@ -248,7 +405,7 @@ impl Worker {
                     }
                     // Unbounded: the control thread never blocks on a worker, so a report is
                     // never lost; its volume is bounded by commands and participants.
-                    let _ = self.reports.send((self.id, r));
+                    let _ = self.reports.send((self.id, FromWorker::Report(r)));
                     reported = true;
                 }
             }

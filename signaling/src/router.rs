@@ -1,0 +1,276 @@
+//! Who gets what on this signaling instance: which connection a participant's events are
+//! delivered to ([`Routes`]) and which control requests are still waiting for an answer
+//! ([`Pending`]). Pure: no I/O and no clock (time comes in as an argument), so the rules are
+//! table-tested below.
+//!
+//! The ownership rules (`../shared/STYLE.md`, "Move ownership only on confirmation"):
+//! - a participant is routed to a connection only once the dataplane **confirmed** it (`joined`
+//!   or `attached`), never on the client's claim (a `join {resume}` naming someone else's
+//!   participant changes nothing until the dataplane has verified the resume key);
+//! - a confirmed owner replaces the previous one, which is told so by the caller;
+//! - a connection that stops owning its participant (closed, left, room closed, replaced) is
+//!   removed from the table on every path, looked up by connection, not through the session
+//!   (whose state may already be gone).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use control::Request;
+
+/// A client connection of this instance (its slab key).
+pub type ConnId = usize;
+
+/// Participant ↔ connection routing of events.
+#[derive(Debug, Default)]
+pub struct Routes {
+    by_participant: HashMap<String, ConnId>,
+    by_conn: HashMap<ConnId, String>,
+}
+
+impl Routes {
+    /// The connection that owns `participant`'s events.
+    pub fn owner(&self, participant: &str) -> Option<ConnId> {
+        self.by_participant.get(participant).copied()
+    }
+
+    /// The participant `conn` owns.
+    pub fn participant(&self, conn: ConnId) -> Option<&str> {
+        self.by_conn.get(&conn).map(String::as_str)
+    }
+
+    /// The dataplane confirmed that `conn` owns `participant`. Whatever `conn` owned before is
+    /// forgotten. Returns the connection that owned `participant` before, if it was another one:
+    /// it has been replaced and must be told.
+    pub fn confirm(&mut self, conn: ConnId, participant: &str) -> Option<ConnId> {
+        if self.participant(conn) == Some(participant) {
+            return None;
+        }
+        self.release(conn);
+        let previous = self.by_participant.insert(participant.to_string(), conn);
+        self.by_conn.insert(conn, participant.to_string());
+        let previous = previous.filter(|p| *p != conn)?;
+        self.by_conn.remove(&previous);
+        Some(previous)
+    }
+
+    /// `conn` owns nothing any more. Returns the participant it owned.
+    pub fn release(&mut self, conn: ConnId) -> Option<String> {
+        let participant = self.by_conn.remove(&conn)?;
+        if self.by_participant.get(&participant) == Some(&conn) {
+            self.by_participant.remove(&participant);
+        }
+        Some(participant)
+    }
+
+    /// Number of routed participants.
+    pub fn len(&self) -> usize {
+        self.by_participant.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_participant.is_empty()
+    }
+}
+
+/// A control request waiting for its response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingRequest {
+    /// The connection whose session made it; `None` once that connection is gone (the answer
+    /// then only triggers clean-up, e.g. a `leave` for a join that landed too late).
+    pub conn: Option<ConnId>,
+    /// The node it was sent to.
+    pub node: String,
+    pub request: Request,
+    pub sent: Instant,
+    /// It went over this instance's own control socket (not Redis).
+    pub local: bool,
+}
+
+/// Control requests in flight, by request id.
+#[derive(Debug)]
+pub struct Pending {
+    requests: HashMap<u64, PendingRequest>,
+    next_id: u64,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self {
+            requests: HashMap::new(),
+            next_id: 1,
+        }
+    }
+}
+
+impl Pending {
+    /// A fresh id (also used for placement tickets, so ids never collide).
+    pub fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub fn insert(&mut self, id: u64, p: PendingRequest) {
+        self.requests.insert(id, p);
+    }
+
+    /// The request answered by a response with this id.
+    pub fn take(&mut self, id: u64) -> Option<PendingRequest> {
+        self.requests.remove(&id)
+    }
+
+    /// `conn` is gone: its requests stay pending (their answers still need handling) but have
+    /// no connection to deliver to.
+    pub fn detach(&mut self, conn: ConnId) {
+        for p in self.requests.values_mut() {
+            if p.conn == Some(conn) {
+                p.conn = None;
+            }
+        }
+    }
+
+    /// Remove and return the requests matching `f`, oldest first.
+    pub fn take_where(&mut self, f: impl Fn(&PendingRequest) -> bool) -> Vec<PendingRequest> {
+        let mut ids: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, p)| f(p))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| self.requests.remove(&id))
+            .collect()
+    }
+
+    /// Remove and return the requests older than `timeout` at `now`.
+    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<PendingRequest> {
+        self.take_where(|p| now.saturating_duration_since(p.sent) > timeout)
+    }
+
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Confirm(ConnId, &'static str),
+        Release(ConnId),
+    }
+
+    #[test]
+    fn routes_follow_confirmations_only() {
+        // (operations, expected owner of p1, expected owner of p2, expected displaced by the last op)
+        type Case = (
+            &'static [Op],
+            Option<ConnId>,
+            Option<ConnId>,
+            Option<ConnId>,
+        );
+        let cases: &[Case] = &[
+            (&[Op::Confirm(1, "p1")], Some(1), None, None),
+            // Confirming again is idempotent.
+            (
+                &[Op::Confirm(1, "p1"), Op::Confirm(1, "p1")],
+                Some(1),
+                None,
+                None,
+            ),
+            // A confirmed resume on connection 2 replaces connection 1, which is reported.
+            (
+                &[Op::Confirm(1, "p1"), Op::Confirm(2, "p1")],
+                Some(2),
+                None,
+                Some(1),
+            ),
+            // The replaced connection closing later does not remove the new owner's route.
+            (
+                &[Op::Confirm(1, "p1"), Op::Confirm(2, "p1"), Op::Release(1)],
+                Some(2),
+                None,
+                None,
+            ),
+            // A dropped connection (closed tab) forgets its participant: the slot id reused by
+            // the next client inherits nothing.
+            (&[Op::Confirm(1, "p1"), Op::Release(1)], None, None, None),
+            (
+                &[Op::Confirm(1, "p1"), Op::Release(1), Op::Confirm(1, "p2")],
+                None,
+                Some(1),
+                None,
+            ),
+            // A connection that joins again (after room_closed) owns only its new participant.
+            (
+                &[Op::Confirm(1, "p1"), Op::Confirm(1, "p2")],
+                None,
+                Some(1),
+                None,
+            ),
+            (&[Op::Release(7)], None, None, None),
+        ];
+        for (ops, p1, p2, displaced) in cases {
+            let mut r = Routes::default();
+            let mut last = None;
+            for op in *ops {
+                last = match *op {
+                    Op::Confirm(c, p) => r.confirm(c, p),
+                    Op::Release(c) => {
+                        r.release(c);
+                        None
+                    }
+                };
+            }
+            assert_eq!(
+                (r.owner("p1"), r.owner("p2"), last),
+                (*p1, *p2, *displaced),
+                "{ops:?}"
+            );
+            // The two maps always agree.
+            for (p, c) in &r.by_participant {
+                assert_eq!(r.by_conn.get(c), Some(p), "{ops:?}");
+            }
+            assert_eq!(r.by_conn.len(), r.by_participant.len(), "{ops:?}");
+        }
+    }
+
+    fn req(conn: Option<ConnId>, node: &str, sent: Instant, local: bool) -> PendingRequest {
+        PendingRequest {
+            conn,
+            node: node.into(),
+            request: Request::Stats,
+            sent,
+            local,
+        }
+    }
+
+    #[test]
+    fn pending_requests_expire_detach_and_fail_by_node() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        let ids: Vec<u64> = (0..4).map(|_| p.next_id()).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        p.insert(1, req(Some(10), "a", t0, true));
+        p.insert(2, req(Some(11), "b", t0 + Duration::from_secs(5), false));
+        p.insert(3, req(Some(10), "a", t0 + Duration::from_secs(9), false));
+        p.detach(10);
+        assert_eq!(p.take(1).map(|r| r.conn), Some(None));
+        assert_eq!(p.take(1), None, "answered once");
+        p.insert(1, req(Some(12), "a", t0, true));
+        // Requests sent over the lost local link, and nothing else.
+        let lost = p.take_where(|r| r.local && r.node == "a");
+        assert_eq!(lost.iter().map(|r| r.conn).collect::<Vec<_>>(), [Some(12)]);
+        let late = p.expired(t0 + Duration::from_secs(16), Duration::from_secs(10));
+        assert_eq!(late.len(), 1, "only the one sent at 5 s is over 10 s old");
+        assert_eq!(late[0].node, "b");
+        assert_eq!(p.len(), 1);
+    }
+}
