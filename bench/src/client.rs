@@ -177,12 +177,15 @@ fn join_on(
     ws: &mut WebSocket<MaybeTlsStream<TcpStream>>,
     room: &str,
     name: &str,
+    token: Option<&str>,
     media: Option<Media>,
     epoch: Instant,
 ) -> anyhow::Result<Joined> {
-    ws.send(Message::text(
-        json!({"type": "join", "room": room, "name": name}).to_string(),
-    ))?;
+    let mut join = json!({"type": "join", "room": room, "name": name});
+    if let Some(t) = token {
+        join["token"] = json!(t);
+    }
+    ws.send(Message::text(join.to_string()))?;
     let mut stash = Vec::new();
     let joined = wait_for(ws, "joined", &mut stash)?;
     let id = joined["participant"]["id"]
@@ -252,6 +255,8 @@ pub struct Client {
     /// Successful resumes, and when the WebSocket was last lost.
     pub resumes: u32,
     pub ws_lost_at: Option<Instant>,
+    /// The join token, when the server requires one (used again on rejoin).
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -302,6 +307,19 @@ impl Client {
         epoch: Instant,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        Self::join_with_token(ws_url, room, name, None, media, epoch, timeout)
+    }
+
+    /// [`Client::join`] with a join token (servers with `--jwt-secret`).
+    pub fn join_with_token(
+        ws_url: &str,
+        room: &str,
+        name: &str,
+        token: Option<&str>,
+        media: Option<Media>,
+        epoch: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let (mut ws, _) =
             tungstenite::connect(ws_url).with_context(|| format!("connecting {ws_url}"))?;
         if let MaybeTlsStream::Plain(s) = ws.get_mut() {
@@ -316,7 +334,7 @@ impl Client {
             peer,
             answer_sdp,
             stash,
-        } = join_on(&mut ws, room, name, media, epoch)?;
+        } = join_on(&mut ws, room, name, token, media, epoch)?;
         if let MaybeTlsStream::Plain(s) = ws.get_mut() {
             s.set_nonblocking(true)?;
         }
@@ -337,6 +355,7 @@ impl Client {
             next_resume_url: 0,
             resumes: 0,
             ws_lost_at: None,
+            token: token.map(str::to_string),
         };
         for v in stash {
             c.handle_server_message(v)?;
@@ -460,6 +479,7 @@ impl Client {
             &mut self.ws,
             &self.room,
             &self.name,
+            self.token.as_deref(),
             self.link.media,
             self.epoch,
         )?;

@@ -203,6 +203,38 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// Send one control request to the dataplane at `socket` (hello first) and return its response.
+/// Blocking, with a 10 s read timeout.
+pub fn control_request(
+    socket: &Path,
+    request: control::Request,
+) -> anyhow::Result<control::Response> {
+    use control::{Framed, FromDataplane, PROTOCOL_VERSION, ToDataplane};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut f = Framed::new(control::DEFAULT_MAX_FRAME);
+    f.queue(&ToDataplane::Hello {
+        version: PROTOCOL_VERSION,
+        client: "test".into(),
+    })?;
+    f.queue(&ToDataplane::Request { id: 1, request })?;
+    while !f.flush_to(&mut s)? {}
+    let mut buf = [0u8; 65536];
+    loop {
+        while let Some(m) = f.next_message::<FromDataplane>()? {
+            if let FromDataplane::Response { id: 1, response } = m {
+                return Ok(response);
+            }
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            bail!("control connection closed before the answer");
+        }
+        f.extend(&buf[..n]);
+    }
+}
+
 /// A single-node service: one dataplane and one or more signaling processes.
 #[derive(Debug)]
 pub struct Node {

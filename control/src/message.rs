@@ -83,9 +83,19 @@ pub enum Request {
     Drain,
     /// Remove every participant of a room (reason `closed` for them). Answered by [`Response::Ok`].
     CloseRoom { room: String },
-    /// **Tests only**: make worker `worker` panic, to exercise worker supervision. Refused with
-    /// `bad_request` unless the dataplane runs with `--test-faults`. Answered by [`Response::Ok`].
-    InjectFault { worker: u32 },
+    /// **Tests only**: inject a fault to exercise recovery. Refused with `bad_request` unless the
+    /// dataplane runs with `--test-faults`. Answered by [`Response::Ok`].
+    InjectFault { fault: Fault },
+}
+
+/// A fault [`Request::InjectFault`] can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// Worker `worker` panics (its supervisor restarts it).
+    WorkerPanic { worker: u32 },
+    /// Every local control connection is closed (signaling reconnects and re-attaches).
+    DropControlLinks,
 }
 
 /// What a participant may do.

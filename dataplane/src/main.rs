@@ -86,6 +86,13 @@ struct Args {
     /// Maximum chat message text in bytes.
     #[arg(long, env = "SFU_MAX_CHAT_BYTES", default_value_t = 4096)]
     max_chat_bytes: usize,
+    /// Chat and mute-state messages per second one participant may send (bursts of 4×); more
+    /// are dropped with a `rate_limited` error on the channel.
+    #[arg(long, env = "SFU_CHAT_RATE", default_value_t = 5.0)]
+    chat_rate: f64,
+    /// Client SDP with more media sections (m-lines) than this is refused with `bad_request`.
+    #[arg(long, env = "SFU_MAX_MEDIA_PER_OFFER", default_value_t = 1024)]
+    max_media_per_offer: usize,
     /// UDP socket send/receive buffer size in bytes (capped by net.core.[rw]mem_max).
     #[arg(long, env = "SFU_SOCKET_BUFFER", default_value_t = 8 << 20)]
     socket_buffer: usize,
@@ -116,6 +123,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse_from(::control::cli::args_with_config("SFU_CONFIG")?);
     init_logging(&args.log_format);
 
+    anyhow::ensure!(args.chat_rate > 0.0, "--chat-rate must be positive");
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = if args.workers == 0 {
         ncpu
@@ -162,6 +170,9 @@ fn main() -> anyhow::Result<()> {
         core.ice_timeout = Duration::from_secs(args.ice_timeout_secs);
         core.keyframe_interval = Duration::from_millis(args.keyframe_interval_ms);
         core.max_chat_text = args.max_chat_bytes;
+        core.chat_rate = args.chat_rate;
+        core.chat_burst = (args.chat_rate * 4.0).max(1.0);
+        core.max_media_per_offer = args.max_media_per_offer;
         let cpu = if args.no_pin {
             None
         } else if args.cpus.is_empty() {

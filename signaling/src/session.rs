@@ -53,12 +53,14 @@ enum State {
     Idle,
     Placing {
         join: Intent,
-        retried: bool,
+        /// Set when this placement retries a join a node refused as `unavailable`: if no other
+        /// node can take it, the client gets that first answer (it says why).
+        first_error: Option<(ErrorCode, String)>,
     },
     Joining {
         node: String,
         join: Intent,
-        retried: bool,
+        first_error: Option<(ErrorCode, String)>,
         leave_after: bool,
     },
     Resuming {
@@ -211,7 +213,7 @@ impl Session {
                     let room = join.room.clone();
                     self.state = State::Placing {
                         join,
-                        retried: false,
+                        first_error: None,
                     };
                     vec![Action::Place {
                         room,
@@ -318,7 +320,7 @@ impl Session {
 
     /// The placement of the room this session is joining.
     pub fn handle_placement(&mut self, result: Result<Placement, RegistryError>) -> Vec<Action> {
-        let State::Placing { join, retried } = &self.state else {
+        let State::Placing { join, first_error } = &self.state else {
             return vec![];
         };
         match result {
@@ -334,7 +336,7 @@ impl Session {
                 self.state = State::Joining {
                     node: p.node.clone(),
                     join: join.clone(),
-                    retried: *retried,
+                    first_error: first_error.clone(),
                     leave_after: false,
                 };
                 vec![Action::Request {
@@ -343,15 +345,16 @@ impl Session {
                 }]
             }
             Err(e) => {
-                self.state = State::Idle;
-                let message = match e {
-                    RegistryError::NoNodes => "no media server is available; retry later".into(),
-                    e => format!("room lookup failed: {e}"),
+                let (code, message) = match (first_error.clone(), e) {
+                    (Some(first), _) => first,
+                    (None, RegistryError::NoNodes) => (
+                        ErrorCode::Unavailable,
+                        "no media server is available; retry later".into(),
+                    ),
+                    (None, e) => (ErrorCode::Unavailable, format!("room lookup failed: {e}")),
                 };
-                vec![Action::Send(ServerMsg::error(
-                    ErrorCode::Unavailable,
-                    message,
-                ))]
+                self.state = State::Idle;
+                vec![Action::Send(ServerMsg::error(code, message))]
             }
         }
     }
@@ -424,7 +427,7 @@ impl Session {
                 State::Joining {
                     node,
                     join,
-                    retried,
+                    first_error,
                     leave_after,
                 },
                 Request::Join { participant, .. },
@@ -437,14 +440,14 @@ impl Session {
                         Action::Close,
                     ];
                 }
-                if code == control::ErrorCode::Unavailable && !*retried {
+                if code == control::ErrorCode::Unavailable && first_error.is_none() {
                     // The placement was stale or the node is going away: look the room up again
                     // without that node, once.
                     let exclude = vec![node.clone()];
                     let room = join.room.clone();
                     self.state = State::Placing {
                         join: join.clone(),
-                        retried: true,
+                        first_error: Some((code.into(), message)),
                     };
                     return vec![Action::Place { room, exclude }];
                 }

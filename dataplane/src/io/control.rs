@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use control::registry::{NodeInfo, NodeLoad, NodeState, Placement};
 use control::{
-    BeaconKind, ErrorCode, Event, FromDataplane, LeaveReason, NodeStats, Request, Response,
+    BeaconKind, ErrorCode, Event, Fault, FromDataplane, LeaveReason, NodeStats, Request, Response,
     ToDataplane, WorkerStats,
 };
 use crossbeam_channel::{Receiver, TrySendError};
@@ -456,21 +456,8 @@ impl ControlServer {
                 self.respond(peer, id, Response::Ok);
                 return;
             }
-            Request::InjectFault { worker } => {
-                let response = if !self.settings.test_faults {
-                    refuse(
-                        ErrorCode::BadRequest,
-                        "fault injection is off (start the dataplane with --test-faults)".into(),
-                    )
-                } else if let Some(w) = self.workers.get(*worker as usize) {
-                    warn!(worker, "injecting a panic (--test-faults)");
-                    let _ = w.commands.try_send(ToWorker::InjectPanic);
-                    let _ = w.waker.wake();
-                    Response::Ok
-                } else {
-                    refuse(ErrorCode::BadRequest, format!("no worker {worker}"))
-                };
-                self.respond(peer, id, response);
+            Request::InjectFault { fault } => {
+                self.inject_fault(peer, id, *fault);
                 return;
             }
             Request::CloseRoom { room } => match self.routes.room_worker(room) {
@@ -590,6 +577,50 @@ impl ControlServer {
                     "the worker is restarting; retry shortly"
                 };
                 self.respond(peer, id, refuse(ErrorCode::Unavailable, why.into()));
+            }
+        }
+    }
+
+    /// Tests only (`--test-faults`): make a worker panic, or drop every local control link.
+    fn inject_fault(&mut self, peer: PeerId, id: u64, fault: Fault) {
+        if !self.settings.test_faults {
+            self.respond(
+                peer,
+                id,
+                Response::error(
+                    ErrorCode::BadRequest,
+                    "fault injection is off (start the dataplane with --test-faults)",
+                ),
+            );
+            return;
+        }
+        warn!(?fault, "injecting a fault (--test-faults)");
+        match fault {
+            Fault::WorkerPanic { worker } => match self.workers.get(worker as usize) {
+                Some(w) => {
+                    let _ = w.commands.try_send(ToWorker::InjectPanic);
+                    let _ = w.waker.wake();
+                    self.respond(peer, id, Response::Ok);
+                }
+                None => {
+                    self.respond(
+                        peer,
+                        id,
+                        Response::error(ErrorCode::BadRequest, format!("no worker {worker}")),
+                    );
+                }
+            },
+            Fault::DropControlLinks => {
+                self.respond(peer, id, Response::Ok);
+                let locals: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| matches!(p, Peer::Local { .. }))
+                    .map(|(i, _)| i)
+                    .collect();
+                for p in locals {
+                    self.close_peer(p);
+                }
             }
         }
     }

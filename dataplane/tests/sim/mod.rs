@@ -108,6 +108,8 @@ pub struct Sim {
     offers: Vec<(String, String)>,
     /// Resume keys from `joined`, by participant.
     pub resume_keys: std::collections::HashMap<String, String>,
+    /// Peer addresses handed out so far.
+    addrs_used: u32,
 }
 
 impl Sim {
@@ -144,6 +146,7 @@ impl Sim {
             closed_rooms: Vec::new(),
             offers: Vec::new(),
             resume_keys: std::collections::HashMap::new(),
+            addrs_used: 0,
         }
     }
 
@@ -157,8 +160,10 @@ impl Sim {
 
     /// Add a peer with participant id `id`; returns its index.
     pub fn add_peer(&mut self, id: &str) -> usize {
-        let n = self.peers.len() as u8 + 10;
-        let addr = SocketAddr::from(([10, 0, 1, n], 5000));
+        // Addresses are never reused, even after peers are removed from the list.
+        self.addrs_used += 1;
+        let n = self.addrs_used;
+        let addr = SocketAddr::from(([10, 0, (n / 250) as u8 + 1, (n % 250) as u8 + 2], 5000));
         let peer = Peer::new(id, addr, self.now, self.start);
         self.peers.push(SimPeer {
             peer,
@@ -219,6 +224,17 @@ impl Sim {
     }
 
     pub fn try_join(&mut self, id: &str, room: &str, publish: Option<Publish>) -> Response {
+        self.try_join_as(id, room, publish, control::Grants::default())
+    }
+
+    /// [`Sim::try_join`] with explicit grants (what the participant's token allows).
+    pub fn try_join_as(
+        &mut self,
+        id: &str,
+        room: &str,
+        publish: Option<Publish>,
+        grants: control::Grants,
+    ) -> Response {
         if !self.peers.iter().any(|p| p.id == id) {
             self.add_peer(id);
         }
@@ -232,7 +248,7 @@ impl Sim {
             name: format!("name-{id}"),
             offer: Some(offer),
             epoch: None,
-            grants: control::Grants::default(),
+            grants,
         });
         if let Response::Joined {
             answer: Some(answer),
