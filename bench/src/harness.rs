@@ -163,6 +163,17 @@ impl Proc {
         false
     }
 
+    /// Send a signal by name (`STOP`, `CONT`, `USR1`, …).
+    pub fn signal(&self, sig: &str) -> bool {
+        self.pid().is_some_and(|pid| {
+            Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child
@@ -217,6 +228,7 @@ pub fn control_request(
     f.queue(&ToDataplane::Hello {
         version: PROTOCOL_VERSION,
         client: "test".into(),
+        signaling_id: None,
     })?;
     f.queue(&ToDataplane::Request { id: 1, request })?;
     while !f.flush_to(&mut s)? {}
@@ -482,132 +494,6 @@ impl Turn {
     }
 }
 
-/// A `redis-server` on a free loopback port, in its own directory; restartable on the same port.
-#[derive(Debug)]
-pub struct Redis {
-    pub port: u16,
-    dir: PathBuf,
-    pub proc: Option<Proc>,
-}
-
-impl Redis {
-    /// Whether `redis-server` is installed.
-    pub fn available() -> bool {
-        Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok()
-    }
-
-    pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        let port = free_tcp_port()?;
-        let mut r = Self {
-            port,
-            dir: dir.to_path_buf(),
-            proc: None,
-        };
-        r.restart()?;
-        Ok(r)
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// (Re)start on the same port; wait until it accepts connections.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        let args: Vec<String> = [
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &self.dir.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let log = self.dir.join(format!("redis-{}.log", self.port));
-        self.proc = Some(Proc::spawn("redis", Path::new("redis-server"), &args, log)?);
-        let end = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() >= end {
-                bail!("redis-server did not start on port {}", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-}
-
-/// One cluster node: a dataplane and a signaling process sharing a control socket.
-#[derive(Debug)]
-pub struct ClusterNode {
-    pub node_id: String,
-    pub signaling_id: String,
-    pub control_socket: PathBuf,
-    pub udp_base: u16,
-    pub sig_addr: SocketAddr,
-    /// Signaling's metrics address.
-    pub sig_metrics: SocketAddr,
-    pub dataplane: Proc,
-    pub signaling: Proc,
-    dp_args: Vec<String>,
-    sig_args: Vec<String>,
-    dir: PathBuf,
-    restarts: u32,
-}
-
-impl ClusterNode {
-    pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.sig_addr)
-    }
-
-    /// Start (or restart) the dataplane.
-    pub fn start_dataplane(&mut self) -> anyhow::Result<()> {
-        self.dataplane.kill();
-        self.restarts += 1;
-        let log = self
-            .dir
-            .join(format!("dataplane-{}-{}.log", self.node_id, self.restarts));
-        self.dataplane = Proc::spawn("dataplane", &binary("dataplane")?, &self.dp_args, log)?;
-        Ok(())
-    }
-
-    /// Start (or restart) the signaling instance on the same address; wait until healthy.
-    pub fn start_signaling(&mut self) -> anyhow::Result<()> {
-        self.signaling.kill();
-        self.restarts += 1;
-        let log = self.dir.join(format!(
-            "signaling-{}-{}.log",
-            self.signaling_id, self.restarts
-        ));
-        self.signaling = Proc::spawn("signaling", &binary("signaling")?, &self.sig_args, log)?;
-        wait_http_ok(self.sig_addr, "/healthz", Duration::from_secs(20))
-    }
-
-    pub fn logs(&self) -> String {
-        format!(
-            "--- dataplane {} ---\n{}\n--- signaling {} ---\n{}\n",
-            self.node_id,
-            self.dataplane.log_text(),
-            self.signaling_id,
-            self.signaling.log_text()
-        )
-    }
-}
-
 /// Wait until `GET path` answers 200.
 pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + timeout;
@@ -622,144 +508,10 @@ pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::
     }
 }
 
-/// Redis plus N nodes.
-#[derive(Debug)]
-pub struct Cluster {
-    pub redis: Redis,
-    pub nodes: Vec<ClusterNode>,
-    pub dir: TempDir,
-}
+mod cluster;
+mod redis;
 
-impl Cluster {
-    /// Start Redis and `n` nodes (1 worker each) named `node-a`, `node-b`, … with signaling
-    /// `sig-a`, `sig-b`, …; `dp_extra` and `sig_extra` are appended to every dataplane / signaling.
-    pub fn start(n: usize, dp_extra: &[&str], sig_extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = TempDir::new("sfu-cluster")?;
-        let redis = Redis::start(&dir.0)?;
-        let mut c = Self {
-            redis,
-            nodes: Vec::new(),
-            dir,
-        };
-        for i in 0..n {
-            c.add_node(i, dp_extra, sig_extra)?;
-        }
-        // Both nodes registered (heartbeat) before anyone joins.
-        let end = Instant::now() + Duration::from_secs(10);
-        while c.registered_nodes()? < n {
-            if Instant::now() >= end {
-                bail!("nodes did not register\n{}", c.logs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(c)
-    }
-
-    fn add_node(&mut self, i: usize, dp_extra: &[&str], sig_extra: &[&str]) -> anyhow::Result<()> {
-        let letter = (b'a' + i as u8) as char;
-        let node_id = format!("node-{letter}");
-        let signaling_id = format!("sig-{letter}");
-        let control_socket = self.dir.0.join(format!("{node_id}.sock"));
-        let udp_base = free_udp_ports(1)?;
-        let sig_addr: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-        let sig_metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-        let mut dp_args: Vec<String> = vec![
-            "--workers".into(),
-            "1".into(),
-            "--no-pin".into(),
-            "--public-ip".into(),
-            "127.0.0.1".into(),
-            "--port-base".into(),
-            udp_base.to_string(),
-            "--control-socket".into(),
-            control_socket.display().to_string(),
-            "--node-id".into(),
-            node_id.clone(),
-            "--redis-url".into(),
-            self.redis.url(),
-            "--metrics-listen".into(),
-            format!("127.0.0.1:{}", free_tcp_port()?),
-        ];
-        dp_args.extend(dp_extra.iter().map(|s| s.to_string()));
-        let mut sig_args: Vec<String> = vec![
-            "--listen".into(),
-            sig_addr.to_string(),
-            "--metrics-listen".into(),
-            sig_metrics.to_string(),
-            "--control-socket".into(),
-            control_socket.display().to_string(),
-            "--signaling-id".into(),
-            signaling_id.clone(),
-            "--redis-url".into(),
-            self.redis.url(),
-            "--pid-file".into(),
-            self.dir
-                .0
-                .join(format!("{signaling_id}.pid"))
-                .display()
-                .to_string(),
-        ];
-        sig_args.extend(sig_extra.iter().map(|s| s.to_string()));
-        let dataplane = Proc::spawn(
-            "dataplane",
-            &binary("dataplane")?,
-            &dp_args,
-            self.dir.0.join(format!("dataplane-{node_id}-0.log")),
-        )?;
-        let signaling = Proc::spawn(
-            "signaling",
-            &binary("signaling")?,
-            &sig_args,
-            self.dir.0.join(format!("signaling-{signaling_id}-0.log")),
-        )?;
-        let node = ClusterNode {
-            node_id,
-            signaling_id,
-            control_socket,
-            udp_base,
-            sig_addr,
-            sig_metrics,
-            dataplane,
-            signaling,
-            dp_args,
-            sig_args,
-            dir: self.dir.0.clone(),
-            restarts: 0,
-        };
-        wait_http_ok(node.sig_addr, "/healthz", Duration::from_secs(20))
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", node.logs()))?;
-        self.nodes.push(node);
-        Ok(())
-    }
-
-    /// How many nodes are registered and alive (reads Redis directly).
-    pub fn registered_nodes(&self) -> anyhow::Result<usize> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.redis.port.to_string(), "ZCOUNT", "sfu:nodes"])
-            .arg(format!("({}", 0))
-            .arg("+inf")
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse()
-                .unwrap_or(0)),
-            _ => Ok(0),
-        }
-    }
-
-    /// The node whose worker port is `port`.
-    pub fn node_by_port(&self, port: u16) -> Option<usize> {
-        self.nodes.iter().position(|n| n.udp_base == port)
-    }
-
-    pub fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(ClusterNode::logs)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
+pub use cluster::{Cluster, ClusterNode, RedisTopology};
+pub use redis::{Redis, Sentinel};
 
 pub use crate::stats::cpu_seconds;

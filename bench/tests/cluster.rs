@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bench::client::{self, Client, Media};
-use bench::harness::{Cluster, Redis, cpu_seconds, http_get};
+use bench::harness::{Cluster, Redis, RedisTopology, cpu_seconds, http_get};
 use str0m::media::MediaKind;
 
 const T: Duration = Duration::from_secs(15);
@@ -435,4 +435,221 @@ fn cluster_rolling_restart_of_signaling_drops_no_call() {
     for n in &c.nodes {
         assert_eq!(http_get(n.sig_addr, "/healthz").expect("healthz").0, 200);
     }
+}
+
+fn rooms_on(c: &Cluster, node: usize) -> Vec<String> {
+    match bench::harness::control_request(&c.nodes[node].control_socket, control::Request::Stats) {
+        Ok(control::Response::Stats(s)) => s
+            .workers
+            .iter()
+            .flat_map(|w| w.rooms.iter().map(|r| r.room.clone()))
+            .collect(),
+        other => panic!("stats of node {node}: {other:?}"),
+    }
+}
+
+/// No room is hosted by two nodes, and every hosted room is mapped to its host in Redis.
+fn assert_single_owners(c: &Cluster) {
+    let per_node: Vec<Vec<String>> = (0..c.nodes.len()).map(|i| rooms_on(c, i)).collect();
+    for (i, rooms) in per_node.iter().enumerate() {
+        for room in rooms {
+            for (j, other) in per_node.iter().enumerate() {
+                assert!(
+                    i == j || !other.contains(room),
+                    "room {room} is hosted by two nodes\n{}",
+                    c.logs()
+                );
+            }
+            let owner = c.room_owner(room).map(|(n, _)| n);
+            assert_eq!(
+                owner.as_deref(),
+                Some(c.nodes[i].node_id.as_str()),
+                "room {room} on {} is mapped to {owner:?}",
+                c.nodes[i].node_id
+            );
+        }
+    }
+}
+
+/// Failure recovery 1: Redis forgot everything (FLUSHALL, then a restart without persistence).
+/// A newcomer to a live room used to be placed on the other node under a restarted epoch, and
+/// the real owner then closed the live call (`moved`). Now the nodes re-assert their rooms and
+/// the newcomer lands on the owner; nothing is closed; epochs never go backwards.
+#[test]
+fn cluster_redis_data_loss_never_splits_or_closes_a_live_room() {
+    let Some((_serial, mut c)) = cluster(&[], &[]) else {
+        return;
+    };
+    let epoch = Instant::now();
+    let mut cs = call(&c, "live", &[(0, "a"), (1, "b")], epoch);
+    let owner = c
+        .node_by_port(cs[0].server_port().expect("port"))
+        .expect("owner");
+    let (_, first_epoch) = c.room_owner("live").expect("mapped");
+    for (round, wipe) in ["flushall", "restart"].iter().enumerate() {
+        match *wipe {
+            "flushall" => {
+                c.redis_cli(&["FLUSHALL"]);
+            }
+            _ => {
+                c.redis.kill();
+                c.redis.restart().expect("redis back");
+            }
+        }
+        // A newcomer joins the live room through the instance that is not the owner's own.
+        let via = 1 - owner;
+        let name = format!("newcomer-{round}");
+        let t = Instant::now();
+        let n = join(&c, via, "live", &name, epoch);
+        eprintln!("after {wipe}: newcomer joined in {:?}", t.elapsed());
+        assert_eq!(
+            c.node_by_port(n.server_port().expect("port")),
+            Some(owner),
+            "after {wipe} the newcomer landed on the live room's owner\n{}",
+            c.logs()
+        );
+        cs.push(n);
+        assert!(
+            client::run(&mut cs, T, |cs| all_flowing(cs, 30)).expect("run"),
+            "media with the newcomer after {wipe}\n{}",
+            c.logs()
+        );
+        assert_eq!(
+            cs.iter().map(|cl| cl.count("room_closed")).sum::<usize>(),
+            0,
+            "nobody's room was closed after {wipe}\n{}",
+            c.logs()
+        );
+        let (node, e) = c.room_owner("live").expect("re-asserted");
+        assert_eq!(node, c.nodes[owner].node_id);
+        assert!(e >= first_epoch, "epoch went back: {e} < {first_epoch}");
+        assert_single_owners(&c);
+    }
+    // New rooms get epochs above every one in use.
+    let _fresh = call(&c, "fresh", &[(0, "f1"), (1, "f2")], epoch);
+    let (_, fresh_epoch) = c.room_owner("fresh").expect("mapped");
+    assert!(fresh_epoch > first_epoch, "{fresh_epoch} <= {first_epoch}");
+}
+
+/// Failure recovery 3: Sentinel-managed failover. The master dies; calls continue (media never
+/// needs Redis), the nodes and signaling follow the sentinel to the promoted replica, new rooms
+/// work, and no room ends up on two nodes.
+#[test]
+fn cluster_sentinel_failover_keeps_calls_and_places_nothing_twice() {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        Redis::available() && bench::harness::Sentinel::available(),
+        "redis-server and redis-sentinel are required"
+    );
+    let mut c = Cluster::start_with(2, &[], &[], RedisTopology::Sentinel).expect("cluster");
+    let epoch = Instant::now();
+    let mut cs = call(&c, "s1", &[(0, "a"), (1, "b")], epoch);
+    let owner = c
+        .node_by_port(cs[0].server_port().expect("port"))
+        .expect("owner");
+    let replica = c.sentinel.as_ref().expect("sentinel").replica.port;
+    c.redis.kill();
+    let killed = Instant::now();
+    // Media continues while the sentinel notices and promotes the replica.
+    let end = Instant::now() + Duration::from_secs(20);
+    while c.master_port() != replica {
+        assert_keeps_flowing(&c, &mut cs, Duration::from_millis(500), 5, "during the failover");
+        assert!(Instant::now() < end, "no failover\n{}", c.logs());
+    }
+    eprintln!(
+        "sentinel promoted the replica {:?} after the master died",
+        killed.elapsed()
+    );
+    let end = Instant::now() + T;
+    while c.registered_nodes().unwrap_or(0) < 2 {
+        assert!(
+            Instant::now() < end,
+            "nodes did not register with the new master\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A new room works; a newcomer to the old room lands on its owner.
+    let _fresh = call(&c, "s2", &[(0, "c"), (1, "d")], epoch);
+    let n = join(&c, 1 - owner, "s1", "e", epoch);
+    assert_eq!(c.node_by_port(n.server_port().expect("port")), Some(owner));
+    cs.push(n);
+    assert!(client::run(&mut cs, T, |cs| all_flowing(cs, 30)).expect("run"));
+    assert_eq!(
+        cs.iter().map(|cl| cl.count("room_closed")).sum::<usize>(),
+        0
+    );
+    assert_single_owners(&c);
+    drop(guard);
+}
+
+/// Failure recovery 6: a healthy but stalled node (its beacons and heartbeats late, as on a
+/// saturated machine) used to be declared dead after 1.5 s of silence, closing every call on it.
+/// Now silence alone is not enough: a 4 s stall closes nothing and the call goes on.
+#[test]
+fn cluster_a_stalled_node_is_not_declared_dead() {
+    let Some((_serial, c)) = cluster(&[], &[]) else {
+        return;
+    };
+    let epoch = Instant::now();
+    let mut cs = call(&c, "busy", &[(0, "a"), (1, "b")], epoch);
+    let owner = c
+        .node_by_port(cs[0].server_port().expect("port"))
+        .expect("owner");
+    assert!(c.nodes[owner].dataplane.signal("STOP"));
+    client::run(&mut cs, Duration::from_secs(4), |_| false).expect("run");
+    assert!(c.nodes[owner].dataplane.signal("CONT"));
+    assert_keeps_flowing(&c, &mut cs, Duration::from_secs(3), 30, "after the stall");
+    assert_eq!(
+        cs.iter().map(|cl| cl.count("room_closed")).sum::<usize>(),
+        0,
+        "a stalled node is not a dead node\n{}",
+        c.logs()
+    );
+}
+
+/// Failure recovery 6: after `room_closed` the clients rejoin — reliably, even when the room
+/// lands on the same node again, round after round. The room is closed by fencing (its Redis
+/// mapping handed to another owner), as after a partition.
+#[test]
+fn cluster_rejoin_after_room_closed_on_the_same_node_is_reliable() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(Redis::available(), "redis-server is required");
+    let c = Cluster::start(1, &[], &[]).expect("cluster");
+    let epoch = Instant::now();
+    let mut cs = call(&c, "again", &[(0, "a"), (0, "b"), (0, "c")], epoch);
+    let mut worst = Duration::ZERO;
+    for round in 0..5 {
+        let (_, e) = c.room_owner("again").expect("mapped");
+        c.redis_cli(&[
+            "SET",
+            "{sfu}:room:again",
+            &format!(r#"{{"node":"elsewhere","epoch":{}}}"#, e + 1000),
+        ]);
+        let t = Instant::now();
+        let before: Vec<usize> = cs.iter().map(|cl| cl.count("room_closed")).collect();
+        let ok = client::run(&mut cs, Duration::from_secs(6), |cs| {
+            cs.iter()
+                .zip(&before)
+                .all(|(cl, b)| cl.count("room_closed") > *b)
+        })
+        .expect("run");
+        assert!(ok, "round {round}: room_closed not delivered\n{}", c.logs());
+        for (i, cl) in cs.iter_mut().enumerate() {
+            if let Err(e) = cl.rejoin(T) {
+                panic!(
+                    "round {round}: rejoin of client {i}: {e:#}\n{:?}\n{}",
+                    cl.messages,
+                    c.logs()
+                );
+            }
+        }
+        assert!(
+            client::run(&mut cs, T, |cs| all_flowing(cs, 20)).expect("run"),
+            "round {round}: media after the rejoin\n{}",
+            c.logs()
+        );
+        worst = worst.max(t.elapsed());
+    }
+    eprintln!("rejoin after room_closed: worst round (close + rejoin + media) {worst:?}");
 }

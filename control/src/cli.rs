@@ -9,6 +9,66 @@
 
 use std::ffi::OsString;
 
+use crate::registry::RedisSettings;
+
+/// The Redis flags both binaries share (cluster mode).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL: cluster mode (node registry, room placement, relays between any signaling and
+    /// any node). Without it (and without sentinels), single-node mode with no Redis. With
+    /// sentinels, only its credentials and database number are used.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel (keys use it as a hash tag: `{sfu}:…`).
+    #[arg(long, env = "SFU_REDIS_PREFIX", default_value = "sfu")]
+    pub redis_prefix: String,
+    /// A Sentinel (`host:port`) to ask for the Redis master (repeatable): failovers are followed.
+    #[arg(long = "redis-sentinel", env = "SFU_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+    /// The master's name at the sentinels.
+    #[arg(long, env = "SFU_REDIS_MASTER_NAME", default_value = "mymaster")]
+    pub redis_master_name: String,
+}
+
+impl RedisArgs {
+    /// The Redis settings, or `None` for single-node mode.
+    pub fn settings(&self) -> Option<RedisSettings> {
+        if self.redis_url.is_none() && self.redis_sentinels.is_empty() {
+            return None;
+        }
+        let url = self
+            .redis_url
+            .clone()
+            .unwrap_or_else(|| "redis://127.0.0.1/".into());
+        let mut s = RedisSettings::new(url);
+        s.prefix = self.redis_prefix.clone();
+        s.sentinels = self.redis_sentinels.clone();
+        s.master_name = self.redis_master_name.clone();
+        Some(s)
+    }
+
+    /// Where the registry is, for logs (no credentials).
+    pub fn describe(&self) -> String {
+        if self.redis_sentinels.is_empty() {
+            let url = self.redis_url.as_deref().unwrap_or("");
+            // Drop `user:password@`.
+            match url.split_once('@') {
+                Some((scheme, host)) => format!(
+                    "{}//{host}",
+                    scheme.split("//").next().unwrap_or("redis:")
+                ),
+                None => url.to_string(),
+            }
+        } else {
+            format!(
+                "sentinels {} (master {:?})",
+                self.redis_sentinels.join(","),
+                self.redis_master_name
+            )
+        }
+    }
+}
+
 /// Errors reading a configuration file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -12,6 +12,11 @@ pub enum ToDataplane {
         version: u32,
         /// Free-form client name for logs (e.g. `signaling@host:pid`).
         client: String,
+        /// The signaling instance's id (its reply channel name in cluster mode), so the
+        /// dataplane knows a local connection and Redis relays from the same instance apart
+        /// from another instance's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signaling_id: Option<String>,
     },
     /// A request; answered by exactly one [`FromDataplane::Response`] with the same `id`.
     Request { id: u64, request: Request },
@@ -265,7 +270,8 @@ pub struct RpcEnvelope {
     pub msg: ToDataplane,
 }
 
-/// A liveness beacon published on the health channel every 500 ms by every process.
+/// A liveness beacon published on the health channel every 500 ms by every process (and a
+/// [`BeaconKind::NodeDown`] notice when a local dataplane is seen gone).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Beacon {
     pub kind: BeaconKind,
@@ -279,6 +285,10 @@ pub struct Beacon {
 pub enum BeaconKind {
     Dataplane,
     Signaling,
+    /// Published by a signaling instance about the dataplane `id` on its own host: its control
+    /// socket closed and nothing listens there any more (the process is gone). Other instances
+    /// act on it once that node's own beacons have stopped too.
+    NodeDown,
 }
 
 /// Public identity of a participant.

@@ -3,19 +3,27 @@
 //! (`control/tests/registry.rs`): [`MemoryRegistry`] (single node, no Redis) and
 //! [`RedisRegistry`].
 //!
-//! Redis layout (prefix `sfu` by default; documented in `docs/cluster.md`):
+//! Redis layout (prefix `sfu` by default, as the hash tag `{sfu}` so every key of a deployment
+//! is in one slot; documented in `docs/cluster.md`):
 //!
 //! | key | type | TTL | written by |
 //! |---|---|---|---|
-//! | `sfu:nodes` | ZSET node id → last heartbeat (Redis server time, ms) | none | dataplane heartbeat, reaper |
-//! | `sfu:node:<id>` | STRING JSON [`NodeInfo`] | 3 × heartbeat | dataplane heartbeat |
-//! | `sfu:node_rooms:<id>` | SET of rooms placed on the node | none | placement, release, reaper |
-//! | `sfu:room:<room>` | STRING JSON [`Placement`] | none | placement (Lua), release, reaper |
-//! | `sfu:epoch` | STRING counter (fencing epochs) | none | placement (Lua) |
+//! | `{sfu}:nodes` | ZSET node id → last heartbeat (Redis server time, ms) | none | dataplane heartbeat, reaper |
+//! | `{sfu}:node:<id>` | STRING JSON [`NodeInfo`] | 1.5 × dead-after | dataplane heartbeat |
+//! | `{sfu}:node_rooms:<id>` | SET of rooms placed on the node | none | placement, release, reaper, re-assert |
+//! | `{sfu}:room:<room>` | STRING JSON [`Placement`] | none | placement (Lua), release, reaper, re-assert |
+//! | `{sfu}:epoch` | STRING counter (fencing epochs) | none | placement (Lua), re-assert (re-seed) |
+//! | `{sfu}:gen` | STRING generation token | none | first caller after it is missing |
+//! | `{sfu}:recovering` | STRING, present during a recovery window | recovery window | whoever notices data loss |
+//! | `{sfu}:recovered:<run_id>` | STRING marker: a window was started for this server incarnation | 1 h | same |
 //!
 //! All time comparisons use Redis server time inside Lua scripts, so node clocks need not agree.
-//! Placement is one `EVALSHA`: it returns the current owner if that node is alive, else picks the
+//! Placement is one `EVALSHA` (after a `ZRANGE` of the node ids, so the script can declare the
+//! keys it reads): it returns the current owner if that node is alive, else picks the
 //! least-loaded serving node, takes a new fencing epoch and records the room — atomically.
+
+mod conn;
+mod redis_registry;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -80,12 +88,26 @@ pub enum RegistryError {
     /// Redis answered something unexpected.
     #[error("registry protocol error: {0}")]
     Protocol(String),
+    /// The registry lost its data moments ago (Redis restarted or failed over) and the nodes are
+    /// re-asserting their rooms: an unmapped room cannot be placed yet. Retry shortly.
+    #[error("the registry is recovering from data loss; retry shortly")]
+    Recovering,
 }
 
 /// The registry contract. Every call is bounded in time (Redis calls time out).
 pub trait Registry: Send {
-    /// Register or refresh a node (call about every 2 s).
-    fn heartbeat(&mut self, node: &NodeInfo) -> Result<(), RegistryError>;
+    /// Register or refresh a node (call about every 2 s). Returns `true` when the registry may
+    /// have lost data since this caller last looked (Redis restarted, failed over, was flushed):
+    /// the node must then [`Registry::reassert`] its rooms.
+    fn heartbeat(&mut self, node: &NodeInfo) -> Result<bool, RegistryError>;
+    /// Record again the rooms `node_id` hosts (room, epoch): missing mappings are restored, rooms
+    /// placed elsewhere under an older epoch taken back, and the epoch counter raised above every
+    /// epoch. Returns the rooms another node now holds under a newer epoch.
+    fn reassert(
+        &mut self,
+        node_id: &str,
+        rooms: &[(String, u64)],
+    ) -> Result<Vec<String>, RegistryError>;
     /// Remove a node and the rooms it owns.
     fn deregister(&mut self, node_id: &str) -> Result<(), RegistryError>;
     /// The alive nodes.
@@ -172,11 +194,49 @@ impl MemoryInner {
 }
 
 impl Registry for MemoryRegistry {
-    fn heartbeat(&mut self, node: &NodeInfo) -> Result<(), RegistryError> {
+    fn heartbeat(&mut self, node: &NodeInfo) -> Result<bool, RegistryError> {
         self.lock()
             .nodes
             .insert(node.node_id.clone(), (Instant::now(), node.clone()));
-        Ok(())
+        // Memory cannot be lost while this process lives.
+        Ok(false)
+    }
+
+    fn reassert(
+        &mut self,
+        node_id: &str,
+        rooms: &[(String, u64)],
+    ) -> Result<Vec<String>, RegistryError> {
+        let mut g = self.lock();
+        let mut lost = Vec::new();
+        for (room, epoch) in rooms {
+            let mine = Placement {
+                node: node_id.to_string(),
+                epoch: *epoch,
+            };
+            match g.rooms.get(room).cloned() {
+                Some(p) if p.node != node_id && p.epoch >= *epoch => {
+                    lost.push(room.clone());
+                    continue;
+                }
+                Some(p) if p.node == node_id => {}
+                Some(p) => {
+                    if let Some(set) = g.node_rooms.get_mut(&p.node) {
+                        set.remove(room);
+                    }
+                    g.rooms.insert(room.clone(), mine);
+                }
+                None => {
+                    g.rooms.insert(room.clone(), mine);
+                }
+            }
+            g.node_rooms
+                .entry(node_id.to_string())
+                .or_default()
+                .insert(room.clone());
+            g.epoch = g.epoch.max(*epoch);
+        }
+        Ok(lost)
     }
 
     fn deregister(&mut self, node_id: &str) -> Result<(), RegistryError> {
@@ -284,97 +344,29 @@ impl Registry for MemoryRegistry {
 }
 
 // -------------------------------------------------------------------------------------------------
-// Redis
+// Redis settings
 
-const HEARTBEAT_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-return now
-"#;
+pub use conn::{RedisConn, Subscription, subscribe};
+pub use redis_registry::{DEFAULT_RECOVERY_WINDOW, RedisRegistry};
 
-const PLACE_LUA: &str = r#"
-local prefix, dead_after, room = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local excluded = {}
-for i = 4, #ARGV do excluded[ARGV[i]] = true end
-local function alive(id)
-  if excluded[id] then return false end
-  local hb = redis.call('ZSCORE', prefix .. ':nodes', id)
-  return hb ~= false and hb ~= nil and (now - tonumber(hb)) <= dead_after
-end
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local owner = cjson.decode(cur)
-  if alive(owner.node) then return cur end
-  redis.call('SREM', prefix .. ':node_rooms:' .. owner.node, room)
-end
-local ids = redis.call('ZRANGEBYSCORE', prefix .. ':nodes', now - dead_after, '+inf')
-local best, best_score = nil, nil
-for _, id in ipairs(ids) do
-  if not excluded[id] then
-    local raw = redis.call('GET', prefix .. ':node:' .. id)
-    if raw then
-      local n = cjson.decode(raw)
-      local rooms = redis.call('SCARD', prefix .. ':node_rooms:' .. id)
-      local cap = tonumber(n.capacity_rooms) or 0
-      if n.state == 'serving' and (cap == 0 or rooms < cap) then
-        local score = (tonumber(n.load.participants) or 0) + rooms
-        if best == nil or score < best_score or (score == best_score and id < best) then
-          best, best_score = id, score
-        end
-      end
-    end
-  end
-end
-if not best then return false end
-local epoch = redis.call('INCR', prefix .. ':epoch')
-local v = cjson.encode({node = best, epoch = epoch})
-redis.call('SET', KEYS[1], v)
-redis.call('SADD', prefix .. ':node_rooms:' .. best, room)
-return v
-"#;
-
-const RELEASE_LUA: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-local o = cjson.decode(cur)
-if o.node == ARGV[2] and tostring(o.epoch) == ARGV[3] then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', ARGV[1] .. ':node_rooms:' .. ARGV[2], ARGV[4])
-  return 1
-end
-return 0
-"#;
-
-const REAP_LUA: &str = r#"
-local prefix, dead_after = ARGV[1], tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local dead = redis.call('ZRANGEBYSCORE', prefix .. ':nodes', '-inf', '(' .. (now - dead_after))
-for _, id in ipairs(dead) do
-  local rooms = redis.call('SMEMBERS', prefix .. ':node_rooms:' .. id)
-  for _, room in ipairs(rooms) do
-    local cur = redis.call('GET', prefix .. ':room:' .. room)
-    if cur and cjson.decode(cur).node == id then redis.call('DEL', prefix .. ':room:' .. room) end
-  end
-  redis.call('DEL', prefix .. ':node_rooms:' .. id, prefix .. ':node:' .. id)
-  redis.call('ZREM', prefix .. ':nodes', id)
-end
-return dead
-"#;
-
-/// Settings of a [`RedisRegistry`].
+/// Settings of the Redis link.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`. With sentinels, only its credentials and
+    /// database are used; the host comes from the sentinels.
     pub url: String,
-    /// Key and channel prefix.
+    /// Key and channel prefix. Keys use it as a hash tag (`{sfu}:…`), so all of them share one
+    /// Redis Cluster slot.
     pub prefix: String,
+    /// Sentinels (`host:port`) to ask for the master; empty: connect to `url` directly.
+    pub sentinels: Vec<String>,
+    /// The master's name at the sentinels.
+    pub master_name: String,
     /// Connect, read and write timeout of every call.
     pub timeout: Duration,
     pub timing: RegistryTiming,
+    /// After data loss, how long unmapped rooms wait while nodes re-assert theirs.
+    pub recovery_window: Duration,
 }
 
 impl RedisSettings {
@@ -382,17 +374,39 @@ impl RedisSettings {
         Self {
             url: url.into(),
             prefix: "sfu".into(),
+            sentinels: Vec::new(),
+            master_name: "mymaster".into(),
             timeout: Duration::from_millis(500),
             timing: RegistryTiming::default(),
+            recovery_window: DEFAULT_RECOVERY_WINDOW,
         }
     }
 
+    /// The hash tag every key starts with: `{prefix}` (or the prefix itself if it already holds
+    /// a tag).
+    fn tag(&self) -> String {
+        if self.prefix.contains('{') {
+            self.prefix.clone()
+        } else {
+            format!("{{{}}}", self.prefix)
+        }
+    }
+
+    /// The key `<tag>:<suffix>`.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.tag())
+    }
+
     pub fn node_key(&self, id: &str) -> String {
-        format!("{}:node:{id}", self.prefix)
+        self.key(&format!("node:{id}"))
+    }
+
+    pub fn node_rooms_key(&self, id: &str) -> String {
+        self.key(&format!("node_rooms:{id}"))
     }
 
     pub fn room_key(&self, room: &str) -> String {
-        format!("{}:room:{room}", self.prefix)
+        self.key(&format!("room:{room}"))
     }
 
     /// Channel a node receives control requests on.
@@ -411,337 +425,23 @@ impl RedisSettings {
     }
 }
 
-/// What [`subscribe`] reports to its owner.
-#[derive(Debug)]
-pub enum Subscription<'a> {
-    /// Subscribed to both channels (again).
-    Up,
-    /// The subscription was lost (reported once per loss); reconnecting with backoff.
-    Down(redis::RedisError),
-    /// A beacon on the health channel (undecodable ones are skipped).
-    Beacon(crate::Beacon),
-    /// A message on the private channel, undecoded.
-    Message(&'a [u8]),
-}
-
-/// Subscribe to `channel` and the health channel and report what arrives to `on` until `stop`
-/// is set, reconnecting after a failure with backoff (100 ms doubling to 2 s). Blocks: run it on
-/// its own thread; it checks `stop` at least every 500 ms while subscribed.
-pub fn subscribe(
-    settings: &RedisSettings,
-    channel: &str,
-    stop: &std::sync::atomic::AtomicBool,
-    mut on: impl FnMut(Subscription<'_>),
-) {
-    use std::sync::atomic::Ordering;
-    let health = settings.health_channel();
-    let mut backoff = Duration::from_millis(100);
-    let mut up = false;
-    while !stop.load(Ordering::Relaxed) {
-        let result = (|| -> redis::RedisResult<()> {
-            let client = redis::Client::open(settings.url.as_str())?;
-            let mut conn = client.get_connection_with_timeout(settings.timeout)?;
-            let mut ps = conn.as_pubsub();
-            ps.subscribe(channel)?;
-            ps.subscribe(&health)?;
-            ps.set_read_timeout(Some(Duration::from_millis(500)))?;
-            on(Subscription::Up);
-            up = true;
-            backoff = Duration::from_millis(100);
-            while !stop.load(Ordering::Relaxed) {
-                let msg = match ps.get_message() {
-                    Ok(m) => m,
-                    Err(e) if e.is_timeout() => continue,
-                    Err(e) => return Err(e),
-                };
-                let payload = msg.get_payload_bytes();
-                if msg.get_channel_name() == health {
-                    if let Ok(b) = crate::decode::<crate::Beacon>(payload) {
-                        on(Subscription::Beacon(b));
-                    }
-                } else {
-                    on(Subscription::Message(payload));
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            if up {
-                on(Subscription::Down(e));
-                up = false;
-            }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
-}
-
-/// A Redis connection with timeouts that reconnects lazily, at most once per backoff interval, so
-/// a dead Redis costs callers one fast error instead of a hang.
-pub struct RedisConn {
-    client: redis::Client,
-    conn: Option<redis::Connection>,
-    timeout: Duration,
-    next_attempt: Instant,
-    backoff: Duration,
-}
-
-impl std::fmt::Debug for RedisConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConn")
-            .field("connected", &self.conn.is_some())
-            .finish()
-    }
-}
-
-impl RedisConn {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, RegistryError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| RegistryError::Unavailable(format!("bad redis url: {e}")))?;
-        Ok(Self {
-            client,
-            conn: None,
-            timeout,
-            next_attempt: Instant::now(),
-            backoff: Duration::from_millis(100),
-        })
-    }
-
-    /// The connection, (re)connecting if allowed now.
-    pub fn get(&mut self) -> Result<&mut redis::Connection, RegistryError> {
-        if self.conn.is_none() {
-            let now = Instant::now();
-            if now < self.next_attempt {
-                return Err(RegistryError::Unavailable(
-                    "redis is down; reconnect pending".into(),
-                ));
-            }
-            match self.client.get_connection_with_timeout(self.timeout) {
-                Ok(c) => {
-                    let _ = c.set_read_timeout(Some(self.timeout));
-                    let _ = c.set_write_timeout(Some(self.timeout));
-                    self.backoff = Duration::from_millis(100);
-                    self.conn = Some(c);
-                }
-                Err(e) => {
-                    self.next_attempt = now + self.backoff;
-                    self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
-                    return Err(RegistryError::Unavailable(e.to_string()));
-                }
-            }
-        }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| RegistryError::Unavailable("not connected".into()))
-    }
-
-    /// Run `f` on the connection; an I/O error drops the connection for a later reconnect.
-    pub fn with<T>(
-        &mut self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, RegistryError> {
-        let conn = self.get()?;
-        match f(conn) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                {
-                    self.conn = None;
-                    Err(RegistryError::Unavailable(e.to_string()))
-                } else {
-                    Err(RegistryError::Protocol(e.to_string()))
-                }
-            }
-        }
-    }
-
-    /// PUBLISH `payload` on `channel`.
-    pub fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<(), RegistryError> {
-        self.with(|c| {
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(payload)
-                .query::<i64>(c)
-        })
-        .map(|_| ())
-    }
-}
-
-/// The Redis-backed registry.
-pub struct RedisRegistry {
-    settings: RedisSettings,
-    conn: RedisConn,
-    heartbeat: redis::Script,
-    place: redis::Script,
-    release: redis::Script,
-    reap: redis::Script,
-}
-
-impl std::fmt::Debug for RedisRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisRegistry")
-            .field("settings", &self.settings)
-            .field("conn", &self.conn)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisRegistry {
-    pub fn new(settings: RedisSettings) -> Result<Self, RegistryError> {
-        let conn = RedisConn::new(&settings.url, settings.timeout)?;
-        Ok(Self {
-            settings,
-            conn,
-            heartbeat: redis::Script::new(HEARTBEAT_LUA),
-            place: redis::Script::new(PLACE_LUA),
-            release: redis::Script::new(RELEASE_LUA),
-            reap: redis::Script::new(REAP_LUA),
-        })
-    }
-
-    pub fn settings(&self) -> &RedisSettings {
-        &self.settings
-    }
-
-    fn dead_after_ms(&self) -> u64 {
-        self.settings.timing.dead_after.as_millis() as u64
-    }
-}
-
-impl Registry for RedisRegistry {
-    fn heartbeat(&mut self, node: &NodeInfo) -> Result<(), RegistryError> {
-        let json =
-            serde_json::to_string(node).map_err(|e| RegistryError::Protocol(e.to_string()))?;
-        let key = self.settings.node_key(&node.node_id);
-        let nodes = format!("{}:nodes", self.settings.prefix);
-        let ttl = self.dead_after_ms().max(1000) * 3 / 2;
-        let script = &self.heartbeat;
-        self.conn.with(|c| {
-            script
-                .key(&key)
-                .key(&nodes)
-                .arg(&node.node_id)
-                .arg(&json)
-                .arg(ttl)
-                .invoke::<i64>(c)
-        })?;
-        Ok(())
-    }
-
-    fn deregister(&mut self, node_id: &str) -> Result<(), RegistryError> {
-        // Reuse the reaper on this one node: mark it dead, then reap.
-        self.mark_dead(node_id)?;
-        self.reap_dead().map(|_| ())
-    }
-
-    fn nodes(&mut self) -> Result<Vec<NodeInfo>, RegistryError> {
-        let prefix = self.settings.prefix.clone();
-        let dead_after = self.dead_after_ms();
-        let raw: Vec<Option<String>> = self.conn.with(|c| {
-            let (secs, micros): (u64, u64) = redis::cmd("TIME").query(c)?;
-            let now = secs * 1000 + micros / 1000;
-            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(format!("{prefix}:nodes"))
-                .arg(now.saturating_sub(dead_after))
-                .arg("+inf")
-                .query(c)?;
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let keys: Vec<String> = ids.iter().map(|id| format!("{prefix}:node:{id}")).collect();
-            redis::cmd("MGET").arg(keys).query(c)
-        })?;
-        Ok(raw
-            .into_iter()
-            .flatten()
-            .filter_map(|j| serde_json::from_str(&j).ok())
-            .collect())
-    }
-
-    fn place_room(&mut self, room: &str, exclude: &[String]) -> Result<Placement, RegistryError> {
-        let key = self.settings.room_key(room);
-        let prefix = self.settings.prefix.clone();
-        let dead_after = self.dead_after_ms();
-        let script = &self.place;
-        let v: Option<String> = self.conn.with(|c| {
-            let mut inv = script.key(&key);
-            inv.arg(&prefix).arg(dead_after).arg(room);
-            for e in exclude {
-                inv.arg(e);
-            }
-            inv.invoke(c)
-        })?;
-        let v = v.ok_or(RegistryError::NoNodes)?;
-        serde_json::from_str(&v)
-            .map_err(|e| RegistryError::Protocol(format!("placement {v:?}: {e}")))
-    }
-
-    fn room_owners(&mut self, rooms: &[String]) -> Result<Vec<Option<Placement>>, RegistryError> {
-        if rooms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = rooms.iter().map(|r| self.settings.room_key(r)).collect();
-        let raw: Vec<Option<String>> = self.conn.with(|c| redis::cmd("MGET").arg(keys).query(c))?;
-        Ok(raw
-            .into_iter()
-            .map(|v| v.and_then(|j| serde_json::from_str(&j).ok()))
-            .collect())
-    }
-
-    fn release_room(&mut self, room: &str, placement: &Placement) -> Result<bool, RegistryError> {
-        let key = self.settings.room_key(room);
-        let prefix = self.settings.prefix.clone();
-        let script = &self.release;
-        let n: i64 = self.conn.with(|c| {
-            script
-                .key(&key)
-                .arg(&prefix)
-                .arg(&placement.node)
-                .arg(placement.epoch.to_string())
-                .arg(room)
-                .invoke(c)
-        })?;
-        Ok(n == 1)
-    }
-
-    fn mark_dead(&mut self, node_id: &str) -> Result<(), RegistryError> {
-        let nodes = format!("{}:nodes", self.settings.prefix);
-        self.conn
-            .with(|c| {
-                redis::cmd("ZADD")
-                    .arg(&nodes)
-                    .arg("XX")
-                    .arg(0)
-                    .arg(node_id)
-                    .query::<i64>(c)
-            })
-            .map(|_| ())
-    }
-
-    fn reap_dead(&mut self) -> Result<Vec<String>, RegistryError> {
-        let prefix = self.settings.prefix.clone();
-        let dead_after = self.dead_after_ms();
-        let script = &self.reap;
-        self.conn
-            .with(|c| script.arg(&prefix).arg(dead_after).invoke(c))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn redis_keys_and_channels() {
+    fn redis_keys_share_one_slot_and_channels_keep_the_prefix() {
         let s = RedisSettings::new("redis://127.0.0.1:1");
-        assert_eq!(s.node_key("n1"), "sfu:node:n1");
-        assert_eq!(s.room_key("demo"), "sfu:room:demo");
+        assert_eq!(s.node_key("n1"), "{sfu}:node:n1");
+        assert_eq!(s.room_key("demo"), "{sfu}:room:demo");
+        assert_eq!(s.node_rooms_key("n1"), "{sfu}:node_rooms:n1");
+        assert_eq!(s.key("epoch"), "{sfu}:epoch");
         assert_eq!(s.rpc_channel("n1"), "sfu:rpc:n1");
         assert_eq!(s.reply_channel("s1"), "sfu:sig:s1");
         assert_eq!(s.health_channel(), "sfu:health");
+        let mut t = s.clone();
+        t.prefix = "{app}.sfu".into();
+        assert_eq!(t.room_key("r"), "{app}.sfu:room:r");
     }
 
     #[test]
@@ -759,5 +459,6 @@ mod tests {
             Err(RegistryError::Unavailable(_))
         ));
         assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(RedisRegistry::new(RedisSettings::new("nonsense://")).is_err());
     }
 }

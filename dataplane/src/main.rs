@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ::control::registry::RedisSettings;
 use anyhow::Context;
 use clap::Parser;
 use dataplane::core::{CoreConfig, SharedCrypto};
@@ -103,13 +102,8 @@ struct Args {
     /// reports no remaining capacity. Default: 500 per worker.
     #[arg(long, env = "SFU_MAX_PARTICIPANTS")]
     max_participants: Option<u32>,
-    /// Redis URL for cluster mode (node registry, room placement, rpc from any signaling).
-    /// Without it the node runs alone, with no Redis.
-    #[arg(long, env = "REDIS_URL")]
-    redis_url: Option<String>,
-    /// Prefix of every Redis key and channel.
-    #[arg(long, env = "SFU_REDIS_PREFIX", default_value = "sfu")]
-    redis_prefix: String,
+    #[command(flatten)]
+    redis: ::control::cli::RedisArgs,
     /// Seconds a participant survives without any signaling connection (time for its client to
     /// resume through another signaling instance).
     #[arg(long, env = "SFU_RESUME_WINDOW_SECS", default_value_t = 30)]
@@ -222,13 +216,11 @@ fn main() -> anyhow::Result<()> {
         shutdown.clone(),
         drain.clone(),
     )?;
-    if let Some(url) = &args.redis_url {
-        let mut redis = RedisSettings::new(url.clone());
-        redis.prefix = args.redis_prefix.clone();
+    if let Some(redis) = args.redis.settings() {
         let link = ClusterLink::start(redis, server.node_info(), control_waker.clone())
             .context("starting the Redis link")?;
         server.set_cluster(link);
-        info!(redis = %url, "cluster mode: registering in Redis");
+        info!(redis = %args.redis.describe(), "cluster mode: registering in Redis");
     }
     if args.metrics_listen != "off" {
         let addr: SocketAddr = args.metrics_listen.parse().with_context(|| {

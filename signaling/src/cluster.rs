@@ -35,6 +35,11 @@ pub enum Job {
     Rpc { node: String, msg: ToDataplane },
     /// Tell the registry a node failed.
     MarkDead { node: String },
+    /// Tell every instance that the local dataplane `node` is gone (its socket closed and
+    /// nothing listens there).
+    NodeDown { node: String },
+    /// Ask the registry whether `node` still heartbeats; answered by [`ClusterEvent::Alive`].
+    CheckAlive { node: String },
 }
 
 /// What the cluster threads report to the event loop.
@@ -54,6 +59,8 @@ pub enum ClusterEvent {
         node: String,
         msg: ToDataplane,
     },
+    /// Whether `node`'s registry heartbeat is fresh (within the registry's dead-after).
+    Alive { node: String, alive: bool },
 }
 
 /// The event loop's handle on the cluster threads.
@@ -81,8 +88,7 @@ impl Cluster {
         waker: Arc<Waker>,
     ) -> anyhow::Result<Self> {
         let registry = RedisRegistry::new(settings.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let publisher =
-            RedisConn::new(&settings.url, settings.timeout).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let publisher = RedisConn::new(&settings).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (tx, jobs) = crossbeam_channel::unbounded();
         let (out, rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
@@ -113,7 +119,7 @@ impl Cluster {
                     .spawn(move || subscriber(&settings, &id, &out, &waker, &stop))?,
             );
         }
-        info!(%signaling_id, redis = %settings.url, "cluster mode");
+        info!(%signaling_id, prefix = %settings.prefix, sentinels = settings.sentinels.len(), "cluster mode");
         Ok(Self {
             signaling_id,
             settings,
@@ -183,6 +189,21 @@ fn worker(
             Ok(Job::MarkDead { node }) => {
                 if let Err(e) = registry.mark_dead(&node) {
                     debug!(%node, error = %e, "mark_dead failed");
+                }
+            }
+            Ok(Job::NodeDown { node }) => {
+                let notice = control::encode(&Beacon {
+                    kind: BeaconKind::NodeDown,
+                    id: node,
+                    draining: None,
+                });
+                let _ = publisher.publish(&settings.health_channel(), &notice);
+            }
+            Ok(Job::CheckAlive { node }) => {
+                // Unreachable Redis proves nothing: no answer then.
+                if let Ok(nodes) = registry.nodes() {
+                    let alive = nodes.iter().any(|n| n.node_id == node);
+                    emit(ClusterEvent::Alive { node, alive });
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}

@@ -9,7 +9,6 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use control::registry::RedisSettings;
 use signaling::auth::{Claims, GrantClaims, TurnConfig};
 use signaling::protocol::IceServer;
 use signaling::server::{Server, Settings};
@@ -88,13 +87,8 @@ struct Serve {
         value_delimiter = ','
     )]
     control_peer_uids: Vec<u32>,
-    /// Redis URL: cluster mode (rooms placed across all registered nodes, any instance serves any
-    /// room, sessions resume through any instance). Without it, single-node mode.
-    #[arg(long, env = "REDIS_URL")]
-    redis_url: Option<String>,
-    /// Prefix of every Redis key and channel (must match the dataplanes').
-    #[arg(long, env = "SFU_REDIS_PREFIX", default_value = "sfu")]
-    redis_prefix: String,
+    #[command(flatten)]
+    redis: control::cli::RedisArgs,
     /// Id of this instance (default: random).
     #[arg(long, env = "SIGNALING_ID")]
     signaling_id: Option<String>,
@@ -270,11 +264,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(secret.len() >= 16, "--jwt-secret must be at least 16 bytes");
         settings.jwt_secret = Some(secret.as_bytes().to_vec());
     }
-    if let Some(url) = &args.redis_url {
-        let mut r = RedisSettings::new(url.clone());
-        r.prefix = args.redis_prefix.clone();
-        settings.redis = Some(r);
-    }
+    settings.redis = args.redis.settings();
     if let Some(p) = &args.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", p.display()))?;
@@ -283,9 +273,10 @@ fn main() -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone())?;
     }
+    let settings_cluster = settings.redis.is_some();
     let mut server = Server::bind(settings, shutdown)?;
     info!(listen = %server.local_addr()?, metrics = ?server.metrics_addr(),
-        control_socket = %control_socket.display(), cluster = args.redis_url.is_some(),
+        control_socket = %control_socket.display(), cluster = settings_cluster,
         auth = args.jwt_secret.is_some(), "signaling ready");
     server.run()?;
     if let Some(p) = &args.pid_file {

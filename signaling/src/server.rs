@@ -43,8 +43,14 @@ const CONTROL: Token = Token(1);
 const WAKER: Token = Token(2);
 const METRICS_LISTENER: Token = Token(3);
 const FIRST_CONN: usize = 4;
-/// A node not heard from for this long (while we hear others) has failed.
+/// Single-node mode: the local dataplane's control link down this long means it failed.
 const NODE_DEAD_AFTER: Duration = Duration::from_millis(1500);
+/// Our own dataplane's socket closed and connects are refused for this long: it is gone.
+const LOCAL_DEAD_AFTER: Duration = Duration::from_millis(500);
+/// Cluster mode: a node whose beacons stopped this long is suspect; it is declared failed only
+/// if the registry also has no fresh heartbeat from it (a busy machine delays beacons, it does
+/// not stop its heartbeats for the registry's 5 s).
+const NODE_SUSPECT_AFTER: Duration = Duration::from_secs(3);
 
 /// Server settings (see `main.rs` for the CLI).
 #[derive(Debug, Clone)]
@@ -139,7 +145,24 @@ struct ControlLink {
     writable: bool,
     /// Since when the connection has been down (for node-failure detection without Redis).
     down_since: Option<Instant>,
+    /// Since when connects are refused (nothing listens on the socket) after we had a node.
+    refused_since: Option<Instant>,
 }
+
+/// A placement lookup in flight (cluster mode).
+#[derive(Debug, Clone)]
+struct PlaceJob {
+    conn: ConnId,
+    room: String,
+    exclude: Vec<String>,
+    /// While the registry recovers from data loss, the lookup is retried until then.
+    give_up: Instant,
+}
+
+/// How long a join waits for the registry to recover from data loss before it fails.
+const RECOVERY_WAIT: Duration = Duration::from_secs(10);
+/// Retry interval of a placement while the registry recovers.
+const RECOVERY_RETRY: Duration = Duration::from_millis(250);
 
 /// Liveness of media nodes as seen from here.
 #[derive(Default)]
@@ -153,6 +176,14 @@ struct Liveness {
     /// Nodes already declared failed (and when), so each failure is handled once.
     failed: HashMap<String, Instant>,
     next_check: Option<Instant>,
+    /// Nodes another signaling instance saw gone from its host (`NodeDown`), and when.
+    witnessed_down: HashMap<String, Instant>,
+    /// The registry's verdict on suspect nodes (fresh heartbeat or not), and when it came.
+    registry_says: HashMap<String, (Instant, bool)>,
+    /// When we last asked the registry about a suspect node.
+    asked: HashMap<String, Instant>,
+    /// We announced our own dataplane gone.
+    announced_down: bool,
 }
 
 /// The server. See the module docs.
@@ -171,7 +202,9 @@ pub struct Server {
     local_node: Option<String>,
     cluster: Option<Cluster>,
     pending: Pending,
-    placements: HashMap<u64, ConnId>,
+    placements: HashMap<u64, PlaceJob>,
+    /// Placements waiting to be retried (registry recovering), with their retry time.
+    deferred: Vec<(Instant, PlaceJob)>,
     routes: Routes,
     ctx: JoinContext,
     live: Liveness,
@@ -221,6 +254,7 @@ impl Server {
             backoff: Duration::from_millis(100),
             writable: false,
             down_since: Some(Instant::now()),
+            refused_since: None,
         };
         let ip_limits = IpLimits::new(IpLimitSettings {
             max_connections: settings.max_connections_per_ip,
@@ -241,6 +275,7 @@ impl Server {
             cluster,
             pending: Pending::default(),
             placements: HashMap::new(),
+            deferred: Vec::new(),
             routes: Routes::default(),
             ctx,
             live: Liveness::default(),
@@ -306,6 +341,7 @@ impl Server {
             self.handle_cluster();
             let now = Instant::now();
             self.expire(now);
+            self.retry_deferred(now);
             self.check_nodes(now);
             self.flush_control();
             if now >= next_prune {
@@ -331,6 +367,7 @@ impl Server {
         });
         match result {
             Ok(mut stream) => {
+                self.control.refused_since = None;
                 if let Err(e) = self.poll.registry().register(
                     &mut stream,
                     CONTROL,
@@ -344,12 +381,21 @@ impl Server {
                 let hello = ToDataplane::Hello {
                     version: PROTOCOL_VERSION,
                     client: format!("{}@{}", self.settings.signaling_id, self.settings.listen),
+                    signaling_id: Some(self.settings.signaling_id.clone()),
                 };
                 let _ = self.control.framed.queue(&hello);
                 self.control.stream = Some(stream);
                 debug!(path = %self.control.path.display(), "control socket connected; handshaking");
             }
             Err(e) => {
+                if self.local_node.is_some()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    )
+                {
+                    self.control.refused_since.get_or_insert(now);
+                }
                 if e.kind() == io::ErrorKind::PermissionDenied {
                     // Someone else's socket at our path: never talk to it; keep checking.
                     warn!(path = %self.control.path.display(), error = %e, "refusing the control socket");
@@ -435,11 +481,20 @@ impl Server {
                 info!(%node_id, workers, "connected to the local dataplane");
                 self.control.ready = true;
                 self.control.down_since = None;
+                self.control.refused_since = None;
+                self.live.announced_down = false;
                 self.control.backoff = Duration::from_millis(100);
                 self.live.failed.remove(&node_id);
                 self.local_node = Some(node_id.clone());
-                // Re-attach every session on this node to this connection.
-                let ids: Vec<ConnId> = self.conns.iter().map(|(i, _)| i).collect();
+                // Re-attach the sessions on this node that were attached over the socket (the
+                // dataplane orphaned them when it closed). Sessions attached over Redis stay
+                // there: moving them would let events on the two paths overtake each other.
+                let ids: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.via_socket == Some(true))
+                    .map(|(i, _)| i)
+                    .collect();
                 for id in ids {
                     let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
                         Some(ConnState::Ws { session, .. }) => {
@@ -481,19 +536,40 @@ impl Server {
         for e in events {
             match e {
                 ClusterEvent::Placed { ticket, result } => {
-                    let Some(conn) = self.placements.remove(&ticket) else {
+                    let Some(job) = self.placements.remove(&ticket) else {
                         continue;
                     };
-                    self.deliver_placement(conn, result);
+                    let now = Instant::now();
+                    if result == Err(RegistryError::Recovering) && now < job.give_up {
+                        // Redis lost data moments ago; nodes are re-asserting their rooms.
+                        debug!(room = %job.room, "registry recovering: placement retried shortly");
+                        self.deferred.push((now + RECOVERY_RETRY, job));
+                        continue;
+                    }
+                    self.deliver_placement(job.conn, result);
                 }
                 ClusterEvent::Reply(msg) => self.handle_dataplane_message(msg, false),
                 ClusterEvent::Beacon(b) => {
                     let now = Instant::now();
                     self.live.last_any = Some(now);
-                    if b.kind == control::BeaconKind::Dataplane {
-                        self.live.seen.insert(b.id.clone(), now);
-                        self.live.failed.remove(&b.id);
+                    match b.kind {
+                        control::BeaconKind::Dataplane => {
+                            self.live.seen.insert(b.id.clone(), now);
+                            self.live.failed.remove(&b.id);
+                            self.live.witnessed_down.remove(&b.id);
+                            self.live.registry_says.remove(&b.id);
+                        }
+                        control::BeaconKind::NodeDown => {
+                            info!(node = %b.id, "another signaling instance saw this media node gone");
+                            self.live.witnessed_down.insert(b.id, now);
+                        }
+                        control::BeaconKind::Signaling => {}
                     }
+                }
+                ClusterEvent::Alive { node, alive } => {
+                    self.live
+                        .registry_says
+                        .insert(node, (Instant::now(), alive));
                 }
                 ClusterEvent::Subscribed(up) => {
                     self.live.subscribed_since = up.then(Instant::now);
@@ -510,32 +586,74 @@ impl Server {
         }
     }
 
-    /// Declare failed the nodes that went silent, and close their rooms for their clients.
+    /// Declare failed the nodes that are gone, and close their rooms for their clients. Closing
+    /// every room of a node is the most drastic thing the cluster does, so it takes evidence
+    /// that survives a busy machine:
+    /// - our own dataplane: its control socket closed and nothing listens there any more
+    ///   ([`LOCAL_DEAD_AFTER`]); we tell the other instances (`NodeDown`);
+    /// - a remote node: another instance saw it gone that way and its beacons stopped too; or its
+    ///   beacons stopped for [`NODE_SUSPECT_AFTER`] *and* the registry holds no fresh heartbeat
+    ///   from it (5 s) — silence alone is not enough.
     fn check_nodes(&mut self, now: Instant) {
         if self.live.next_check.is_some_and(|t| now < t) {
             return;
         }
         self.live.next_check = Some(now + Duration::from_millis(250));
         let mut dead: HashSet<String> = HashSet::new();
+        if let (Some(local), Some(since)) = (&self.local_node, self.control.refused_since)
+            && !self.control.ready
+            && now.duration_since(since) > LOCAL_DEAD_AFTER
+        {
+            dead.insert(local.clone());
+            if let Some(c) = &self.cluster
+                && !self.live.announced_down
+            {
+                self.live.announced_down = true;
+                c.send(Job::NodeDown {
+                    node: local.clone(),
+                });
+            }
+        }
         if self.cluster.is_some() {
-            // Silence only means something while the subscription demonstrably delivers.
-            let healthy = self
-                .live
-                .subscribed_since
-                .is_some_and(|t| now.duration_since(t) > NODE_DEAD_AFTER)
+            // Silence only means something while the subscription demonstrably delivers, and
+            // counts from when it came up at the earliest.
+            let hearing = self.live.subscribed_since.is_some()
                 && self
                     .live
                     .last_any
                     .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
-            if healthy {
+            if hearing {
                 let since = self.live.subscribed_since.unwrap_or(now);
+                let mut nodes: HashSet<String> = HashSet::new();
                 for (_, c) in self.conns.iter() {
                     if let ConnState::Ws { session, .. } = &c.state
                         && let Some(node) = session.node()
-                        && now.duration_since(self.live.seen.get(node).copied().unwrap_or(since))
-                            > NODE_DEAD_AFTER
                     {
-                        dead.insert(node.to_string());
+                        nodes.insert(node.to_string());
+                    }
+                }
+                for node in nodes {
+                    let last = self.live.seen.get(&node).copied().unwrap_or(since).max(since);
+                    let silent = now.duration_since(last);
+                    if self.live.witnessed_down.contains_key(&node) && silent > LOCAL_DEAD_AFTER {
+                        dead.insert(node);
+                    } else if silent > NODE_SUSPECT_AFTER {
+                        match self.live.registry_says.get(&node) {
+                            Some((t, false)) if now.duration_since(*t) < Duration::from_secs(2) => {
+                                dead.insert(node);
+                            }
+                            _ => {
+                                let due = self
+                                    .live
+                                    .asked
+                                    .get(&node)
+                                    .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(1));
+                                if due && let Some(c) = &self.cluster {
+                                    self.live.asked.insert(node.clone(), now);
+                                    c.send(Job::CheckAlive { node });
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -593,16 +711,45 @@ impl Server {
         self.apply(conn, actions);
     }
 
+    /// Retry the placements deferred while the registry recovers, when due.
+    fn retry_deferred(&mut self, now: Instant) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.deferred = later;
+        for (_, job) in due {
+            if self.conns.contains(job.conn) {
+                self.send_place(job);
+            }
+        }
+    }
+
+    fn send_place(&mut self, job: PlaceJob) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let ticket = self.pending.next_id();
+        c.send(Job::Place {
+            ticket,
+            room: job.room.clone(),
+            exclude: job.exclude.clone(),
+        });
+        self.placements.insert(ticket, job);
+    }
+
     fn place(&mut self, conn: ConnId, room: String, exclude: Vec<String>) {
         match &self.cluster {
-            Some(c) => {
-                let ticket = self.pending.next_id();
-                self.placements.insert(ticket, conn);
-                c.send(Job::Place {
-                    ticket,
+            Some(_) => {
+                let job = PlaceJob {
+                    conn,
                     room,
                     exclude,
-                });
+                    give_up: Instant::now() + RECOVERY_WAIT,
+                };
+                self.send_place(job);
             }
             None => {
                 // Single node: the local dataplane owns every room.
@@ -651,6 +798,11 @@ impl Server {
             if let (true, Some(t)) = (ok, c.join_started.take()) {
                 self.metrics.join_seconds.observe(t.elapsed().as_secs_f64());
             }
+            if ok {
+                // The dataplane now routes this session's events over the path this request
+                // took.
+                c.via_socket = Some(p.local);
+            }
         }
         let actions = match &mut c.state {
             ConnState::Ws { session, .. } => {
@@ -670,7 +822,15 @@ impl Server {
     /// else over Redis, else fail it with `unavailable`.
     fn send_request(&mut self, conn: Option<ConnId>, node: String, request: Request) {
         let id = self.pending.next_id();
-        let local = self.local_node.as_ref() == Some(&node) && self.control.ready;
+        // A session attached over Redis keeps using Redis (see `Conn::via_socket`); a new join
+        // or resume takes the socket when it can.
+        let pinned_to_redis = !matches!(request, Request::Join { .. } | Request::Attach { .. })
+            && self.cluster.is_some()
+            && conn
+                .and_then(|c| self.conns.get(c))
+                .is_some_and(|c| c.via_socket == Some(false));
+        let local =
+            self.local_node.as_ref() == Some(&node) && self.control.ready && !pinned_to_redis;
         let p = PendingRequest {
             conn,
             node: node.clone(),

@@ -75,6 +75,10 @@ enum State {
         identity: Option<String>,
         /// The other participants as this client knows them (for a re-attach's diff).
         peers: Vec<PeerInfo>,
+        /// The last server offer relayed to this client: a re-attach over another path (e.g.
+        /// Redis, then the local socket) makes the dataplane re-send an outstanding offer the
+        /// client already has; it is not relayed twice.
+        last_offer: Option<String>,
     },
     Leaving {
         node: String,
@@ -107,6 +111,10 @@ impl JoinContext {
 #[derive(Debug)]
 pub struct Session {
     state: State,
+    /// A joined session of this connection ended without the client asking (`room_closed`):
+    /// offers and answers it still had in flight are dropped silently until the next join is
+    /// confirmed, instead of being refused with errors the client would take for its new join's.
+    after_room_closed: bool,
 }
 
 impl Default for Session {
@@ -117,7 +125,10 @@ impl Default for Session {
 
 impl Session {
     pub fn new() -> Self {
-        Self { state: State::Idle }
+        Self {
+            state: State::Idle,
+            after_room_closed: false,
+        }
     }
 
     /// The participant id once a join or resume is under way.
@@ -238,6 +249,9 @@ impl Session {
                         sdp,
                     },
                 }]
+            }
+            (ClientMsg::Offer { .. } | ClientMsg::Answer { .. }, _) if self.after_room_closed => {
+                vec![]
             }
             (ClientMsg::Offer { .. } | ClientMsg::Answer { .. }, _) => {
                 vec![bad("join the room first")]
@@ -420,7 +434,9 @@ impl Session {
                     resume,
                     identity: join.identity,
                     peers: participants,
+                    last_offer: None,
                 };
+                self.after_room_closed = false;
                 vec![Action::Send(msg)]
             }
             (
@@ -483,7 +499,9 @@ impl Session {
                     resume: token,
                     identity: None,
                     peers: participants,
+                    last_offer: None,
                 };
+                self.after_room_closed = false;
                 vec![Action::Send(msg)]
             }
             (
@@ -566,7 +584,13 @@ impl Session {
     /// An event from the dataplane. Only events addressed to this session's own, confirmed
     /// participant are acted on; anything else (a stale route, another participant) is dropped.
     pub fn handle_event(&mut self, event: Event) -> Vec<Action> {
-        let State::Joined { id, peers, .. } = &mut self.state else {
+        let State::Joined {
+            id,
+            peers,
+            last_offer,
+            ..
+        } = &mut self.state
+        else {
             return vec![];
         };
         if event.participant() != id.as_str() {
@@ -587,11 +611,18 @@ impl Session {
                     participant_id: peer_id,
                 })]
             }
-            Event::Offer { sdp, .. } => vec![Action::Send(ServerMsg::Offer { sdp })],
+            Event::Offer { sdp, .. } => {
+                if last_offer.as_deref() == Some(sdp.as_str()) {
+                    return vec![];
+                }
+                *last_offer = Some(sdp.clone());
+                vec![Action::Send(ServerMsg::Offer { sdp })]
+            }
             Event::Gone { reason, .. } => match reason.room_closed() {
                 // The room is gone from its node, not the client's fault: it joins again.
                 Some(why) => {
                     self.state = State::Idle;
+                    self.after_room_closed = true;
                     vec![Action::Send(ServerMsg::RoomClosed { reason: why.into() })]
                 }
                 None => {
@@ -638,6 +669,7 @@ impl Session {
             State::Joined { id, .. } => {
                 let f = forget(id);
                 self.state = State::Idle;
+                self.after_room_closed = true;
                 vec![
                     Action::Send(ServerMsg::RoomClosed {
                         reason: "node_failed".into(),

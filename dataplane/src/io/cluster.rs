@@ -4,8 +4,9 @@
 //! - **registry** thread: heartbeats the node into the registry every 2 s, publishes a liveness
 //!   beacon every 500 ms, releases the mappings of rooms that emptied, checks every 2 s that the
 //!   rooms this node hosts are still mapped to it with the same fencing epoch (reporting
-//!   [`ClusterIn::Fenced`] otherwise), reaps dead nodes every 5 s, and publishes replies for the
-//!   control thread.
+//!   [`ClusterIn::Fenced`] otherwise, and recording again any mapping Redis forgot), re-asserts
+//!   every room when the heartbeat reports that Redis lost data, reaps dead nodes every 5 s, and
+//!   publishes replies for the control thread.
 //! - **subscriber** thread: receives control requests on the node's rpc channel and beacons on
 //!   the health channel, and hands them to the control thread (channel + waker).
 //!
@@ -95,8 +96,7 @@ impl ClusterLink {
     ) -> anyhow::Result<Self> {
         let node_id = node.node_id.clone();
         let registry = RedisRegistry::new(settings.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let publisher =
-            RedisConn::new(&settings.url, settings.timeout).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let publisher = RedisConn::new(&settings).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (tx, cmd_rx) = crossbeam_channel::unbounded();
         let (in_tx, rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
@@ -261,12 +261,28 @@ impl RegistryLoop {
         }
     }
 
-    /// Heartbeat, retry releases, check fencing. Returns whether Redis answered.
+    /// Heartbeat, re-assert what Redis forgot, retry releases, check fencing. Returns whether
+    /// Redis answered.
     fn heartbeat(&mut self) -> bool {
-        if let Err(e) = self.registry.heartbeat(&self.node) {
-            debug!(error = %e, "heartbeat failed");
-            self.error();
-            return false;
+        let lost_data = match self.registry.heartbeat(&self.node) {
+            Ok(lost) => lost,
+            Err(e) => {
+                debug!(error = %e, "heartbeat failed");
+                self.error();
+                return false;
+            }
+        };
+        if lost_data {
+            warn!(
+                rooms = self.rooms.len(),
+                "the registry may have lost data (Redis restarted, failed over or was flushed): re-asserting our rooms"
+            );
+            let all: Vec<(String, u64)> = self
+                .rooms
+                .iter()
+                .map(|(r, p)| (r.clone(), p.epoch))
+                .collect();
+            self.reassert(all);
         }
         let pending = std::mem::take(&mut self.pending_release);
         for (room, p) in pending {
@@ -276,20 +292,52 @@ impl RegistryLoop {
         }
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         if let Ok(owners) = self.registry.room_owners(&rooms) {
+            let mut missing = Vec::new();
             for (room, owner) in rooms.into_iter().zip(owners) {
-                let mine = self.rooms.get(&room);
-                // A room with no mapping at all (e.g. reaped while Redis thought we were dead) is
-                // re-claimed by the next join; only a mapping to someone else fences us.
-                if let (Some(owner), Some(mine)) = (owner, mine)
-                    && (owner.node != mine.node || owner.epoch > mine.epoch)
-                {
-                    warn!(%room, ?owner, ?mine, "room re-placed elsewhere: closing it here");
-                    self.rooms.remove(&room);
-                    self.emit(ClusterIn::Fenced { room });
+                let Some(mine) = self.rooms.get(&room) else {
+                    continue;
+                };
+                match owner {
+                    // Forgotten (e.g. written just before a failover that lost it): record it
+                    // again before any join can place the room elsewhere.
+                    None => missing.push((room, mine.epoch)),
+                    Some(owner) if owner.node != mine.node || owner.epoch > mine.epoch => {
+                        warn!(%room, ?owner, ?mine, "room re-placed elsewhere: closing it here");
+                        self.fenced(room);
+                    }
+                    Some(_) => {}
                 }
+            }
+            if !missing.is_empty() {
+                info!(rooms = missing.len(), "re-asserting rooms missing from the registry");
+                self.reassert(missing);
             }
         }
         true
+    }
+
+    /// Record `rooms` again; any that another node now holds under a newer epoch are fenced.
+    fn reassert(&mut self, rooms: Vec<(String, u64)>) {
+        if rooms.is_empty() {
+            return;
+        }
+        match self.registry.reassert(&self.node.node_id, &rooms) {
+            Ok(lost) => {
+                for room in lost {
+                    warn!(%room, "room is held elsewhere under a newer epoch: closing it here");
+                    self.fenced(room);
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "re-assert failed; retried at the next heartbeat");
+                self.error();
+            }
+        }
+    }
+
+    fn fenced(&mut self, room: String) {
+        self.rooms.remove(&room);
+        self.emit(ClusterIn::Fenced { room });
     }
 }
 

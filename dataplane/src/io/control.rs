@@ -420,7 +420,11 @@ impl ControlServer {
             None => return,
         };
         match msg {
-            ToDataplane::Hello { version, client } => self.hello(peer, version, client),
+            ToDataplane::Hello {
+                version,
+                client,
+                signaling_id,
+            } => self.hello(peer, version, client, signaling_id),
             ToDataplane::Request { id, .. } if !hello_done => {
                 self.respond(
                     peer,
@@ -684,9 +688,12 @@ impl ControlServer {
                             }
                         }
                         (PendingKind::Attach, Response::Attached { .. }) => {
-                            if let Some(old) = self.routes.attached(&p.participant, p.peer) {
-                                // Resumed through another signaling peer: the old one's session
-                                // is over.
+                            if let Some(old) = self.routes.attached(&p.participant, p.peer)
+                                && !self.same_instance(old, p.peer)
+                            {
+                                // Resumed through another signaling instance: the old one's
+                                // session is over. (The same instance reaching us over its socket
+                                // and over Redis is one owner, whose router handles it.)
                                 self.send(
                                     old,
                                     &FromDataplane::Event {

@@ -76,6 +76,11 @@ pub(super) struct Conn {
     blocked_since: Option<Instant>,
     /// The join-token identity this connection counts against.
     pub(super) identity: Option<String>,
+    /// How its session reached its node when the join (or resume) was confirmed: over the local
+    /// socket (`true`) or Redis (`false`). Its requests keep to that path while it is up, so
+    /// its events (which follow the path of the attach) and responses never overtake each
+    /// other on two channels.
+    pub(super) via_socket: Option<bool>,
 }
 
 impl Server {
@@ -145,6 +150,7 @@ impl Server {
                         idle_since: Some(now),
                         blocked_since: None,
                         identity: None,
+                        via_socket: None,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -763,7 +769,8 @@ impl Server {
             self.ip_limits.disconnect(ip);
         }
         self.pending.detach(id);
-        self.placements.retain(|_, c| *c != id);
+        self.placements.retain(|_, j| j.conn != id);
+        self.deferred.retain(|(_, j)| j.conn != id);
     }
 
     /// Time out slow HTTP clients, closing WebSockets, idle WebSockets (join deadline), silent

@@ -531,6 +531,13 @@ fn reattach_after_control_reconnects_keeps_the_session_joined() {
     );
     assert!(s.is_joined());
     assert_eq!(s.joined_participant(), Some("p1"));
+    // The re-attach re-sends an outstanding offer the client already has: relayed once.
+    let offer = Event::Offer {
+        participant: "p1".into(),
+        sdp: "o1".into(),
+    };
+    assert_eq!(s.handle_event(offer.clone()).len(), 1);
+    assert!(s.handle_event(offer).is_empty(), "the same offer twice in a row");
     // An event and an answer still work.
     assert_eq!(
         s.handle_event(Event::PeerJoined {

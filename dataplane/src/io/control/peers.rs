@@ -28,6 +28,8 @@ pub(super) enum Peer {
         framed: Framed,
         /// Name from `hello`; `None` until the handshake is done.
         client: Option<String>,
+        /// The signaling instance's id from `hello`.
+        signaling_id: Option<String>,
         writable: bool,
         accepted: Instant,
     },
@@ -44,6 +46,14 @@ impl Peer {
         match self {
             Peer::Local { client, .. } => client.is_some(),
             Peer::Remote { .. } => true,
+        }
+    }
+
+    /// The signaling instance behind this peer, if known.
+    fn instance(&self) -> Option<&str> {
+        match self {
+            Peer::Local { signaling_id, .. } => signaling_id.as_deref(),
+            Peer::Remote { signaling, .. } => Some(signaling),
         }
     }
 }
@@ -117,6 +127,7 @@ impl ControlServer {
                         stream,
                         framed: Framed::new(self.settings.max_frame),
                         client: None,
+                        signaling_id: None,
                         writable: false,
                         accepted: Instant::now(),
                     });
@@ -318,7 +329,19 @@ impl ControlServer {
         }
     }
 
-    pub(super) fn hello(&mut self, peer: PeerId, version: u32, client: String) {
+    /// Whether two peers are the same signaling instance (over its socket and over Redis).
+    pub(super) fn same_instance(&self, a: PeerId, b: PeerId) -> bool {
+        let id = |p| self.peers.get(p).and_then(Peer::instance);
+        a == b || id(a).is_some_and(|x| Some(x) == id(b))
+    }
+
+    pub(super) fn hello(
+        &mut self,
+        peer: PeerId,
+        version: u32,
+        client: String,
+        signaling_id: Option<String>,
+    ) {
         if version != PROTOCOL_VERSION {
             self.respond(
                 peer,
@@ -335,8 +358,14 @@ impl ControlServer {
             return;
         }
         info!(peer, %client, "control client connected");
-        if let Some(Peer::Local { client: c, .. }) = self.peers.get_mut(peer) {
+        if let Some(Peer::Local {
+            client: c,
+            signaling_id: s,
+            ..
+        }) = self.peers.get_mut(peer)
+        {
             *c = Some(client);
+            *s = signaling_id;
         }
         let welcome = self.welcome();
         self.send(peer, &welcome);
