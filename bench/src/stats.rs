@@ -28,7 +28,7 @@ impl ControlClient {
         c.send(&ToDataplane::Hello {
             version: PROTOCOL_VERSION,
             client: "bench".into(),
-        signaling_id: None,
+            signaling_id: None,
         })?;
         match c.recv()? {
             FromDataplane::Welcome { .. } => Ok(c),

@@ -553,7 +553,13 @@ fn cluster_sentinel_failover_keeps_calls_and_places_nothing_twice() {
     // Media continues while the sentinel notices and promotes the replica.
     let end = Instant::now() + Duration::from_secs(20);
     while c.master_port() != replica {
-        assert_keeps_flowing(&c, &mut cs, Duration::from_millis(500), 5, "during the failover");
+        assert_keeps_flowing(
+            &c,
+            &mut cs,
+            Duration::from_millis(500),
+            5,
+            "during the failover",
+        );
         assert!(Instant::now() < end, "no failover\n{}", c.logs());
     }
     eprintln!(

@@ -23,7 +23,11 @@ pub struct RedisArgs {
     #[arg(long, env = "SFU_REDIS_PREFIX", default_value = "sfu")]
     pub redis_prefix: String,
     /// A Sentinel (`host:port`) to ask for the Redis master (repeatable): failovers are followed.
-    #[arg(long = "redis-sentinel", env = "SFU_REDIS_SENTINELS", value_delimiter = ',')]
+    #[arg(
+        long = "redis-sentinel",
+        env = "SFU_REDIS_SENTINELS",
+        value_delimiter = ','
+    )]
     pub redis_sentinels: Vec<String>,
     /// The master's name at the sentinels.
     #[arg(long, env = "SFU_REDIS_MASTER_NAME", default_value = "mymaster")]
@@ -53,10 +57,9 @@ impl RedisArgs {
             let url = self.redis_url.as_deref().unwrap_or("");
             // Drop `user:password@`.
             match url.split_once('@') {
-                Some((scheme, host)) => format!(
-                    "{}//{host}",
-                    scheme.split("//").next().unwrap_or("redis:")
-                ),
+                Some((scheme, host)) => {
+                    format!("{}//{host}", scheme.split("//").next().unwrap_or("redis:"))
+                }
                 None => url.to_string(),
             }
         } else {

@@ -232,11 +232,18 @@ fn contract(r: &mut dyn Registry, other: &mut dyn Registry) {
     let lost = r
         .reassert("n1", &[("gone".into(), high - 1)])
         .expect("reassert");
-    assert_eq!(lost, vec!["gone".to_string()], "n2 holds it under a newer epoch");
+    assert_eq!(
+        lost,
+        vec!["gone".to_string()],
+        "n2 holds it under a newer epoch"
+    );
     let stale_elsewhere = r
         .reassert("n1", &[("after-reassert".into(), next.epoch + 1)])
         .expect("reassert");
-    assert!(stale_elsewhere.is_empty(), "an older mapping elsewhere is taken back");
+    assert!(
+        stale_elsewhere.is_empty(),
+        "an older mapping elsewhere is taken back"
+    );
     assert_eq!(
         r.place_room("after-reassert", &[]).expect("place").node,
         "n1"
@@ -400,7 +407,10 @@ fn redis_data_loss_is_noticed_and_live_rooms_are_reasserted() {
     let mut a = short_window(&redis, "t4");
     let mut b = short_window(&redis, "t4");
     let mut sig = short_window(&redis, "t4");
-    assert!(!a.heartbeat(&node("a", 5)).expect("hb"), "a fresh registry is not a loss");
+    assert!(
+        !a.heartbeat(&node("a", 5)).expect("hb"),
+        "a fresh registry is not a loss"
+    );
     b.heartbeat(&node("b", 0)).expect("hb");
     let live = sig.place_room("live", &[]).expect("place");
     assert_eq!(live.node, "b");
@@ -418,10 +428,20 @@ fn redis_data_loss_is_noticed_and_live_rooms_are_reasserted() {
         "no placement of an unmapped room while the registry recovers"
     );
     // The nodes notice at their next heartbeat and re-assert.
-    assert!(a.heartbeat(&node("a", 5)).expect("hb"), "a notices the loss");
-    assert!(b.heartbeat(&node("b", 0)).expect("hb"), "b notices the loss");
+    assert!(
+        a.heartbeat(&node("a", 5)).expect("hb"),
+        "a notices the loss"
+    );
+    assert!(
+        b.heartbeat(&node("b", 0)).expect("hb"),
+        "b notices the loss"
+    );
     assert!(!b.heartbeat(&node("b", 0)).expect("hb"), "once");
-    assert!(b.reassert("b", &[("live".into(), live.epoch)]).expect("reassert").is_empty());
+    assert!(
+        b.reassert("b", &[("live".into(), live.epoch)])
+            .expect("reassert")
+            .is_empty()
+    );
     // A mapped room is placed at once, window or not.
     assert_eq!(sig.place_room("live", &[]).expect("place"), live);
     // After the window, new rooms are placed with epochs above every one still in use.
@@ -451,10 +471,18 @@ fn the_first_request_after_redis_returns_is_served() {
         .expect("redis-cli");
     assert!(out.status.success(), "{out:?}");
     let _ = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "CLIENT", "KILL", "TYPE", "normal"])
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "CLIENT",
+            "KILL",
+            "TYPE",
+            "normal",
+        ])
         .output();
     assert_eq!(
-        r.room_owners(&["room".into()]).expect("the first request after the outage"),
+        r.room_owners(&["room".into()])
+            .expect("the first request after the outage"),
         vec![Some(p)]
     );
     // And after a real restart (new server, data gone): the first call is answered, not an EOF.
@@ -462,7 +490,16 @@ fn the_first_request_after_redis_returns_is_served() {
     let _ = redis.child.kill();
     let _ = redis.child.wait();
     redis.child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(&redis.dir)
         .stdout(Stdio::null())
@@ -474,7 +511,8 @@ fn the_first_request_after_redis_returns_is_served() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        r.heartbeat(&node("n1", 0)).expect("the first heartbeat after the restart"),
+        r.heartbeat(&node("n1", 0))
+            .expect("the first heartbeat after the restart"),
         "the new server is noticed"
     );
 }
@@ -551,7 +589,11 @@ fn the_registry_runs_on_redis_cluster() {
         .args(["--cluster-replicas", "0", "--cluster-yes"])
         .output()
         .expect("redis-cli --cluster create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let end = Instant::now() + Duration::from_secs(20);
     while !ports
         .iter()

@@ -60,7 +60,10 @@ pub enum ClusterEvent {
         msg: ToDataplane,
     },
     /// Whether `node`'s registry heartbeat is fresh (within the registry's dead-after).
-    Alive { node: String, alive: bool },
+    Alive {
+        node: String,
+        alive: bool,
+    },
 }
 
 /// The event loop's handle on the cluster threads.

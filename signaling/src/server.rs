@@ -633,7 +633,13 @@ impl Server {
                     }
                 }
                 for node in nodes {
-                    let last = self.live.seen.get(&node).copied().unwrap_or(since).max(since);
+                    let last = self
+                        .live
+                        .seen
+                        .get(&node)
+                        .copied()
+                        .unwrap_or(since)
+                        .max(since);
                     let silent = now.duration_since(last);
                     if self.live.witnessed_down.contains_key(&node) && silent > LOCAL_DEAD_AFTER {
                         dead.insert(node);
@@ -643,11 +649,9 @@ impl Server {
                                 dead.insert(node);
                             }
                             _ => {
-                                let due = self
-                                    .live
-                                    .asked
-                                    .get(&node)
-                                    .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(1));
+                                let due = self.live.asked.get(&node).is_none_or(|t| {
+                                    now.duration_since(*t) > Duration::from_secs(1)
+                                });
                                 if due && let Some(c) = &self.cluster {
                                     self.live.asked.insert(node.clone(), now);
                                     c.send(Job::CheckAlive { node });

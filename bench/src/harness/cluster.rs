@@ -243,7 +243,12 @@ impl Cluster {
     /// How many nodes are registered and alive (reads Redis directly).
     pub fn registered_nodes(&self) -> anyhow::Result<usize> {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.master_port().to_string(), "ZCOUNT", "{sfu}:nodes"])
+            .args([
+                "-p",
+                &self.master_port().to_string(),
+                "ZCOUNT",
+                "{sfu}:nodes",
+            ])
             .arg(format!("({}", 0))
             .arg("+inf")
             .output();
@@ -269,4 +274,3 @@ impl Cluster {
             .join("\n")
     }
 }
-

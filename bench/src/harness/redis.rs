@@ -97,7 +97,6 @@ impl Redis {
     }
 }
 
-
 /// One replica of a master and one `redis-sentinel` watching them (quorum 1, master down after
 /// 1 s): killing the master promotes the replica within a few seconds.
 #[derive(Debug)]
@@ -118,10 +117,8 @@ impl Sentinel {
     }
 
     pub fn start(dir: &Path, master: &Redis) -> anyhow::Result<Self> {
-        let replica = Redis::start_with(
-            dir,
-            &["--replicaof", "127.0.0.1", &master.port.to_string()],
-        )?;
+        let replica =
+            Redis::start_with(dir, &["--replicaof", "127.0.0.1", &master.port.to_string()])?;
         let port = free_tcp_port()?;
         let name = "sfu-test".to_string();
         let conf = dir.join(format!("sentinel-{port}.conf"));

@@ -138,7 +138,8 @@ impl RedisConn {
             let role: Vec<redis::Value> = redis::cmd("ROLE")
                 .query(&mut c)
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-            let is_master = matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master");
+            let is_master =
+                matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master");
             if !is_master {
                 return Err(RegistryError::Unavailable(
                     "the sentinels' master is not a master (failover in progress)".into(),

@@ -297,7 +297,8 @@ impl Registry for RedisRegistry {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| self.settings.node_key(id)).collect();
-        let raw: Vec<Option<String>> = self.conn.with(|c| redis::cmd("MGET").arg(&keys).query(c))?;
+        let raw: Vec<Option<String>> =
+            self.conn.with(|c| redis::cmd("MGET").arg(&keys).query(c))?;
         Ok(raw
             .into_iter()
             .flatten()
@@ -358,9 +359,7 @@ impl Registry for RedisRegistry {
             room.to_string(),
         ];
         let script = &self.release;
-        let n: i64 = self
-            .conn
-            .with(|c| script.key(&keys).arg(&args).invoke(c))?;
+        let n: i64 = self.conn.with(|c| script.key(&keys).arg(&args).invoke(c))?;
         Ok(n == 1)
     }
 
@@ -401,9 +400,7 @@ impl Registry for RedisRegistry {
             let mut args = vec![id.clone(), dead_after.to_string()];
             args.extend(rooms);
             let script = &self.reap;
-            let n: i64 = self
-                .conn
-                .with(|c| script.key(&keys).arg(&args).invoke(c))?;
+            let n: i64 = self.conn.with(|c| script.key(&keys).arg(&args).invoke(c))?;
             if n == 1 {
                 reaped.push(id);
             }
@@ -419,15 +416,16 @@ impl Registry for RedisRegistry {
         let mut lost = Vec::new();
         // In chunks, so one script never holds Redis for long.
         for chunk in rooms.chunks(500) {
-            let mut keys = vec![self.settings.key("epoch"), self.settings.node_rooms_key(node_id)];
+            let mut keys = vec![
+                self.settings.key("epoch"),
+                self.settings.node_rooms_key(node_id),
+            ];
             keys.extend(chunk.iter().map(|(r, _)| self.settings.room_key(r)));
             let mut args = vec![node_id.to_string(), chunk.len().to_string()];
             args.extend(chunk.iter().map(|(r, _)| r.clone()));
             args.extend(chunk.iter().map(|(_, e)| e.to_string()));
             let script = &self.reassert;
-            let l: Vec<String> = self
-                .conn
-                .with(|c| script.key(&keys).arg(&args).invoke(c))?;
+            let l: Vec<String> = self.conn.with(|c| script.key(&keys).arg(&args).invoke(c))?;
             lost.extend(l);
         }
         Ok(lost)

@@ -309,7 +309,10 @@ impl RegistryLoop {
                 }
             }
             if !missing.is_empty() {
-                info!(rooms = missing.len(), "re-asserting rooms missing from the registry");
+                info!(
+                    rooms = missing.len(),
+                    "re-asserting rooms missing from the registry"
+                );
                 self.reassert(missing);
             }
         }

@@ -537,7 +537,10 @@ fn reattach_after_control_reconnects_keeps_the_session_joined() {
         sdp: "o1".into(),
     };
     assert_eq!(s.handle_event(offer.clone()).len(), 1);
-    assert!(s.handle_event(offer).is_empty(), "the same offer twice in a row");
+    assert!(
+        s.handle_event(offer).is_empty(),
+        "the same offer twice in a row"
+    );
     // An event and an answer still work.
     assert_eq!(
         s.handle_event(Event::PeerJoined {
