@@ -43,7 +43,7 @@ pub(super) enum ConnState {
     },
     Ws {
         ws: Box<WebSocket<TcpStream>>,
-        session: Session,
+        session: Box<Session>,
     },
     /// Transitional placeholder while a state is being replaced.
     Gone,
@@ -444,7 +444,7 @@ impl Server {
         let now = Instant::now();
         conn.state = ConnState::Ws {
             ws: Box::new(ws),
-            session: Session::new(),
+            session: Box::new(Session::new()),
         };
         conn.last_rx = now;
         conn.idle_since = Some(now);
