@@ -950,3 +950,73 @@ mod properties {
         }
     }
 }
+
+/// Not a check: with `SFU_DUMP_SEEDS=<dir>`, records what real str0m peers and the core exchange
+/// in a three-party call with chat (datagrams by kind, SDP offers and answers, chat messages) as
+/// seed corpora for the fuzz targets (`fuzz/corpus/`). Without the variable it only runs the call.
+#[test]
+fn capture_fuzz_seeds_from_a_real_call() {
+    let mut sim = Sim::new(40);
+    sim.capture = Some(Vec::new());
+    for id in ["a", "b", "c"] {
+        sim.join(id, "r", pub_av());
+    }
+    assert!(sim.run_until(secs(5), |s| {
+        ["a", "b", "c"].iter().all(|i| s.peer(i).peer.chat_open())
+    }));
+    assert!(sim.peer_mut("a").peer.send_chat(None, "hello everyone"));
+    assert!(sim.peer_mut("a").peer.send_chat(Some("b"), "just for b"));
+    sim.run_for(secs(2));
+    let datagrams = sim.capture.take().unwrap_or_default();
+    assert!(datagrams.len() > 100);
+    let Ok(dir) = std::env::var("SFU_DUMP_SEEDS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let mut counts = std::collections::HashMap::new();
+    for d in &datagrams {
+        let class = match d.first() {
+            Some(0..=3) => "stun",
+            Some(20..=63) => "dtls",
+            Some(128..=191) if d.get(1).is_some_and(|b| (192..=223).contains(b)) => "rtcp",
+            Some(128..=191) => "rtp",
+            _ => continue,
+        };
+        let n = counts.entry(class).or_insert(0usize);
+        if *n < 12 {
+            let path = dir.join("udp_demux").join(format!("{class}-{n}"));
+            std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+            std::fs::write(path, d).expect("write");
+            if class == "rtp" {
+                let path = dir.join("rtp_munger").join(format!("rtp-{n}"));
+                std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+                std::fs::write(path, d).expect("write");
+            }
+        }
+        *n += 1;
+    }
+    let sdp_dir = dir.join("client_sdp");
+    std::fs::create_dir_all(&sdp_dir).expect("mkdir");
+    let offer = sim.fresh_offer();
+    std::fs::write(sdp_dir.join("str0m-offer"), &offer).expect("write");
+    for (i, e) in sim.events.iter().enumerate() {
+        if let Event::Offer { sdp, .. } = e {
+            std::fs::write(sdp_dir.join(format!("server-offer-{i}")), sdp).expect("write");
+        }
+    }
+    let chat_dir = dir.join("chat_message");
+    std::fs::create_dir_all(&chat_dir).expect("mkdir");
+    for (i, m) in sim.peer("b").peer.received.chat.iter().enumerate() {
+        std::fs::write(chat_dir.join(format!("delivered-{i}")), m).expect("write");
+    }
+    for (i, m) in [
+        r#"{"type":"chat","to":null,"text":"hi"}"#,
+        r#"{"type":"chat","to":"b","text":"psst"}"#,
+        r#"{"type":"state","audio_muted":true,"video_muted":false}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(chat_dir.join(format!("client-{i}")), m).expect("write");
+    }
+}

@@ -110,6 +110,8 @@ pub struct Sim {
     pub resume_keys: std::collections::HashMap<String, String>,
     /// Peer addresses handed out so far.
     addrs_used: u32,
+    /// When set, every datagram sent on the simulated network is recorded (fuzz seed capture).
+    pub capture: Option<Vec<Vec<u8>>>,
 }
 
 impl Sim {
@@ -147,6 +149,7 @@ impl Sim {
             offers: Vec::new(),
             resume_keys: std::collections::HashMap::new(),
             addrs_used: 0,
+            capture: None,
         }
     }
 
@@ -338,6 +341,9 @@ impl Sim {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        if let Some(c) = &mut self.capture {
+            c.push(data.clone());
+        }
         self.seq += 1;
         let at = self.now + self.latency;
         self.flight.push(Reverse(InFlight {
