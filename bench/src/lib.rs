@@ -11,6 +11,7 @@
 //! The same peer drives the dataplane's deterministic tests (virtual clock), the loopback
 //! integration tests against the real binaries, and the load generator.
 
+pub mod chaos;
 pub mod client;
 pub mod harness;
 pub mod janus;

@@ -28,6 +28,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Chaos run: calls on a two-node cluster while random signaling, dataplane and Redis
+    /// processes are killed (SIGKILL) and restarted; then the cluster's invariants are checked.
+    Chaos {
+        /// Minutes of killing.
+        #[arg(long, default_value_t = 2.0)]
+        minutes: f64,
+        /// Seconds between kills.
+        #[arg(long, default_value_t = 5.0)]
+        interval_secs: f64,
+        #[arg(long, default_value_t = 3)]
+        rooms: usize,
+        #[arg(long, default_value_t = 3)]
+        per_room: usize,
+        /// Seed of the kill sequence.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Synthetic-peer load: join through signaling, publish and subscribe, measure the SFU.
     Load(Box<LoadArgs>),
     /// Signaling capacity: idle sessions held, join throughput, Redis round trips per join.
@@ -316,6 +336,35 @@ fn main() -> anyhow::Result<()> {
     let Cli { cmd } = Cli::parse();
     if let Cmd::Load(a) = cmd {
         return load(*a);
+    }
+    if let Cmd::Chaos {
+        minutes,
+        interval_secs,
+        rooms,
+        per_room,
+        seed,
+        json,
+    } = cmd
+    {
+        anyhow::ensure!(
+            (0.0..=60.0).contains(&minutes) && interval_secs >= 1.0,
+            "--minutes 0..60, --interval-secs ≥ 1"
+        );
+        let opts = bench::chaos::ChaosOptions {
+            duration: Duration::from_secs_f64(minutes * 60.0),
+            interval: Duration::from_secs_f64(interval_secs),
+            rooms,
+            per_room,
+            seed,
+            ..bench::chaos::ChaosOptions::default()
+        };
+        let r = bench::chaos::run(&opts)?;
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        if let Some(p) = json {
+            std::fs::write(&p, serde_json::to_vec_pretty(&r)?)?;
+        }
+        anyhow::ensure!(r.passed(), "chaos invariants failed");
+        return Ok(());
     }
     let Cmd::Signaling {
         sessions,
