@@ -693,3 +693,79 @@ fn cluster_chaos_run_keeps_the_invariants() {
     }
     assert!(r.kills.values().sum::<u32>() >= 5, "{:?}", r.kills);
 }
+
+/// Defect 9: in cluster mode a request written to the local control socket used to wait the full
+/// 10 s request timeout when that socket died. It now fails at once.
+#[test]
+fn cluster_requests_on_a_lost_control_link_fail_at_once() {
+    let Some((_serial, mut c)) = cluster(&[], &[]) else {
+        return;
+    };
+    let epoch = Instant::now();
+    // Both on node a's signaling, so the room (wherever it lands) is reached...
+    let mut cs = call(&c, "lost-link", &[(0, "a"), (0, "b")], epoch);
+    let owner = c
+        .node_by_port(cs[0].server_port().expect("port"))
+        .expect("owner");
+    // The first room of a fresh cluster lands on node-a (equal load, lowest id), so node a's
+    // signaling reaches it over its own socket.
+    assert_eq!(owner, 0, "placement tie-break changed?\n{}", c.logs());
+    // Freeze the dataplane so the next request sits unanswered on the socket, then kill it.
+    assert!(c.nodes[0].dataplane.signal("STOP"));
+    cs[0]
+        .send_ws(serde_json::json!({"type":"offer","sdp":"v=0\r\n"}))
+        .expect("send");
+    client::run(&mut cs, Duration::from_millis(300), |_| false).expect("run");
+    let killed = Instant::now();
+    c.nodes[0].dataplane.kill();
+    let ok = client::run(&mut cs, Duration::from_secs(8), |cs| {
+        cs[0]
+            .messages
+            .iter()
+            .any(|m| m["type"] == "error" && m["code"] == "unavailable")
+    })
+    .expect("run");
+    let took = killed.elapsed();
+    assert!(ok, "the pending request was never failed\n{}", c.logs());
+    assert!(
+        took < Duration::from_secs(3),
+        "failed after {took:?} (the timeout is 10 s)"
+    );
+    eprintln!("request on the lost link failed {took:?} after the dataplane died");
+}
+
+/// A dataplane that crashes and is restarted at once under the same node id (as systemd does)
+/// has lost every session; before, clients relayed through the *other* signaling instance were
+/// never told (the node's beacons came back) and sat without media. Its new incarnation now
+/// closes those rooms everywhere, and the clients rejoin.
+#[test]
+fn cluster_a_dataplane_restarted_at_once_closes_its_rooms_everywhere() {
+    let Some((_serial, mut c)) = cluster(&[], &[]) else {
+        return;
+    };
+    let epoch = Instant::now();
+    let mut cs = call(&c, "phoenix", &[(0, "a"), (1, "b")], epoch);
+    let owner = c
+        .node_by_port(cs[0].server_port().expect("port"))
+        .expect("owner");
+    let t = Instant::now();
+    c.nodes[owner].start_dataplane().expect("restart"); // kill -9 and start again
+    let ok = client::run(&mut cs, Duration::from_secs(8), |cs| {
+        cs.iter().all(|cl| cl.count("room_closed") > 0)
+    })
+    .expect("run");
+    assert!(ok, "room_closed not delivered to both\n{}", c.logs());
+    eprintln!(
+        "dataplane restarted in place: room_closed to both clients after {:?}",
+        t.elapsed()
+    );
+    for cl in &mut cs {
+        cl.rejoin(T)
+            .unwrap_or_else(|e| panic!("rejoin: {e:#}\n{}", c.logs()));
+    }
+    assert!(
+        client::run(&mut cs, T, |cs| all_flowing(cs, 30)).expect("run"),
+        "{}",
+        c.logs()
+    );
+}

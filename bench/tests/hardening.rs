@@ -106,6 +106,17 @@ fn closed_within(ws: &mut Ws, d: Duration) -> Option<Option<u16>> {
     None
 }
 
+/// The code of the close frame the server sends next (blocking read).
+fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
 fn join(node: &Node, room: &str, name: &str, epoch: Instant) -> Client {
     Client::join(
         &node.ws_url(0),
@@ -617,26 +628,12 @@ fn close_codes_head_origin_and_clean_errors() {
     // Invalid UTF-8 in a text frame: 1007.
     let bad = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
     ws.send(Message::Frame(bad)).expect("send");
-    let code = loop {
-        match ws.read() {
-            Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
-            Ok(_) => {}
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    };
-    assert_eq!(code, Some(1007));
+    assert_eq!(close_code(&mut ws), Some(1007));
     // A reserved opcode: 1002.
     let (mut ws, _) = with_origin("http://good.example").expect("good origin");
     let bad = Frame::message(vec![1], OpCode::Data(Data::Reserved(3)), true);
     ws.send(Message::Frame(bad)).expect("send");
-    let code = loop {
-        match ws.read() {
-            Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
-            Ok(_) => {}
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    };
-    assert_eq!(code, Some(1002));
+    assert_eq!(close_code(&mut ws), Some(1002));
     // HEAD: headers only.
     let mut s = TcpStream::connect(node.signaling[0].0).expect("connect");
     s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")

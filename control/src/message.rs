@@ -33,6 +33,10 @@ pub enum FromDataplane {
         node_id: String,
         /// Number of media workers (one UDP port each).
         workers: u32,
+        /// Random per process start: a changed value means the dataplane restarted (and every
+        /// session it held is gone), even under the same node id.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        incarnation: String,
     },
     /// Answer to the request with the same `id`.
     Response { id: u64, response: Response },
@@ -138,6 +142,9 @@ pub enum Response {
         /// Secret that authorizes a later [`Request::Attach`] of this participant.
         #[serde(default)]
         resume_key: String,
+        /// The dataplane process's incarnation (random per start; see [`Beacon::incarnation`]).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        incarnation: String,
     },
     Answer {
         sdp: String,
@@ -148,6 +155,9 @@ pub enum Response {
         #[serde(default)]
         name: String,
         participants: Vec<PeerInfo>,
+        /// The dataplane process's incarnation.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        incarnation: String,
     },
     Stats(NodeStats),
     Ok,
@@ -278,6 +288,11 @@ pub struct Beacon {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining: Option<bool>,
+    /// Dataplanes: random per process start. A node that restarted under the same id (a
+    /// supervisor brings it back within a beacon or two) has lost every session, and
+    /// signaling instances close those sessions' rooms for their clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,23 +42,7 @@ impl RedisServer {
         let dir =
             std::env::temp_dir().join(format!("sfu-redis-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
+        let child = spawn_redis(port, &dir);
         let s = Self { child, dir, port };
         let end = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -75,6 +59,41 @@ impl RedisServer {
             dead_after: DEAD_AFTER,
         };
         RedisRegistry::new(s).expect("registry")
+    }
+}
+
+/// `redis-server` on `port` in `dir`, no persistence.
+fn spawn_redis(port: u16, dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server")
+}
+
+impl RedisServer {
+    /// Kill and start again on the same port, empty (no persistence); wait until it answers.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_redis(self.port, &self.dir);
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < end, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -337,22 +356,7 @@ fn redis_outage_is_a_fast_error_and_recovers() {
         t.elapsed()
     );
     // Redis returns on the same port: the registry reconnects by itself.
-    redis.child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&redis.dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("restart redis");
+    redis.child = spawn_redis(port, &redis.dir);
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         if r.heartbeat(&node("n1", 0)).is_ok() {
@@ -486,30 +490,7 @@ fn the_first_request_after_redis_returns_is_served() {
         vec![Some(p)]
     );
     // And after a real restart (new server, data gone): the first call is answered, not an EOF.
-    let port = redis.port;
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
-    redis.child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&redis.dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("restart redis");
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "redis-server did not restart");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    redis.restart();
     assert!(
         r.heartbeat(&node("n1", 0))
             .expect("the first heartbeat after the restart"),

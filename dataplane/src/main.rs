@@ -204,6 +204,7 @@ fn main() -> anyhow::Result<()> {
         max_participants: args.max_participants.unwrap_or(500 * workers as u32),
         peer_uids: args.control_peer_uids.clone(),
         test_faults: args.test_faults,
+        incarnation: format!("{:016x}", rand::random::<u64>()),
     };
     let drain = Arc::new(AtomicBool::new(false));
     let mut server = ControlServer::new(
@@ -217,8 +218,13 @@ fn main() -> anyhow::Result<()> {
         drain.clone(),
     )?;
     if let Some(redis) = args.redis.settings() {
-        let link = ClusterLink::start(redis, server.node_info(), control_waker.clone())
-            .context("starting the Redis link")?;
+        let link = ClusterLink::start(
+            redis,
+            server.node_info(),
+            server.incarnation().to_string(),
+            control_waker.clone(),
+        )
+        .context("starting the Redis link")?;
         server.set_cluster(link);
         info!(redis = %args.redis.describe(), "cluster mode: registering in Redis");
     }

@@ -556,6 +556,7 @@ fn attach_resends_the_outstanding_offer_to_the_new_connection() {
         room,
         participants,
         name,
+        ..
     } = resp
     else {
         panic!("attach failed: {resp:?}");

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
                             port: 1,
                             participants: vec![],
                             resume_key: "k".into(),
+                            incarnation: "i".into(),
                         },
                         1 => Response::Answer { sdp: msg.into() },
                         2 => Response::error(control::ErrorCode::Unavailable, "x"),

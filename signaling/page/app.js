@@ -1057,6 +1057,7 @@
       shutdown: 'the server is shutting down for maintenance',
       abandoned: 'the connection to the server was lost for too long',
       room_closed: 'the room was closed',
+      replaced: 'this call was continued in another window or tab',
     };
     const why = reasons[msg.reason] || String(msg.reason || 'unknown reason');
     // The server closes the WebSocket next; no automatic reconnect.
@@ -1071,6 +1072,7 @@
   function onRoomClosed(msg) {
     if (!state.joined) return;
     const moved = msg.reason === 'moved';
+    // node_failed, worker_failed: the media server failed; moved: the room now lives elsewhere.
     console.info(`room closed (${String(msg.reason)}): joining again`);
     stopRetry();
     resetSession();
@@ -1093,6 +1095,17 @@
   function onError(msg) {
     const code = String(msg.code || 'error');
     const text = String(msg.message || '');
+    if (code === 'rate_limited' && !state.joined && !(state.retry && state.retry.mode === 'resume')) {
+      // A join refused by the server's join rate or session limits: try again shortly on the
+      // same connection.
+      console.warn('join rate-limited:', text);
+      showBanner('warning', 'The server is busy with joins from your network — retrying in a moment…', { tag: 'rate' });
+      const ws = sfu.ws;
+      setTimeout(() => {
+        if (sfu.ws === ws && !state.joined && !state.ended) sendJoin(ws);
+      }, 1500 + Math.random() * 1500);
+      return;
+    }
     if (code === 'rate_limited') {
       // The message was dropped; the connection stays usable.
       console.warn('signaling rate limit hit:', text);

@@ -165,6 +165,7 @@ fn worker(
         kind: BeaconKind::Signaling,
         id: signaling_id.to_string(),
         draining: None,
+        incarnation: None,
     });
     while !stop.load(Ordering::Relaxed) {
         let wait = next_beacon.saturating_duration_since(Instant::now());
@@ -199,6 +200,7 @@ fn worker(
                     kind: BeaconKind::NodeDown,
                     id: node,
                     draining: None,
+                    incarnation: None,
                 });
                 let _ = publisher.publish(&settings.health_channel(), &notice);
             }

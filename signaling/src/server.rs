@@ -184,6 +184,8 @@ struct Liveness {
     asked: HashMap<String, Instant>,
     /// We announced our own dataplane gone.
     announced_down: bool,
+    /// The incarnation each dataplane last reported (beacons, `welcome`).
+    incarnations: HashMap<String, String>,
 }
 
 /// The server. See the module docs.
@@ -476,9 +478,15 @@ impl Server {
     fn handle_dataplane_message(&mut self, msg: FromDataplane, local: bool) {
         match msg {
             FromDataplane::Welcome {
-                node_id, workers, ..
+                node_id,
+                workers,
+                incarnation,
+                ..
             } if local => {
                 info!(%node_id, workers, "connected to the local dataplane");
+                // A restarted dataplane (same id) lost every session: close those rooms before
+                // trying to re-attach anything.
+                self.node_incarnation(&node_id, &incarnation);
                 self.control.ready = true;
                 self.control.down_since = None;
                 self.control.refused_since = None;
@@ -554,6 +562,9 @@ impl Server {
                     self.live.last_any = Some(now);
                     match b.kind {
                         control::BeaconKind::Dataplane => {
+                            if let Some(inc) = &b.incarnation {
+                                self.node_incarnation(&b.id, inc);
+                            }
                             self.live.seen.insert(b.id.clone(), now);
                             self.live.failed.remove(&b.id);
                             self.live.witnessed_down.remove(&b.id);
@@ -676,6 +687,37 @@ impl Server {
                 c.send(Job::MarkDead { node: node.clone() });
             }
             self.node_failed(&node);
+        }
+    }
+
+    /// `node` runs as `incarnation`. If that is new, the process restarted under the same id:
+    /// sessions an earlier incarnation confirmed are gone, their rooms are closed for their
+    /// clients (who join again).
+    fn node_incarnation(&mut self, node: &str, incarnation: &str) {
+        if incarnation.is_empty() {
+            return;
+        }
+        let previous = self
+            .live
+            .incarnations
+            .insert(node.to_string(), incarnation.to_string());
+        if previous.as_deref() == Some(incarnation) {
+            return;
+        }
+        let ids: Vec<ConnId> = self.conns.iter().map(|(i, _)| i).collect();
+        let mut closed = 0;
+        for id in ids {
+            let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
+                Some(ConnState::Ws { session, .. }) => {
+                    session.handle_node_restarted(node, incarnation)
+                }
+                _ => continue,
+            };
+            closed += usize::from(!actions.is_empty());
+            self.apply(id, actions);
+        }
+        if closed > 0 {
+            warn!(%node, closed, "media node restarted: closing the rooms of its lost sessions");
         }
     }
 

@@ -79,6 +79,8 @@ enum State {
         /// Redis, then the local socket) makes the dataplane re-send an outstanding offer the
         /// client already has; it is not relayed twice.
         last_offer: Option<String>,
+        /// The incarnation of the dataplane process that confirmed the session (empty: unknown).
+        incarnation: String,
     },
     Leaving {
         node: String,
@@ -145,6 +147,14 @@ impl Session {
     pub fn joined_participant(&self) -> Option<&str> {
         match &self.state {
             State::Joined { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The incarnation of the dataplane process holding this joined session, if known.
+    pub fn incarnation(&self) -> Option<&str> {
+        match &self.state {
+            State::Joined { incarnation, .. } if !incarnation.is_empty() => Some(incarnation),
             _ => None,
         }
     }
@@ -394,6 +404,7 @@ impl Session {
                 Response::Joined {
                     participants,
                     resume_key,
+                    incarnation,
                     ..
                 },
             ) if *participant == join.id => {
@@ -435,6 +446,7 @@ impl Session {
                     identity: join.identity,
                     peers: participants,
                     last_offer: None,
+                    incarnation,
                 };
                 self.after_room_closed = false;
                 vec![Action::Send(msg)]
@@ -477,6 +489,7 @@ impl Session {
                     room,
                     name,
                     participants,
+                    incarnation,
                 },
             ) if *participant == token.participant => {
                 let token = token.clone();
@@ -500,6 +513,7 @@ impl Session {
                     identity: None,
                     peers: participants,
                     last_offer: None,
+                    incarnation,
                 };
                 self.after_room_closed = false;
                 vec![Action::Send(msg)]
@@ -680,6 +694,19 @@ impl Session {
             // The pending join or attach fails on its own (the server fails requests to a failed
             // node); nothing to undo here.
             _ => vec![],
+        }
+    }
+
+    /// `node` is running as `incarnation`: if this session was confirmed by an earlier
+    /// incarnation, the process restarted (under the same id) and the session is gone with it —
+    /// the room is closed for the client, which joins again.
+    pub fn handle_node_restarted(&mut self, node: &str, incarnation: &str) -> Vec<Action> {
+        let stale =
+            self.node() == Some(node) && self.incarnation().is_some_and(|mine| mine != incarnation);
+        if stale {
+            self.handle_node_failed(node)
+        } else {
+            vec![]
         }
     }
 

@@ -225,12 +225,7 @@ impl Cluster {
 
     /// `redis-cli` against the current master.
     pub fn redis_cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.master_port().to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        super::redis::redis_cli(self.master_port(), args)
     }
 
     /// The room mapping in Redis: (node, epoch).

@@ -10,6 +10,16 @@ use anyhow::bail;
 
 use super::{Proc, free_tcp_port};
 
+/// `redis-cli -p <port> args…`: its output (empty if it could not run).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// A `redis-server` on a free loopback port, in its own directory; restartable on the same port.
 #[derive(Debug)]
 pub struct Redis {
@@ -51,12 +61,7 @@ impl Redis {
 
     /// Run `redis-cli -p <port> args…` and return its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        redis_cli(self.port, args)
     }
 
     /// (Re)start on the same port; wait until it accepts connections.
@@ -157,12 +162,7 @@ impl Sentinel {
     }
 
     fn sentinel_cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        redis_cli(self.port, args)
     }
 
     /// The port of the current master, as the sentinel sees it.

@@ -738,6 +738,8 @@ impl WorkerCore {
                 port: self.cfg.local_addr.port(),
                 participants: peers,
                 resume_key,
+                // Filled in by the control thread (the core draws no randomness).
+                incarnation: String::new(),
             },
         );
         let me = PeerInfo { id, name };
@@ -800,6 +802,7 @@ impl WorkerCore {
             room: p.room.clone(),
             name: p.name.clone(),
             participants,
+            incarnation: String::new(),
         };
         // The response must precede the re-sent offer.
         self.respond(tag, response);

@@ -92,6 +92,7 @@ impl ClusterLink {
     pub fn start(
         settings: RedisSettings,
         node: NodeInfo,
+        incarnation: String,
         waker: Arc<Waker>,
     ) -> anyhow::Result<Self> {
         let node_id = node.node_id.clone();
@@ -117,6 +118,7 @@ impl ClusterLink {
                             registry,
                             publisher,
                             node,
+                            incarnation,
                             rooms: HashMap::new(),
                             pending_release: Vec::new(),
                             out: in_tx,
@@ -164,6 +166,8 @@ struct RegistryLoop {
     registry: RedisRegistry,
     publisher: RedisConn,
     node: NodeInfo,
+    /// This process's incarnation, in every beacon.
+    incarnation: String,
     /// Rooms hosted here and their placements (for fencing checks).
     rooms: HashMap<String, Placement>,
     /// Releases that failed (Redis down), retried on every heartbeat.
@@ -205,6 +209,7 @@ impl RegistryLoop {
                     kind: BeaconKind::Dataplane,
                     id: self.node.node_id.clone(),
                     draining: Some(self.node.state == control::registry::NodeState::Draining),
+                    incarnation: Some(self.incarnation.clone()),
                 };
                 let _ = self
                     .publisher

@@ -74,6 +74,8 @@ pub struct ControlSettings {
     pub peer_uids: Vec<u32>,
     /// Accept [`Request::InjectFault`] (tests only).
     pub test_faults: bool,
+    /// Random per process start (in `welcome`, `joined`, `attached` and beacons).
+    pub incarnation: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -194,6 +196,11 @@ impl ControlServer {
     /// What the metrics endpoint serves; pass it to [`super::admin::serve`].
     pub fn admin_state(&self) -> SharedAdmin {
         self.admin.clone()
+    }
+
+    /// This process's incarnation.
+    pub fn incarnation(&self) -> &str {
+        &self.settings.incarnation
     }
 
     /// Attach the Redis link (cluster mode).
@@ -676,10 +683,15 @@ impl ControlServer {
                 }
             };
             match report {
-                Report::Response { tag, response } => {
+                Report::Response { tag, mut response } => {
                     let Some(p) = self.pending.remove(&tag) else {
                         continue;
                     };
+                    if let Response::Joined { incarnation, .. }
+                    | Response::Attached { incarnation, .. } = &mut response
+                    {
+                        incarnation.clone_from(&self.settings.incarnation);
+                    }
                     match (p.kind, &response) {
                         (PendingKind::Join, Response::Error { .. }) => {
                             if let Some(g) = self.routes.remove_participant(&p.participant, worker)

@@ -28,6 +28,7 @@ fn joined_response(key: &str) -> Response {
         port: 1,
         participants: vec![],
         resume_key: key.into(),
+        incarnation: "i1".into(),
     }
 }
 
@@ -154,6 +155,7 @@ fn resume_attaches_at_the_token_node() {
             room: "r".into(),
             name: "Nine".into(),
             participants: vec![],
+            incarnation: "i1".into(),
         },
         &ctx(),
     );
@@ -481,6 +483,7 @@ fn attached(participants: Vec<PeerInfo>) -> Response {
         room: "r".into(),
         name: "Al".into(),
         participants,
+        incarnation: "i1".into(),
     }
 }
 
@@ -497,6 +500,7 @@ fn reattach_after_control_reconnects_keeps_the_session_joined() {
         port: 1,
         participants: vec![peer("p2"), peer("p3")],
         resume_key: "k1".into(),
+        incarnation: "i1".into(),
     };
     s.handle_response(&req, joined, &ctx());
     assert!(s.handle_control_restored("other-node").is_empty());
@@ -654,6 +658,29 @@ fn stale_responses_are_dropped() {
         s.handle_placement(placed("n1", 1)).is_empty(),
         "not placing"
     );
+}
+
+/// A dataplane restarted under the same node id (a supervisor brought it back within a beacon)
+/// lost every session: sessions an earlier incarnation confirmed get `room_closed`; a session the
+/// new incarnation confirmed is untouched.
+#[test]
+fn a_restarted_node_closes_only_the_sessions_it_lost() {
+    let mut s = joined_session();
+    assert_eq!(s.incarnation(), Some("i1"));
+    assert!(
+        s.handle_node_restarted("n1", "i1").is_empty(),
+        "same incarnation"
+    );
+    assert!(
+        s.handle_node_restarted("other", "i2").is_empty(),
+        "another node"
+    );
+    let a = s.handle_node_restarted("n1", "i2");
+    assert!(
+        matches!(&a[0], Action::Send(ServerMsg::RoomClosed { reason }) if reason == "node_failed"),
+        "{a:?}"
+    );
+    assert!(!s.is_joined());
 }
 
 #[test]

@@ -326,6 +326,7 @@ impl ControlServer {
             version: PROTOCOL_VERSION,
             node_id: self.settings.node_id.clone(),
             workers: self.workers.len() as u32,
+            incarnation: self.settings.incarnation.clone(),
         }
     }
 
