@@ -72,6 +72,10 @@ pub struct ChaosReport {
     pub fresh_joins: u32,
     /// Longest time any client went without receiving media from others, during the chaos.
     pub longest_media_gap_ms: u64,
+    /// The longest gaps, with the kills that preceded them (seconds since the chaos started).
+    pub worst_gaps: Vec<String>,
+    /// Every kill: (seconds since the chaos started, what).
+    pub timeline: Vec<(f64, String)>,
     /// Time from the end of the chaos until every invariant held.
     pub settled_after_ms: u64,
     pub rss_before_kib: u64,
@@ -96,6 +100,8 @@ struct Member {
     /// Video packets received from others at the last progress, and when.
     progress: (u64, Instant),
     next_join: Instant,
+    /// Media gaps during the chaos: (start, length).
+    gaps: Vec<(Instant, Duration)>,
 }
 
 /// xorshift: deterministic per seed.
@@ -143,6 +149,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 room_closed_seen: 0,
                 progress: (0, now),
                 next_join: now,
+                gaps: Vec::new(),
             })
         })
         .collect();
@@ -175,12 +182,42 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             let target = rng.below(5) as usize;
             let kind = kill(&mut c, target);
             *report.kills.entry(kind.into()).or_insert(0) += 1;
+            report.timeline.push((
+                start.elapsed().as_secs_f64(),
+                format!("kill {kind} {target}"),
+            ));
             let down = Duration::from_millis(500 + rng.below(1500));
             restart = Some((now + down, target));
             next_kill = now + opts.interval;
         }
     }
     report.duration_secs = start.elapsed().as_secs_f64();
+    let mut gaps: Vec<(Duration, f64, String)> = members
+        .iter()
+        .flat_map(|m| {
+            m.gaps.iter().map(move |(at, len)| {
+                (
+                    *len,
+                    at.saturating_duration_since(start).as_secs_f64(),
+                    m.name.clone(),
+                )
+            })
+        })
+        .collect();
+    gaps.sort_by(|a, b| b.0.cmp(&a.0));
+    report.worst_gaps = gaps
+        .iter()
+        .take(5)
+        .map(|(len, at, name)| {
+            let before: Vec<&String> = report
+                .timeline
+                .iter()
+                .filter(|(t, _)| *t <= *at + 0.5 && *t >= *at - 3.0)
+                .map(|(_, w)| w)
+                .collect();
+            format!("{name}: {len:?} from {at:.1} s (kills just before: {before:?})")
+        })
+        .collect();
 
     // Settle, then check.
     let settle_start = Instant::now();
@@ -321,6 +358,10 @@ fn tend(
         }
         let seen = m.client.as_ref().map_or(0, video_from_others);
         if seen > m.progress.0 || m.client.as_ref().is_some_and(|c| c.others.is_empty()) {
+            let gap = now.duration_since(m.progress.1);
+            if chaos && gap > Duration::from_secs(2) {
+                m.gaps.push((m.progress.1, gap));
+            }
             m.progress = (seen, now);
         } else if chaos {
             let gap = now.duration_since(m.progress.1).as_millis() as u64;
