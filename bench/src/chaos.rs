@@ -204,7 +204,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             })
         })
         .collect();
-    gaps.sort_by(|a, b| b.0.cmp(&a.0));
+    gaps.sort_by_key(|g| std::cmp::Reverse(g.0));
     report.worst_gaps = gaps
         .iter()
         .take(5)

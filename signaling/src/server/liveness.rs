@@ -1,0 +1,208 @@
+//! Which media nodes are alive, as seen from this instance, and what happens to the sessions of
+//! one that is not: failure needs corroborated evidence (see [`Server::check_nodes`]); a node
+//! that restarted under the same id is noticed by its new incarnation.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::{ConnState, Server};
+use crate::cluster::Job;
+use crate::router::ConnId;
+
+/// Single-node mode: the local dataplane's control link down this long means it failed.
+const NODE_DEAD_AFTER: Duration = Duration::from_millis(1500);
+/// Our own dataplane's socket closed and connects are refused for this long: it is gone.
+const LOCAL_DEAD_AFTER: Duration = Duration::from_millis(500);
+/// Cluster mode: a node whose beacons stopped this long is suspect; it is declared failed only
+/// if the registry also has no fresh heartbeat from it (a busy machine delays beacons, it does
+/// not stop its heartbeats for the registry's 5 s).
+const NODE_SUSPECT_AFTER: Duration = Duration::from_secs(3);
+
+/// Liveness of media nodes as seen from here.
+#[derive(Default)]
+pub(super) struct Liveness {
+    /// Last beacon per dataplane node.
+    pub(super) seen: HashMap<String, Instant>,
+    /// The Redis subscription came up at (None: down).
+    pub(super) subscribed_since: Option<Instant>,
+    /// Last beacon of anyone (proof the subscription delivers).
+    pub(super) last_any: Option<Instant>,
+    /// Nodes already declared failed (and when), so each failure is handled once.
+    pub(super) failed: HashMap<String, Instant>,
+    pub(super) next_check: Option<Instant>,
+    /// Nodes another signaling instance saw gone from its host (`NodeDown`), and when.
+    pub(super) witnessed_down: HashMap<String, Instant>,
+    /// The registry's verdict on suspect nodes (fresh heartbeat or not), and when it came.
+    pub(super) registry_says: HashMap<String, (Instant, bool)>,
+    /// When we last asked the registry about a suspect node.
+    pub(super) asked: HashMap<String, Instant>,
+    /// We announced our own dataplane gone.
+    pub(super) announced_down: bool,
+    /// The incarnation each dataplane last reported (beacons, `welcome`).
+    pub(super) incarnations: HashMap<String, String>,
+}
+
+impl Server {
+    /// A beacon on the health channel.
+    pub(super) fn handle_beacon(&mut self, b: control::Beacon) {
+        let now = Instant::now();
+        self.live.last_any = Some(now);
+        match b.kind {
+            control::BeaconKind::Dataplane => {
+                if let Some(inc) = &b.incarnation {
+                    self.node_incarnation(&b.id, inc);
+                }
+                self.live.seen.insert(b.id.clone(), now);
+                self.live.failed.remove(&b.id);
+                self.live.witnessed_down.remove(&b.id);
+                self.live.registry_says.remove(&b.id);
+            }
+            control::BeaconKind::NodeDown => {
+                info!(node = %b.id, "another signaling instance saw this media node gone");
+                self.live.witnessed_down.insert(b.id, now);
+            }
+            control::BeaconKind::Signaling => {}
+        }
+    }
+
+    /// Declare failed the nodes that are gone, and close their rooms for their clients. Closing
+    /// every room of a node is the most drastic thing the cluster does, so it takes evidence
+    /// that survives a busy machine:
+    /// - our own dataplane: its control socket closed and nothing listens there any more
+    ///   ([`LOCAL_DEAD_AFTER`]); we tell the other instances (`NodeDown`);
+    /// - a remote node: another instance saw it gone that way and its beacons stopped too; or its
+    ///   beacons stopped for [`NODE_SUSPECT_AFTER`] *and* the registry holds no fresh heartbeat
+    ///   from it (5 s) — silence alone is not enough.
+    pub(super) fn check_nodes(&mut self, now: Instant) {
+        if self.live.next_check.is_some_and(|t| now < t) {
+            return;
+        }
+        self.live.next_check = Some(now + Duration::from_millis(250));
+        let mut dead: HashSet<String> = HashSet::new();
+        if let (Some(local), Some(since)) = (&self.local_node, self.control.refused_since)
+            && !self.control.ready
+            && now.duration_since(since) > LOCAL_DEAD_AFTER
+        {
+            dead.insert(local.clone());
+            if let Some(c) = &self.cluster
+                && !self.live.announced_down
+            {
+                self.live.announced_down = true;
+                c.send(Job::NodeDown {
+                    node: local.clone(),
+                });
+            }
+        }
+        if self.cluster.is_some() {
+            // Silence only means something while the subscription demonstrably delivers, and
+            // counts from when it came up at the earliest.
+            let hearing = self.live.subscribed_since.is_some()
+                && self
+                    .live
+                    .last_any
+                    .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+            if hearing {
+                let since = self.live.subscribed_since.unwrap_or(now);
+                let mut nodes: HashSet<String> = HashSet::new();
+                for (_, c) in self.conns.iter() {
+                    if let ConnState::Ws { session, .. } = &c.state
+                        && let Some(node) = session.node()
+                    {
+                        nodes.insert(node.to_string());
+                    }
+                }
+                for node in nodes {
+                    let last = self
+                        .live
+                        .seen
+                        .get(&node)
+                        .copied()
+                        .unwrap_or(since)
+                        .max(since);
+                    let silent = now.duration_since(last);
+                    if self.live.witnessed_down.contains_key(&node) && silent > LOCAL_DEAD_AFTER {
+                        dead.insert(node);
+                    } else if silent > NODE_SUSPECT_AFTER {
+                        match self.live.registry_says.get(&node) {
+                            Some((t, false)) if now.duration_since(*t) < Duration::from_secs(2) => {
+                                dead.insert(node);
+                            }
+                            _ => {
+                                let due = self.live.asked.get(&node).is_none_or(|t| {
+                                    now.duration_since(*t) > Duration::from_secs(1)
+                                });
+                                if due && let Some(c) = &self.cluster {
+                                    self.live.asked.insert(node.clone(), now);
+                                    c.send(Job::CheckAlive { node });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        } else if let (Some(local), Some(down)) = (&self.local_node, self.control.down_since)
+            && now.duration_since(down) > NODE_DEAD_AFTER
+        {
+            dead.insert(local.clone());
+        }
+        for node in dead {
+            if self.live.failed.contains_key(&node) {
+                continue;
+            }
+            warn!(%node, "media node failed: closing its rooms for our clients");
+            self.live.failed.insert(node.clone(), now);
+            if let Some(c) = &self.cluster {
+                c.send(Job::MarkDead { node: node.clone() });
+            }
+            self.node_failed(&node);
+        }
+    }
+
+    /// `node` runs as `incarnation`. If that is new, the process restarted under the same id:
+    /// sessions an earlier incarnation confirmed are gone, their rooms are closed for their
+    /// clients (who join again).
+    pub(super) fn node_incarnation(&mut self, node: &str, incarnation: &str) {
+        if incarnation.is_empty() {
+            return;
+        }
+        let previous = self
+            .live
+            .incarnations
+            .insert(node.to_string(), incarnation.to_string());
+        if previous.as_deref() == Some(incarnation) {
+            return;
+        }
+        let ids: Vec<ConnId> = self.conns.iter().map(|(i, _)| i).collect();
+        let mut closed = 0;
+        for id in ids {
+            let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
+                Some(ConnState::Ws { session, .. }) => {
+                    session.handle_node_restarted(node, incarnation)
+                }
+                _ => continue,
+            };
+            closed += usize::from(!actions.is_empty());
+            self.apply(id, actions);
+        }
+        if closed > 0 {
+            warn!(%node, closed, "media node restarted: closing the rooms of its lost sessions");
+        }
+    }
+
+    /// Close the rooms of a failed node for our clients and fail what is pending there.
+    pub(super) fn node_failed(&mut self, node: &str) {
+        let ids: Vec<ConnId> = self.conns.iter().map(|(i, _)| i).collect();
+        for id in ids {
+            let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
+                Some(ConnState::Ws { session, .. }) => session.handle_node_failed(node),
+                _ => continue,
+            };
+            self.apply(id, actions);
+        }
+        for p in self.pending.take_where(|p| p.node == node) {
+            self.fail_request(p, "the media node failed");
+        }
+    }
+}
