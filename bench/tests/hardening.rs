@@ -482,7 +482,28 @@ fn capacity_join_rate_and_token_sessions_are_enforced() {
     assert_eq!(v["code"], "rate_limited", "{v}");
     drop(first);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(join_t(&mut second)["type"], "joined", "a slot freed up");
+    let joined = join_t(&mut second);
+    assert_eq!(joined["type"], "joined", "a slot freed up");
+    // A resumed session still counts against its token (it used to count for nobody, so
+    // join, resume elsewhere, join again went around the limit).
+    let mut third = connect(&url);
+    send(
+        &mut third,
+        json!({"type":"join","resume":joined["resume"].as_str().expect("resume token")}),
+    );
+    let v = next_within(&mut third, T).expect("answer");
+    assert_eq!(
+        (v["type"].as_str(), v["resumed"].as_bool()),
+        (Some("joined"), Some(true)),
+        "{v}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fourth = connect(&url);
+    let v = join_t(&mut fourth);
+    assert_eq!(
+        v["code"], "rate_limited",
+        "the resumed session holds the token's slot: {v}"
+    );
 }
 
 /// Defect 7: idle WebSockets never timed out, and a full connection table locked out

@@ -69,6 +69,11 @@ pub enum Request {
         /// What the participant may do (from its token); everything by default.
         #[serde(default)]
         grants: Grants,
+        /// The join token's identity (`sub`), kept with the participant and returned by
+        /// [`Response::Attached`], so a resumed session still counts against the identity's
+        /// session limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
     },
     /// The client's SDP answer to the last [`Event::Offer`]. Answered by [`Response::Ok`].
     Answer { participant: String, sdp: String },
@@ -158,6 +163,9 @@ pub enum Response {
         /// The dataplane process's incarnation.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         incarnation: String,
+        /// The identity the participant joined with ([`Request::Join`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
     },
     Stats(NodeStats),
     Ok,
@@ -412,6 +420,7 @@ mod tests {
                 offer: Some("v=0".into()),
                 epoch: None,
                 grants: Grants::default(),
+                identity: None,
             },
         };
         let json = String::from_utf8(encode(&msg)).expect("utf8");

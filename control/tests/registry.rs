@@ -498,6 +498,69 @@ fn the_first_request_after_redis_returns_is_served() {
     );
 }
 
+/// A restart that kept the data (RDB) changes only the server's run id. The first call after it
+/// is retried on a fresh connection with the arguments built for the old server, so it cannot
+/// see the change; the next call must (it used to be lost for good), and the recovery window
+/// opens.
+#[test]
+fn a_redis_restart_that_kept_the_data_is_noticed_after_a_retried_call() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let mut r = short_window(&redis, "t7");
+    assert!(!r.heartbeat(&node("n1", 0)).expect("hb"));
+    let kept = r.place_room("kept", &[]).expect("place");
+    assert_eq!(redis_cli(redis.port, &["SAVE"]).trim(), "OK");
+    redis.restart();
+    let first = r
+        .heartbeat(&node("n1", 0))
+        .expect("first heartbeat after the restart");
+    let noticed = first || r.heartbeat(&node("n1", 0)).expect("second heartbeat");
+    assert!(
+        noticed,
+        "the new server incarnation is noticed by the second call at the latest"
+    );
+    assert!(!r.heartbeat(&node("n1", 0)).expect("hb"), "and only once");
+    assert_eq!(
+        r.place_room("unmapped", &[]),
+        Err(RegistryError::Recovering),
+        "the recovery window is open"
+    );
+    assert_eq!(
+        r.place_room("kept", &[]).expect("mapped rooms still place"),
+        kept
+    );
+}
+
+/// After a flush, a process that started afterwards (knowing no generation) creates the new one;
+/// the first caller that knew the old generation must still open the recovery window (it used
+/// to see the change but open none, so live rooms could be placed on a second node).
+#[test]
+fn a_flush_first_seen_by_a_new_process_still_opens_the_recovery_window() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut old = short_window(&redis, "t8");
+    let mut sig = short_window(&redis, "t8");
+    assert!(!old.heartbeat(&node("a", 0)).expect("hb"));
+    sig.place_room("live", &[]).expect("place");
+    flushall(redis.port);
+    let mut newcomer = short_window(&redis, "t8");
+    assert!(
+        !newcomer.heartbeat(&node("b", 0)).expect("hb"),
+        "a process that knew nothing has nothing to notice"
+    );
+    assert!(
+        old.heartbeat(&node("a", 0)).expect("hb"),
+        "the old node notices the loss"
+    );
+    assert_eq!(
+        newcomer.place_room("live", &[]),
+        Err(RegistryError::Recovering),
+        "no placement of an unmapped room while the nodes re-assert"
+    );
+}
+
 /// A `redis-server` in cluster mode owning all slots: multi-key commands and scripts must keep
 /// every key in one slot (a key in another slot fails with CROSSSLOT or "non local key").
 fn cluster_node(dir: &std::path::Path, port: u16) -> Child {

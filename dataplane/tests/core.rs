@@ -339,6 +339,7 @@ fn join_errors_are_clear() {
         offer: Some("this is not sdp".into()),
         epoch: None,
         grants: Grants::default(),
+        identity: None,
     });
     assert!(
         matches!(
@@ -359,6 +360,7 @@ fn join_errors_are_clear() {
         offer: Some(offer),
         epoch: None,
         grants: Grants::default(),
+        identity: None,
     });
     assert!(
         matches!(
@@ -613,10 +615,12 @@ fn two_step_join_reserves_then_answers_the_first_offer() {
         offer: None,
         epoch: None,
         grants: Grants::default(),
+        identity: Some("user-b".into()),
     });
     let Response::Joined {
         answer: None,
         participants,
+        resume_key,
         ..
     } = resp
     else {
@@ -644,6 +648,15 @@ fn two_step_join_reserves_then_answers_the_first_offer() {
     sim.peer_mut("b").peer.handle_answer(&sdp).expect("answer");
     sim.run_for(secs(4));
     assert_full_mesh(&sim, &["a", "b"], 100);
+    // The token identity comes back on resume (signaling counts resumed sessions with it).
+    let resp = sim.command(Request::Attach {
+        participant: "b".into(),
+        resume_key,
+    });
+    assert!(
+        matches!(&resp, Response::Attached { identity: Some(i), .. } if i == "user-b"),
+        "{resp:?}"
+    );
 }
 
 #[test]

@@ -86,11 +86,22 @@ pub struct PendingRequest {
     pub local: bool,
 }
 
+/// How long a join that timed out is remembered, so that its late answer can be undone.
+const LATE_JOIN_MEMORY: Duration = Duration::from_secs(300);
+/// At most this many timed-out joins are remembered (the oldest are forgotten first).
+const MAX_LATE_JOINS: usize = 10_000;
+
+/// A join that timed out here but may still succeed on its node: (when, node, participant).
+type LateJoin = (Instant, String, String);
+
 /// Control requests in flight, by request id.
 #[derive(Debug)]
 pub struct Pending {
     requests: HashMap<u64, PendingRequest>,
     next_id: u64,
+    /// Joins that timed out, by request id: a `joined` that still arrives must be undone (nobody
+    /// will use that participant, and the node would keep it as ours).
+    late_joins: HashMap<u64, LateJoin>,
 }
 
 impl Default for Pending {
@@ -98,6 +109,7 @@ impl Default for Pending {
         Self {
             requests: HashMap::new(),
             next_id: 1,
+            late_joins: HashMap::new(),
         }
     }
 }
@@ -143,9 +155,41 @@ impl Pending {
             .collect()
     }
 
-    /// Remove and return the requests older than `timeout` at `now`.
+    /// Remove and return the requests older than `timeout` at `now`. Joins among them are
+    /// remembered for a while (see [`Self::take_late_join`]).
     pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<PendingRequest> {
+        self.late_joins
+            .retain(|_, (t, _, _)| now.saturating_duration_since(*t) < LATE_JOIN_MEMORY);
+        let ids: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.sent) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(PendingRequest {
+                node,
+                request: Request::Join { participant, .. },
+                ..
+            }) = self.requests.get(id)
+            {
+                if self.late_joins.len() >= MAX_LATE_JOINS
+                    && let Some(oldest) = self.late_joins.iter().min_by_key(|(_, v)| v.0)
+                {
+                    let oldest = *oldest.0;
+                    self.late_joins.remove(&oldest);
+                }
+                self.late_joins
+                    .insert(*id, (now, node.clone(), participant.clone()));
+            }
+        }
         self.take_where(|p| now.saturating_duration_since(p.sent) > timeout)
+    }
+
+    /// A response for `id` came after its request timed out: if it was a join, its node and
+    /// participant (to be told to leave).
+    pub fn take_late_join(&mut self, id: u64) -> Option<(String, String)> {
+        self.late_joins.remove(&id).map(|(_, n, p)| (n, p))
     }
 
     pub fn len(&self) -> usize {
@@ -272,5 +316,38 @@ mod tests {
         assert_eq!(late.len(), 1, "only the one sent at 5 s is over 10 s old");
         assert_eq!(late[0].node, "b");
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn a_join_that_timed_out_is_remembered_so_its_late_answer_can_be_undone() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut p = Pending::default();
+        p.insert(5, join_req("p7", t0));
+        p.insert(6, req(Some(1), "n1", t0, false));
+        assert_eq!(p.expired(t0 + Duration::from_secs(11), timeout).len(), 2);
+        assert_eq!(p.take_late_join(6), None, "only joins are remembered");
+        assert_eq!(p.take_late_join(5), Some(("n1".into(), "p7".into())));
+        assert_eq!(p.take_late_join(5), None, "undone once");
+        // Remembered for a while only.
+        p.insert(8, join_req("p8", t0));
+        p.expired(t0 + Duration::from_secs(11), timeout);
+        p.expired(t0 + LATE_JOIN_MEMORY + Duration::from_secs(12), timeout);
+        assert_eq!(p.take_late_join(8), None);
+    }
+
+    fn join_req(participant: &str, sent: Instant) -> PendingRequest {
+        PendingRequest {
+            request: Request::Join {
+                room: "r".into(),
+                participant: participant.into(),
+                name: "n".into(),
+                offer: None,
+                epoch: None,
+                grants: control::Grants::default(),
+                identity: None,
+            },
+            ..req(Some(1), "n1", sent, false)
+        }
     }
 }

@@ -345,6 +345,8 @@ impl Server {
                     Interest::READABLE | Interest::WRITABLE,
                 ) {
                     warn!(error = %e, "register control stream");
+                    self.control.retry_at = now + self.control.backoff;
+                    self.control.backoff = (self.control.backoff * 2).min(Duration::from_secs(2));
                     return;
                 }
                 self.control.writable = true;
@@ -462,6 +464,7 @@ impl Server {
                 self.live.announced_down = false;
                 self.control.backoff = Duration::from_millis(100);
                 self.live.failed.remove(&node_id);
+                self.live.witnessed_down.remove(&node_id);
                 self.local_node = Some(node_id.clone());
                 // Re-attach the sessions on this node that were attached over the socket (the
                 // dataplane orphaned them when it closed). Sessions attached over Redis stay
@@ -488,6 +491,13 @@ impl Server {
             }
             FromDataplane::Response { id, response } => {
                 let Some(p) = self.pending.take(id) else {
+                    // A join that timed out here succeeded after all: nobody will use it.
+                    if let Response::Joined { .. } = response
+                        && let Some((node, participant)) = self.pending.take_late_join(id)
+                    {
+                        info!(%node, %participant, "late answer to a join that timed out: leaving");
+                        self.send_request(None, node, Request::Leave { participant });
+                    }
                     return;
                 };
                 self.deliver_response(p, response);
@@ -661,13 +671,34 @@ impl Server {
                 c.via_socket = Some(p.local);
             }
         }
-        let actions = match &mut c.state {
-            ConnState::Ws { session, .. } => {
-                session.handle_response(&p.request, response, &self.ctx)
+        let confirmed = match &response {
+            Response::Joined { incarnation, .. } | Response::Attached { incarnation, .. } => {
+                Some(incarnation.clone())
             }
-            _ => return,
+            _ => None,
         };
+        let joined = matches!(response, Response::Joined { .. });
+        let ConnState::Ws { session, .. } = &mut c.state else {
+            return;
+        };
+        let actions = session.handle_response(&p.request, response, &self.ctx);
+        // A join the session did not take (it was closed or moved on meanwhile) is undone: the
+        // node would otherwise keep the participant as ours, never orphaned, never removed.
+        let undo = joined
+            && !matches!(&p.request, Request::Join { participant, .. } if session.holds(participant));
+        if undo && let Request::Join { participant, .. } = &p.request {
+            self.send_request(
+                None,
+                p.node.clone(),
+                Request::Leave {
+                    participant: participant.clone(),
+                },
+            );
+        }
         self.apply(conn, actions);
+        if let Some(incarnation) = confirmed {
+            self.confirmed_incarnation(conn, &p.node, &incarnation);
+        }
     }
 
     fn fail_request(&mut self, p: PendingRequest, why: &str) {
@@ -725,23 +756,26 @@ impl Server {
         self.pending.insert(id, p);
     }
 
-    /// Perform a session's actions.
+    /// Perform a session's actions. If the client cannot be written to (it is disconnected),
+    /// what concerns only the nodes (leaving a participant) still happens.
     fn apply(&mut self, id: ConnId, actions: Vec<Action>) {
         self.settle(id);
+        let mut gone = false;
         for action in actions {
-            match action {
-                Action::Send(msg) => {
-                    if !self.send_ws(id, &msg.to_json()) {
-                        return;
+            if gone {
+                match action {
+                    Action::Request { node, request } | Action::Forget { node, request } => {
+                        self.send_request(None, node, request);
                     }
+                    Action::Send(_) | Action::Place { .. } | Action::Close => {}
                 }
+                continue;
+            }
+            match action {
+                Action::Send(msg) => gone = !self.send_ws(id, &msg.to_json()),
                 Action::Request { node, request } => self.send_request(Some(id), node, request),
                 Action::Forget { node, request } => self.send_request(None, node, request),
-                Action::Place { room, exclude } => {
-                    if self.admit_join(id) {
-                        self.place(id, room, exclude);
-                    }
-                }
+                Action::Place { room, exclude } => self.place(id, room, exclude),
                 Action::Close => self.close_ws(id, None),
             }
         }

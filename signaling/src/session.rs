@@ -170,6 +170,16 @@ impl Session {
         }
     }
 
+    /// The session holds `participant` (joined as it, or leaving it).
+    pub fn holds(&self, participant: &str) -> bool {
+        matches!(&self.state, State::Joined { id, .. } | State::Leaving { id, .. } if id == participant)
+    }
+
+    /// A resume is in flight (its node comes from the client's token, not from the cluster).
+    pub fn is_resuming(&self) -> bool {
+        matches!(self.state, State::Resuming { .. })
+    }
+
     pub fn is_joined(&self) -> bool {
         matches!(self.state, State::Joined { .. })
     }
@@ -356,6 +366,7 @@ impl Session {
                     offer: None,
                     epoch: Some(p.epoch),
                     grants: join.grants,
+                    identity: join.identity.clone(),
                 };
                 self.state = State::Joining {
                     node: p.node.clone(),
@@ -490,6 +501,7 @@ impl Session {
                     name,
                     participants,
                     incarnation,
+                    identity,
                 },
             ) if *participant == token.participant => {
                 let token = token.clone();
@@ -510,7 +522,7 @@ impl Session {
                     id: token.participant.clone(),
                     name,
                     resume: token,
-                    identity: None,
+                    identity,
                     peers: participants,
                     last_offer: None,
                     incarnation,

@@ -164,6 +164,9 @@ impl RedisConn {
                 ));
             }
             if let Err(e) = self.connect() {
+                // The node a redirect named may be gone (a cluster failover): start over from
+                // the configured address, which redirects again if it must.
+                self.redirect = None;
                 self.next_attempt = now + self.backoff;
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
                 return Err(e);
@@ -183,10 +186,27 @@ impl RedisConn {
         &mut self,
         mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, RegistryError> {
-        let mut fresh = self.conn.is_none();
-        for attempt in 0..2 {
-            let conn = self.get()?;
-            let e = match f(conn) {
+        self.with_server(|c, _| f(c))
+    }
+
+    /// [`Self::with`], telling `f` the `run_id` of the server the connection reaches (it may
+    /// differ between the first attempt and the retry).
+    pub fn with_server<T>(
+        &mut self,
+        mut f: impl FnMut(&mut redis::Connection, &str) -> redis::RedisResult<T>,
+    ) -> Result<T, RegistryError> {
+        // A fresh connection that fails is not retried at once (Redis is down); an idle one that
+        // fails is, once. Redirects are followed (at most twice: the configured node may redirect
+        // again after a lost connection to the last one).
+        let mut may_retry = self.conn.is_some();
+        for attempt in 0..3 {
+            self.get()?;
+            let run_id = self.run_id.clone().unwrap_or_default();
+            let conn = self
+                .conn
+                .as_mut()
+                .ok_or_else(|| RegistryError::Unavailable("not connected".into()))?;
+            let e = match f(conn, &run_id) {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -194,8 +214,7 @@ impl RedisConn {
                 self.redirect = Some(target);
                 self.conn = None;
                 self.next_attempt = Instant::now();
-                if attempt == 0 {
-                    fresh = false;
+                if attempt < 2 {
                     continue;
                 }
                 return Err(RegistryError::Unavailable(e.to_string()));
@@ -206,11 +225,11 @@ impl RedisConn {
             }
             if connection_lost(&e) {
                 self.conn = None;
-                if matches!(e.code(), Some("READONLY")) {
-                    // A demoted master: forget any redirect, ask the sentinels again.
-                    self.redirect = None;
-                }
-                if attempt == 0 && !fresh {
+                // The server (or the redirect's node) may be gone or demoted: forget any
+                // redirect, ask the configured address or the sentinels again.
+                self.redirect = None;
+                if may_retry && attempt < 2 {
+                    may_retry = false;
                     self.next_attempt = Instant::now();
                     continue;
                 }

@@ -18,9 +18,15 @@ use super::conn::RedisConn;
 use super::{NodeInfo, Placement, RedisSettings, Registry, RegistryError};
 
 /// Shared prelude: the generation check. KEYS[1] gen, KEYS[2] recovering, KEYS[3] the recovery
-/// marker of the current server incarnation; ARGV[1] known gen, ARGV[2] known run id, ARGV[3]
+/// marker of the current server incarnation (so the window opens once per incarnation, and once
+/// after a flush, which removes the marker too); ARGV[1] known gen, ARGV[2] known run id, ARGV[3]
 /// current run id, ARGV[4] a fresh gen, ARGV[5] the window (ms).
 const GENERATION_LUA: &str = r#"
+local function open_window()
+  if redis.call('SET', KEYS[3], '1', 'NX', 'EX', 3600) then
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+  end
+end
 local function generation()
   local gen = redis.call('GET', KEYS[1])
   local changed = false
@@ -29,16 +35,17 @@ local function generation()
     redis.call('SET', KEYS[1], gen)
     if ARGV[1] ~= '' then
       changed = true
-      redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+      open_window()
     end
   elseif ARGV[1] ~= '' and gen ~= ARGV[1] then
+    -- A process that started after the loss created the new generation without a window (it
+    -- knew no older one): the first caller that knew the old one opens it.
     changed = true
+    open_window()
   end
   if ARGV[2] ~= '' and ARGV[3] ~= '' and ARGV[2] ~= ARGV[3] then
     changed = true
-    if redis.call('SET', KEYS[3], '1', 'NX', 'EX', 3600) then
-      redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
-    end
+    open_window()
   end
   return gen, changed
 end
@@ -173,6 +180,13 @@ if c < max then redis.call('SET', KEYS[1], max) end
 return lost
 "#;
 
+/// The scripts that start with the generation check.
+#[derive(Clone, Copy)]
+enum ScriptKind {
+    Heartbeat,
+    Place,
+}
+
 /// The Redis-backed registry.
 pub struct RedisRegistry {
     settings: RedisSettings,
@@ -221,33 +235,49 @@ impl RedisRegistry {
         self.settings.timing.dead_after.as_millis() as u64
     }
 
-    /// The generation keys and arguments (see [`GENERATION_LUA`]) for the server the connection
-    /// reaches now.
-    fn generation_args(&mut self) -> Result<(Vec<String>, Vec<String>), RegistryError> {
-        self.conn.get()?;
-        let current = self.conn.run_id().unwrap_or("").to_string();
+    /// The generation keys and arguments (see [`GENERATION_LUA`]); the current server's run id
+    /// (`KEYS[3]`, `ARGV[3]`) is filled in by [`Self::run_script`] for the server that runs it.
+    fn generation_args(&self) -> (Vec<String>, Vec<String>) {
         let s = &self.settings;
-        let keys = vec![
-            s.key("gen"),
-            s.key("recovering"),
-            s.key(&format!("recovered:{current}")),
-        ];
+        let keys = vec![s.key("gen"), s.key("recovering"), String::new()];
         let args = vec![
             self.known_gen.clone(),
             self.known_run.clone(),
-            current,
+            String::new(),
             format!("{:032x}", rand::random::<u128>()),
             (s.recovery_window.as_millis() as u64).max(1).to_string(),
         ];
-        Ok((keys, args))
+        (keys, args)
     }
 
-    /// Remember what this call saw.
-    fn saw(&mut self, generation: &str) {
-        self.known_gen = generation.to_string();
-        if let Some(r) = self.conn.run_id() {
-            self.known_run = r.to_string();
+    /// Run a script that starts with the generation check. The run id it claims is the one of
+    /// the server the call actually reaches: a call retried on a fresh connection (after a
+    /// restart or failover) compares the new server's id with the last one seen, so the change
+    /// is noticed by that very call. Remembers what the call saw.
+    fn run_script<T: redis::FromRedisValue>(
+        &mut self,
+        script: ScriptKind,
+        mut keys: Vec<String>,
+        mut args: Vec<String>,
+        generation: impl Fn(&T) -> &str,
+    ) -> Result<T, RegistryError> {
+        let s = &self.settings;
+        let script = match script {
+            ScriptKind::Heartbeat => &self.heartbeat,
+            ScriptKind::Place => &self.place,
+        };
+        let mut claimed = String::new();
+        let out: T = self.conn.with_server(|c, run_id| {
+            keys[2] = s.key(&format!("recovered:{run_id}"));
+            args[2] = run_id.to_string();
+            claimed = run_id.to_string();
+            script.key(&keys).arg(&args).invoke(c)
+        })?;
+        self.known_gen = generation(&out).to_string();
+        if !claimed.is_empty() {
+            self.known_run = claimed;
         }
+        Ok(out)
     }
 
     /// Every node id in the registry (alive or not; the scripts check liveness).
@@ -262,16 +292,16 @@ impl Registry for RedisRegistry {
     fn heartbeat(&mut self, node: &NodeInfo) -> Result<bool, RegistryError> {
         let json =
             serde_json::to_string(node).map_err(|e| RegistryError::Protocol(e.to_string()))?;
-        let (mut keys, mut args) = self.generation_args()?;
+        let (mut keys, mut args) = self.generation_args();
         keys.push(self.settings.node_key(&node.node_id));
         keys.push(self.settings.key("nodes"));
         args.push(node.node_id.clone());
         args.push(json);
         args.push((self.dead_after_ms().max(1000) * 3 / 2).to_string());
-        let script = &self.heartbeat;
-        let (generation, changed): (String, String) =
-            self.conn.with(|c| script.key(&keys).arg(&args).invoke(c))?;
-        self.saw(&generation);
+        let (_, changed): (String, String) =
+            self.run_script(ScriptKind::Heartbeat, keys, args, |t: &(String, String)| {
+                &t.0
+            })?;
         Ok(changed == "1")
     }
 
@@ -308,7 +338,7 @@ impl Registry for RedisRegistry {
 
     fn place_room(&mut self, room: &str, exclude: &[String]) -> Result<Placement, RegistryError> {
         let ids = self.node_ids()?;
-        let (mut keys, mut args) = self.generation_args()?;
+        let (mut keys, mut args) = self.generation_args();
         let s = &self.settings;
         keys.extend([s.room_key(room), s.key("nodes"), s.key("epoch")]);
         for id in &ids {
@@ -320,10 +350,12 @@ impl Registry for RedisRegistry {
         args.push(ids.len().to_string());
         args.extend(ids.iter().cloned());
         args.extend(exclude.iter().cloned());
-        let script = &self.place;
-        let (status, value, generation): (String, String, String) =
-            self.conn.with(|c| script.key(&keys).arg(&args).invoke(c))?;
-        self.saw(&generation);
+        let (status, value, _): (String, String, String) = self.run_script(
+            ScriptKind::Place,
+            keys,
+            args,
+            |t: &(String, String, String)| &t.2,
+        )?;
         match status.as_str() {
             "placed" => serde_json::from_str(&value)
                 .map_err(|e| RegistryError::Protocol(format!("placement {value:?}: {e}"))),

@@ -626,6 +626,7 @@ impl WorkerCore {
             name,
             offer,
             grants,
+            identity,
             ..
         } = join
         else {
@@ -712,6 +713,7 @@ impl WorkerCore {
         );
         p.initial_done = initial_done;
         p.grants = grants;
+        p.identity = identity;
         let resume_key = p.resume_key.clone();
         let idx = ParticipantIdx(self.participants.insert(p));
         self.by_id.insert(id.clone(), idx);
@@ -804,6 +806,7 @@ impl WorkerCore {
             name: p.name.clone(),
             participants,
             incarnation: String::new(),
+            identity: p.identity.clone(),
         };
         // The response must precede the re-sent offer.
         self.respond(tag, response);
@@ -1178,8 +1181,12 @@ impl WorkerCore {
             // Nothing is written to a subscriber that has not connected yet: str0m could only
             // queue it (and drop the overflow), which would open a sequence gap before the first
             // packet the subscriber sees. Its stream starts at the keyframe requested when it
-            // connects.
-            if !self.participants.get(sub.0).is_some_and(|p| p.connected) {
+            // connects. Nor to one that failed (it is being removed).
+            if !self
+                .participants
+                .get(sub.0)
+                .is_some_and(|p| p.connected && !p.failed)
+            {
                 continue;
             }
             // Publisher PT → subscriber PT, cached per track.

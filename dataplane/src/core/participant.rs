@@ -66,6 +66,8 @@ pub struct Participant {
     pub rtp_out: u64,
     /// What it may do (publish, subscribe).
     pub grants: Grants,
+    /// The join token's identity (returned on `attach`).
+    pub identity: Option<String>,
     /// Authorizes `attach` (session resume); handed to signaling in `joined`.
     pub resume_key: String,
     /// Mute state it announced on its chat channel.
@@ -140,6 +142,7 @@ impl Participant {
             rtp_in: 0,
             rtp_out: 0,
             grants: Grants::default(),
+            identity: None,
             resume_key: format!("{:032x}", rand::random::<u128>()),
             media_state: super::chat::MediaState::default(),
             joined_at: now,

@@ -306,11 +306,26 @@ impl RegistryLoop {
                     // Forgotten (e.g. written just before a failover that lost it): record it
                     // again before any join can place the room elsewhere.
                     None => missing.push((room, mine.epoch)),
-                    Some(owner) if owner.node != mine.node || owner.epoch > mine.epoch => {
+                    // Placed here again under a newer epoch (our `RoomPlaced` is on its way).
+                    Some(owner) if owner.node == mine.node => {
+                        if owner.epoch > mine.epoch
+                            && let Some(m) = self.rooms.get_mut(&room)
+                        {
+                            m.epoch = owner.epoch;
+                        }
+                    }
+                    // The newest epoch wins (as in `reassert`).
+                    Some(owner) if owner.epoch >= mine.epoch => {
                         warn!(%room, ?owner, ?mine, "room re-placed elsewhere: closing it here");
                         self.fenced(room);
                     }
-                    Some(_) => {}
+                    // Another node under an older epoch: only possible when Redis lost the epoch
+                    // counter and nobody re-seeded it. Ours is the newer placement: re-assert it
+                    // (that node fences itself at its next check).
+                    Some(owner) => {
+                        warn!(%room, ?owner, ?mine, "room mapped to another node under an older epoch: re-asserting ours");
+                        missing.push((room, mine.epoch));
+                    }
                 }
             }
             if !missing.is_empty() {

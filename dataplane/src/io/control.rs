@@ -40,9 +40,11 @@ use super::worker::{FromWorker, ToWorker, WorkerHandle};
 use crate::core::{Command, Op, Report};
 
 mod peers;
+mod pending;
 
 use peers::Peer;
 pub use peers::bind;
+use pending::{Pending, PendingKind, PendingRequests};
 
 const LISTENER: Token = Token(0);
 pub const CONTROL_WAKER: Token = Token(1);
@@ -78,21 +80,6 @@ pub struct ControlSettings {
     pub incarnation: String,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum PendingKind {
-    Join,
-    Attach,
-    Other,
-}
-
-struct Pending {
-    peer: PeerId,
-    id: u64,
-    kind: PendingKind,
-    participant: String,
-    worker: u32,
-}
-
 /// The control thread's state.
 pub struct ControlServer {
     settings: ControlSettings,
@@ -106,11 +93,13 @@ pub struct ControlServer {
     /// The Redis subscription is up (remote peers can be heard).
     subscribed: bool,
     routes: Routes,
-    pending: HashMap<u64, Pending>,
-    next_tag: u64,
+    pending: PendingRequests,
     stats: Vec<WorkerStats>,
     /// Workers that failed and still need their `Restart` (their queue was full).
     restart_due: Vec<u32>,
+    /// `Remove` commands a full worker queue refused, retried every sweep while the participant
+    /// is still routed to that worker (a dropped one would leak it, or keep a fenced room alive).
+    removes_due: Vec<(u32, String, LeaveReason)>,
     /// Why each down worker failed.
     failures: HashMap<u32, String>,
     shutdown: Arc<AtomicBool>,
@@ -168,10 +157,10 @@ impl ControlServer {
             reports,
             cluster,
             subscribed: false,
-            pending: HashMap::new(),
-            next_tag: 1,
+            pending: PendingRequests::default(),
             stats,
             restart_due: Vec::new(),
+            removes_due: Vec::new(),
             failures: HashMap::new(),
             shutdown,
             drain,
@@ -329,13 +318,12 @@ impl ControlServer {
         self.expire_peers(now);
         for (participant, worker) in self.routes.take_abandoned(now, self.settings.resume_window) {
             info!(%participant, "no signaling for the resume window: removing");
-            self.command(
-                worker,
-                Op::Remove {
-                    participant,
-                    reason: LeaveReason::Abandoned,
-                },
-            );
+            self.remove(worker, participant, LeaveReason::Abandoned);
+        }
+        for (worker, participant, reason) in std::mem::take(&mut self.removes_due) {
+            if self.routes.worker_of(&participant) == Some(worker) {
+                self.remove(worker, participant, reason);
+            }
         }
         for w in std::mem::take(&mut self.restart_due) {
             self.restart_worker(w);
@@ -384,6 +372,18 @@ impl ControlServer {
         self.draining = true;
         if let Some(c) = &self.cluster {
             c.send(ClusterCmd::Node(self.node_info()));
+        }
+    }
+
+    /// Tell `worker` to remove `participant`; if its queue is full, retried on the next sweep.
+    fn remove(&mut self, worker: u32, participant: String, reason: LeaveReason) {
+        let op = Op::Remove {
+            participant: participant.clone(),
+            reason,
+        };
+        if !self.command(worker, op) && !self.routes.worker_down(worker) {
+            warn!(worker, %participant, "worker queue full; removal retried next sweep");
+            self.removes_due.push((worker, participant, reason));
         }
     }
 
@@ -551,8 +551,7 @@ impl ControlServer {
                 (worker, kind, participant.clone())
             }
         };
-        let tag = self.next_tag;
-        self.next_tag += 1;
+        let tag = self.pending.next_tag();
         let sent = match self.workers.get(worker as usize) {
             Some(w) if !self.routes.worker_down(worker) => {
                 let r = w
@@ -565,16 +564,13 @@ impl ControlServer {
         };
         match sent {
             Ok(()) => {
-                self.pending.insert(
-                    tag,
-                    Pending {
-                        peer,
-                        id,
-                        kind,
-                        participant,
-                        worker,
-                    },
-                );
+                self.pending.insert(Pending {
+                    peer: Some(peer),
+                    id,
+                    kind,
+                    participant,
+                    worker,
+                });
             }
             Err(e) => {
                 if kind == PendingKind::Join
@@ -684,7 +680,7 @@ impl ControlServer {
             };
             match report {
                 Report::Response { tag, mut response } => {
-                    let Some(p) = self.pending.remove(&tag) else {
+                    let Some(p) = self.pending.take(tag) else {
                         continue;
                     };
                     if let Response::Joined { incarnation, .. }
@@ -692,16 +688,18 @@ impl ControlServer {
                     {
                         incarnation.clone_from(&self.settings.incarnation);
                     }
-                    match (p.kind, &response) {
-                        (PendingKind::Join, Response::Error { .. }) => {
+                    match (p.kind, &response, p.peer) {
+                        (PendingKind::Join, Response::Error { .. }, _) => {
                             if let Some(g) = self.routes.remove_participant(&p.participant, worker)
                             {
                                 self.room_gone(g);
                             }
                         }
-                        (PendingKind::Attach, Response::Attached { .. }) => {
-                            if let Some(old) = self.routes.attached(&p.participant, p.peer)
-                                && !self.same_instance(old, p.peer)
+                        // An attach whose peer closed meanwhile moves nothing: the participant
+                        // stays orphaned (and is removed after the resume window).
+                        (PendingKind::Attach, Response::Attached { .. }, Some(peer)) => {
+                            if let Some(old) = self.routes.attached(&p.participant, peer)
+                                && !self.same_instance(old, peer)
                             {
                                 // Resumed through another signaling instance: the old one's
                                 // session is over. (The same instance reaching us over its socket
@@ -720,15 +718,12 @@ impl ControlServer {
                         _ => {}
                     }
                     let joined = matches!(response, Response::Joined { .. });
-                    if !self.respond(p.peer, p.id, response) && joined {
+                    let delivered = p
+                        .peer
+                        .is_some_and(|peer| self.respond(peer, p.id, response));
+                    if !delivered && joined {
                         // Its answer could not be delivered: nobody will ever use the slot.
-                        self.command(
-                            worker,
-                            Op::Remove {
-                                participant: p.participant,
-                                reason: LeaveReason::Failed,
-                            },
-                        );
+                        self.remove(worker, p.participant, LeaveReason::Failed);
                     }
                 }
                 Report::Event(event) => match self.routes.owner(event.participant()) {
@@ -790,16 +785,10 @@ impl ControlServer {
         for g in rooms {
             self.room_gone(g);
         }
-        let failed: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.worker == worker)
-            .map(|(t, _)| *t)
-            .collect();
-        for tag in failed {
-            if let Some(p) = self.pending.remove(&tag) {
+        for p in self.pending.take_worker(worker) {
+            if let Some(peer) = p.peer {
                 self.respond(
-                    p.peer,
+                    peer,
                     p.id,
                     Response::error(ErrorCode::Unavailable, "the worker failed; retry"),
                 );
@@ -860,13 +849,7 @@ impl ControlServer {
                 }
                 ClusterIn::Fenced { room } => {
                     for (participant, worker) in self.routes.members(&room) {
-                        self.command(
-                            worker,
-                            Op::Remove {
-                                participant,
-                                reason: LeaveReason::Moved,
-                            },
-                        );
+                        self.remove(worker, participant, LeaveReason::Moved);
                     }
                     // Never release the new owner's mapping.
                     self.routes.fence(&room);

@@ -174,11 +174,29 @@ impl Supervisor {
     /// shutdown.
     fn await_restart(&self) -> bool {
         loop {
-            if self.shutdown.load(Ordering::Relaxed) {
-                return false;
+            match self.refuse_requests(MAX_SLEEP) {
+                Some(true) => return true,
+                Some(false) => {}
+                None => return false,
             }
-            match self.commands.recv_timeout(MAX_SLEEP) {
-                Ok(ToWorker::Restart) => return true,
+        }
+    }
+
+    /// For up to `wait`, answer queued requests `unavailable` (there is no core to serve them).
+    /// `Some(true)` once [`ToWorker::Restart`] arrives, `Some(false)` when the time is up, `None`
+    /// on shutdown.
+    fn refuse_requests(&self, wait: Duration) -> Option<bool> {
+        let until = Instant::now() + wait;
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return None;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Some(false);
+            }
+            match self.commands.recv_timeout(left.min(MAX_SLEEP)) {
+                Ok(ToWorker::Restart) => return Some(true),
                 Ok(ToWorker::Command(Command {
                     tag,
                     op: Op::Request(_),
@@ -187,19 +205,18 @@ impl Supervisor {
                         Response::error(ErrorCode::Unavailable, "the worker is restarting");
                     self.emit(FromWorker::Report(Report::Response { tag, response }));
                 }
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return false,
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
     }
 
-    /// A new socket on the same port (retried briefly).
+    /// A new socket on the same port. Retried until it works (100 ms doubling to 5 s; another
+    /// process may hold the port for a while): the node stays degraded meanwhile, requests for
+    /// this worker are refused, and shutdown still ends it. `None` on shutdown.
     fn rebind(&self) -> Option<UdpShell> {
-        for attempt in 0..50 {
-            if self.shutdown.load(Ordering::Relaxed) {
-                return None;
-            }
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 0u64.. {
             match UdpShell::bind(
                 self.settings.bind,
                 self.settings.batching,
@@ -211,15 +228,15 @@ impl Supervisor {
                     return Some(u);
                 }
                 Err(e) => {
-                    warn!(worker = self.id, error = %e, "rebinding the worker socket");
-                    std::thread::sleep(Duration::from_millis(100));
+                    if attempt % 10 == 0 {
+                        error!(worker = self.id, attempt, error = %e,
+                            "could not rebind the worker socket; retrying (the node is degraded)");
+                    }
+                    self.refuse_requests(backoff)?;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        error!(
-            worker = self.id,
-            "could not rebind the worker socket; the worker stays down"
-        );
         None
     }
 

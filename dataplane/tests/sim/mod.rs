@@ -252,6 +252,7 @@ impl Sim {
             offer: Some(offer),
             epoch: None,
             grants,
+            identity: None,
         });
         if let Response::Joined {
             answer: Some(answer),

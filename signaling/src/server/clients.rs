@@ -25,6 +25,8 @@ use crate::session::{Action, Session};
 /// HTTP connections accepted beyond the WebSocket cap, so `/healthz` and the page still answer
 /// (upgrades then get 503) when every WebSocket slot is taken.
 const HTTP_RESERVE: usize = 256;
+/// Connections at once on the metrics listener (beside the public limit).
+const ADMIN_CONNECTIONS: usize = 32;
 /// A WebSocket closing gracefully is dropped after this long at the latest.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Frames refused in a row by the rate limit before the client is disconnected (1008).
@@ -97,9 +99,16 @@ impl Server {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
                     let now = Instant::now();
-                    if self.conns.len() >= self.settings.max_connections + HTTP_RESERVE {
+                    // The metrics listener has its own small allowance, so a flood on the public
+                    // port never locks operators out of /metrics and /healthz.
+                    let full = if admin {
+                        self.conns.iter().filter(|(_, c)| c.admin).count() >= ADMIN_CONNECTIONS
+                    } else {
+                        self.conns.len() >= self.settings.max_connections + HTTP_RESERVE
+                    };
+                    if full {
                         self.metrics.limit("connections");
-                        debug!(%peer, "connection limit reached; refusing");
+                        debug!(%peer, admin, "connection limit reached; refusing");
                         continue;
                     }
                     // Behind a trusted proxy the peer is the proxy: count the real client at the
@@ -223,7 +232,7 @@ impl Server {
             }
         };
         let admin = conn.admin;
-        if head.path == "/ws" && !admin {
+        if head.path == "/ws" && !admin && head.method != "HEAD" {
             return self.websocket_request(id, &head);
         }
         if head.method != "GET" && head.method != "HEAD" {
@@ -247,6 +256,13 @@ impl Server {
                     self.metrics.render().into_bytes(),
                 )
             }
+            // HEAD /ws: what a GET without the upgrade gets, without its body.
+            "/ws" if !admin => (
+                426,
+                "Upgrade Required",
+                "text/plain",
+                b"WebSocket upgrade required\n".to_vec(),
+            ),
             "/healthz" if self.healthy() => (200, "OK", "text/plain", b"ok\n".to_vec()),
             "/healthz" => (
                 503,
@@ -551,16 +567,19 @@ impl Server {
                     }) {
                         conn.join_started = Some(now);
                     }
-                    let resuming = actions.iter().any(|a| {
+                    // A join or resume the client started is admitted here, once (a retry the
+                    // server makes on its behalf is part of the same join).
+                    let starts = actions.iter().any(|a| {
                         matches!(
                             a,
-                            Action::Request {
-                                request: control::Request::Attach { .. },
-                                ..
-                            }
+                            Action::Place { .. }
+                                | Action::Request {
+                                    request: control::Request::Attach { .. },
+                                    ..
+                                }
                         )
                     });
-                    if resuming && !self.admit_join(id) {
+                    if starts && !self.admit_join(id) {
                         continue;
                     }
                     self.apply(id, actions);
@@ -589,24 +608,26 @@ impl Server {
         let ConnState::Ws { session, .. } = &mut conn.state else {
             return false;
         };
-        let refusal = if !self.ip_limits.join(conn.ip, now) {
-            Some((
-                "join_rate",
-                format!(
-                    "too many joins from this address (more than {} per second); retry shortly",
-                    self.settings.join_rate_per_ip
-                ),
-            ))
-        } else if let Some(identity) = session.identity()
+        // Checked before the session is counted (it is not yet: see `settle`). The identity
+        // first, so a refused join does not spend the address's join allowance.
+        let refusal = if let Some(identity) = session.identity()
             && self.settings.max_sessions_per_token > 0
             && self.identities.get(identity).copied().unwrap_or(0)
-                > self.settings.max_sessions_per_token
+                >= self.settings.max_sessions_per_token
         {
             Some((
                 "sessions_per_token",
                 format!(
                     "this token already has {} live sessions",
                     self.settings.max_sessions_per_token
+                ),
+            ))
+        } else if !self.ip_limits.join(conn.ip, now) {
+            Some((
+                "join_rate",
+                format!(
+                    "too many joins from this address (more than {} per second); retry shortly",
+                    self.settings.join_rate_per_ip
                 ),
             ))
         } else {

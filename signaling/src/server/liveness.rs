@@ -2,7 +2,7 @@
 //! one that is not: failure needs corroborated evidence (see [`Server::check_nodes`]); a node
 //! that restarted under the same id is noticed by its new incarnation.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -40,8 +40,24 @@ pub(super) struct Liveness {
     pub(super) asked: HashMap<String, Instant>,
     /// We announced our own dataplane gone.
     pub(super) announced_down: bool,
-    /// The incarnation each dataplane last reported (beacons, `welcome`).
+    /// The incarnation each dataplane last reported (beacons, `welcome`, `joined`, `attached`).
     pub(super) incarnations: HashMap<String, String>,
+    /// Incarnations that were replaced, per node (the last [`RETIRED_KEPT`]): a late report from
+    /// one of them (a beacon or answer still in flight over Redis) is stale, not a restart.
+    pub(super) retired: HashMap<String, VecDeque<String>>,
+}
+
+/// Replaced incarnations remembered per node.
+const RETIRED_KEPT: usize = 8;
+/// A node nobody here uses any more and declared failed this long ago is forgotten.
+const FORGET_FAILED_AFTER: Duration = Duration::from_secs(60);
+
+impl Liveness {
+    fn is_retired(&self, node: &str, incarnation: &str) -> bool {
+        self.retired
+            .get(node)
+            .is_some_and(|r| r.iter().any(|i| i == incarnation))
+    }
 }
 
 impl Server {
@@ -109,10 +125,22 @@ impl Server {
                 for (_, c) in self.conns.iter() {
                     if let ConnState::Ws { session, .. } = &c.state
                         && let Some(node) = session.node()
+                        // A resume names its node in the client's (unsigned) token: only nodes
+                        // we have heard of are watched, so made-up names cost nothing.
+                        && (!session.is_resuming() || self.live.seen.contains_key(node))
                     {
                         nodes.insert(node.to_string());
                     }
                 }
+                // Forget what concerns nodes nobody here uses any more.
+                self.live.asked.retain(|n, _| nodes.contains(n));
+                self.live.registry_says.retain(|n, _| nodes.contains(n));
+                self.live.failed.retain(|n, t| {
+                    nodes.contains(n) || now.duration_since(*t) < FORGET_FAILED_AFTER
+                });
+                self.live.witnessed_down.retain(|n, t| {
+                    nodes.contains(n) || now.duration_since(*t) < FORGET_FAILED_AFTER
+                });
                 for node in nodes {
                     let last = self
                         .live
@@ -163,8 +191,9 @@ impl Server {
     /// `node` runs as `incarnation`. If that is new, the process restarted under the same id:
     /// sessions an earlier incarnation confirmed are gone, their rooms are closed for their
     /// clients (who join again).
+    /// A report from a retired incarnation is stale and ignored.
     pub(super) fn node_incarnation(&mut self, node: &str, incarnation: &str) {
-        if incarnation.is_empty() {
+        if incarnation.is_empty() || self.live.is_retired(node, incarnation) {
             return;
         }
         let previous = self
@@ -173,6 +202,18 @@ impl Server {
             .insert(node.to_string(), incarnation.to_string());
         if previous.as_deref() == Some(incarnation) {
             return;
+        }
+        // The node is back: evidence against the old process says nothing about this one.
+        self.live.witnessed_down.remove(node);
+        self.live.registry_says.remove(node);
+        self.live.failed.remove(node);
+        self.live.seen.insert(node.to_string(), Instant::now());
+        if let Some(old) = previous {
+            let r = self.live.retired.entry(node.to_string()).or_default();
+            r.push_back(old);
+            if r.len() > RETIRED_KEPT {
+                r.pop_front();
+            }
         }
         let ids: Vec<ConnId> = self.conns.iter().map(|(i, _)| i).collect();
         let mut closed = 0;
@@ -189,6 +230,25 @@ impl Server {
         if closed > 0 {
             warn!(%node, closed, "media node restarted: closing the rooms of its lost sessions");
         }
+    }
+
+    /// A `joined`/`attached` for `conn` named the node's incarnation. A newer one means the node
+    /// restarted (other sessions on the old one are closed); a retired one means this answer
+    /// came from the old process, and this session is closed at once (nothing else would).
+    pub(super) fn confirmed_incarnation(&mut self, conn: ConnId, node: &str, incarnation: &str) {
+        if !self.live.is_retired(node, incarnation) {
+            self.node_incarnation(node, incarnation);
+            return;
+        }
+        let Some(current) = self.live.incarnations.get(node).cloned() else {
+            return;
+        };
+        warn!(%node, %incarnation, "answer from a replaced incarnation: closing that session");
+        let actions = match self.conns.get_mut(conn).map(|c| &mut c.state) {
+            Some(ConnState::Ws { session, .. }) => session.handle_node_restarted(node, &current),
+            _ => return,
+        };
+        self.apply(conn, actions);
     }
 
     /// Close the rooms of a failed node for our clients and fail what is pending there.

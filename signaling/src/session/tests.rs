@@ -156,6 +156,7 @@ fn resume_attaches_at_the_token_node() {
             name: "Nine".into(),
             participants: vec![],
             incarnation: "i1".into(),
+            identity: Some("user-9".into()),
         },
         &ctx(),
     );
@@ -163,6 +164,11 @@ fn resume_attaches_at_the_token_node() {
         matches!(&a[..], [Action::Send(ServerMsg::Joined { resumed: true, participant, .. })] if participant.id == "p9" && participant.name == "Nine")
     );
     assert!(s.is_joined());
+    assert_eq!(
+        s.identity(),
+        Some("user-9"),
+        "a resumed session counts against its identity's session limit"
+    );
 
     // An expired session: resume_failed, and the connection can join normally.
     let mut s = Session::new();
@@ -484,6 +490,7 @@ fn attached(participants: Vec<PeerInfo>) -> Response {
         name: "Al".into(),
         participants,
         incarnation: "i1".into(),
+        identity: None,
     }
 }
 

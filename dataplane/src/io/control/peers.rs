@@ -185,6 +185,8 @@ impl ControlServer {
                 signaling
             }
         };
+        // Its id will be reused: answers still due to it go nowhere.
+        self.pending.peer_closed(id);
         let orphaned = self.routes.peer_gone(id, Instant::now());
         info!(peer = id, %who, orphaned, "signaling peer gone; its sessions keep running for the resume window");
     }
