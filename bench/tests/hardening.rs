@@ -655,15 +655,20 @@ fn close_codes_head_origin_and_clean_errors() {
     let bad = Frame::message(vec![1], OpCode::Data(Data::Reserved(3)), true);
     ws.send(Message::Frame(bad)).expect("send");
     assert_eq!(close_code(&mut ws), Some(1002));
-    // HEAD: headers only.
-    let mut s = TcpStream::connect(node.signaling[0].0).expect("connect");
-    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let resp = String::from_utf8_lossy(&resp);
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.ends_with("\r\n\r\n"), "HEAD has no body: {resp}");
+    // HEAD: headers only (the WebSocket path too).
+    for (path, status) in [("/", "200"), ("/ws", "426")] {
+        let mut s = TcpStream::connect(node.signaling[0].0).expect("connect");
+        s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("write");
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{resp}");
+        assert!(
+            resp.ends_with("\r\n\r\n"),
+            "HEAD {path} has no body: {resp}"
+        );
+    }
     // Parser errors carry no heap addresses.
     let (mut ws, _) = with_origin("http://good.example").expect("good origin");
     if let MaybeTlsStream::Plain(s) = ws.get_ref() {
