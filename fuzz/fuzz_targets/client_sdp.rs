@@ -48,6 +48,7 @@ fuzz_target!(|data: &[u8]| {
         offer: Some(sdp.clone()),
         epoch: None,
         grants: Grants::default(),
+        identity: None,
     };
     let joined = ask(&mut core, now, 1, join);
     if let Some(Response::Error { message, .. }) = &joined {

@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
                 offer: None,
                 epoch: None,
                 grants: control::Grants::default(),
+                identity: None,
             },
         ),
     ));
