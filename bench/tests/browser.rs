@@ -1,8 +1,8 @@
 //! Browser end-to-end: the real binaries plus headless Debian Chromium (driven by npm
 //! `playwright-core`, `scripts/browser/e2e.mjs`) using the real web page.
 //!
-//! Without `/usr/bin/chromium` or the npm dependencies the test is skipped with a loud message,
-//! unless `SFU_REQUIRE_BROWSER=1` (set by `./scripts/test`), in which case that is a failure.
+//! Without `/usr/bin/chromium`, the npm dependencies or coturn the test fails (`./scripts/test`
+//! installs them).
 //!
 //! The script can kill and restart signaling through a small HTTP endpoint this test serves
 //! (`RESTART_SIGNALING_URL`: `POST /kill`, `POST /start`), for the reconnect scenario.
@@ -92,32 +92,20 @@ fn rand_u64() -> u64 {
 #[test]
 fn browser_two_pages_see_each_other_and_chat() {
     if let Err(why) = browser_available() {
-        assert!(
-            std::env::var("SFU_REQUIRE_BROWSER").is_err(),
-            "browser test required but {why}"
-        );
-        eprintln!("SKIPPED browser test: {why}");
-        return;
+        panic!("the browser test needs {why}; ./scripts/test installs it");
     }
     let dir = TempDir::new("sfu-browser").expect("dir");
-    let turn = Turn::installed()
-        .then(|| Turn::start(&dir.0, &format!("turn-{:016x}", rand_u64())).expect("coturn starts"));
-    if turn.is_none() {
-        assert!(
-            std::env::var("SFU_REQUIRE_BROWSER").is_err(),
-            "coturn is required for the TURN scenario but missing"
-        );
-        eprintln!("coturn not installed: the TURN scenario will be skipped");
-    }
-    let sig_args: Vec<String> = match &turn {
-        Some(t) => vec![
-            "--turn-url".into(),
-            t.url.clone(),
-            "--turn-secret".into(),
-            t.secret.clone(),
-        ],
-        None => vec![],
-    };
+    assert!(
+        Turn::installed(),
+        "coturn is required for the TURN scenario: apt-get install coturn, or run ./scripts/test"
+    );
+    let turn = Turn::start(&dir.0, &format!("turn-{:016x}", rand_u64())).expect("coturn starts");
+    let sig_args: Vec<String> = vec![
+        "--turn-url".into(),
+        turn.url.clone(),
+        "--turn-secret".into(),
+        turn.secret.clone(),
+    ];
     let sig_refs: Vec<&str> = sig_args.iter().map(String::as_str).collect();
     let node = Node::start_with(2, &[], &sig_refs).expect("node starts");
     let base = format!("http://{}", node.signaling[0].0);
@@ -130,10 +118,7 @@ fn browser_two_pages_see_each_other_and_chat() {
         .env("BASE_URL", &base)
         .env("OUT_DIR", &out_dir)
         .env("RESTART_SIGNALING_URL", &restart_url)
-        .env(
-            "TURN_URL",
-            turn.as_ref().map(|t| t.url.as_str()).unwrap_or(""),
-        )
+        .env("TURN_URL", &turn.url)
         .current_dir(repo_root().join("scripts/browser"))
         .status()
         .expect("run node");

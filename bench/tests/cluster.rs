@@ -1,8 +1,8 @@
 //! The cluster's failure behaviour with real processes: one real `redis-server`, two nodes
 //! (dataplane + signaling each), synthetic str0m peers as clients.
 //!
-//! Needs `cargo build --bins` and `redis-server`; without Redis the tests are skipped loudly
-//! unless `SFU_REQUIRE_REDIS=1` (set by `./scripts/test`).
+//! Needs `cargo build --bins`, `redis-server` and `redis-sentinel`; without them the tests fail
+//! (`./scripts/test` installs them).
 
 use std::time::{Duration, Instant};
 
@@ -17,23 +17,16 @@ const T: Duration = Duration::from_secs(15);
 /// clusters would blur.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn cluster(
-    dp_extra: &[&str],
-    sig_extra: &[&str],
-) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
+fn cluster(dp_extra: &[&str], sig_extra: &[&str]) -> (std::sync::MutexGuard<'static, ()>, Cluster) {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Redis::available() {
-        assert!(
-            std::env::var("SFU_REQUIRE_REDIS").is_err(),
-            "redis-server is required but missing"
-        );
-        eprintln!("SKIPPED: redis-server not installed");
-        return None;
-    }
-    Some((
+    assert!(
+        Redis::available(),
+        "redis-server is required: apt-get install redis-server, or run ./scripts/test"
+    );
+    (
         guard,
         Cluster::start(2, dp_extra, sig_extra).expect("cluster starts"),
-    ))
+    )
 }
 
 fn join(c: &Cluster, via: usize, room: &str, name: &str, epoch: Instant) -> Client {
@@ -99,9 +92,7 @@ fn assert_keeps_flowing(c: &Cluster, cs: &mut [Client], d: Duration, min_gain: u
 
 #[test]
 fn cluster_signaling_crash_clients_resume_elsewhere_and_media_never_stops() {
-    let Some((_serial, mut c)) = cluster(&[], &[]) else {
-        return;
-    };
+    let (_serial, mut c) = cluster(&[], &[]);
     let epoch = Instant::now();
     // Both clients on node a's signaling; the room lives on whichever node is least loaded.
     let mut cs = call(&c, "sig-crash", &[(0, "alice"), (0, "bob")], epoch);
@@ -160,9 +151,7 @@ fn cluster_signaling_crash_clients_resume_elsewhere_and_media_never_stops() {
 
 #[test]
 fn cluster_redis_outage_keeps_calls_and_refuses_new_rooms_quickly() {
-    let Some((_serial, mut c)) = cluster(&[], &[]) else {
-        return;
-    };
+    let (_serial, mut c) = cluster(&[], &[]);
     let epoch = Instant::now();
     // One call through each signaling instance, so both local and relayed sessions are covered.
     let mut cs = call(&c, "redis-a", &[(0, "a1"), (1, "a2")], epoch);
@@ -236,9 +225,7 @@ fn cluster_redis_outage_keeps_calls_and_refuses_new_rooms_quickly() {
 
 #[test]
 fn cluster_dataplane_crash_closes_its_rooms_and_rejoin_lands_on_the_survivor() {
-    let Some((_serial, mut c)) = cluster(&[], &[]) else {
-        return;
-    };
+    let (_serial, mut c) = cluster(&[], &[]);
     let epoch = Instant::now();
     let mut cs = call(&c, "dp-crash", &[(0, "x1"), (1, "x2")], epoch);
     let port = cs[0].server_port().expect("candidate port");
@@ -286,9 +273,7 @@ fn cluster_dataplane_crash_closes_its_rooms_and_rejoin_lands_on_the_survivor() {
 
 #[test]
 fn cluster_drain_moves_new_rooms_away_finishes_old_ones_then_exits() {
-    let Some((_serial, mut c)) = cluster(&[], &[]) else {
-        return;
-    };
+    let (_serial, mut c) = cluster(&[], &[]);
     let epoch = Instant::now();
     let mut cs = call(&c, "drain-old", &[(0, "o1"), (0, "o2")], epoch);
     let owner = c
@@ -349,9 +334,7 @@ fn cluster_drain_moves_new_rooms_away_finishes_old_ones_then_exits() {
 
 #[test]
 fn cluster_rolling_restart_of_signaling_drops_no_call() {
-    let Some((_serial, mut c)) = cluster(&[], &[]) else {
-        return;
-    };
+    let (_serial, mut c) = cluster(&[], &[]);
     let epoch = Instant::now();
     let mut cs = call(&c, "rolling", &[(0, "r1"), (1, "r2"), (0, "r3")], epoch);
     for cl in &mut cs {
@@ -477,9 +460,7 @@ fn assert_single_owners(c: &Cluster) {
 /// the newcomer lands on the owner; nothing is closed; epochs never go backwards.
 #[test]
 fn cluster_redis_data_loss_never_splits_or_closes_a_live_room() {
-    let Some((_serial, mut c)) = cluster(&[], &[]) else {
-        return;
-    };
+    let (_serial, mut c) = cluster(&[], &[]);
     let epoch = Instant::now();
     let mut cs = call(&c, "live", &[(0, "a"), (1, "b")], epoch);
     let owner = c
@@ -594,9 +575,7 @@ fn cluster_sentinel_failover_keeps_calls_and_places_nothing_twice() {
 /// Now silence alone is not enough: a 4 s stall closes nothing and the call goes on.
 #[test]
 fn cluster_a_stalled_node_is_not_declared_dead() {
-    let Some((_serial, c)) = cluster(&[], &[]) else {
-        return;
-    };
+    let (_serial, c) = cluster(&[], &[]);
     let epoch = Instant::now();
     let mut cs = call(&c, "busy", &[(0, "a"), (1, "b")], epoch);
     let owner = c
@@ -698,9 +677,7 @@ fn cluster_chaos_run_keeps_the_invariants() {
 /// 10 s request timeout when that socket died. It now fails at once.
 #[test]
 fn cluster_requests_on_a_lost_control_link_fail_at_once() {
-    let Some((_serial, mut c)) = cluster(&[], &[]) else {
-        return;
-    };
+    let (_serial, mut c) = cluster(&[], &[]);
     let epoch = Instant::now();
     // Both on node a's signaling, so the room (wherever it lands) is reached...
     let mut cs = call(&c, "lost-link", &[(0, "a"), (0, "b")], epoch);
@@ -740,9 +717,7 @@ fn cluster_requests_on_a_lost_control_link_fail_at_once() {
 /// closes those rooms everywhere, and the clients rejoin.
 #[test]
 fn cluster_a_dataplane_restarted_at_once_closes_its_rooms_everywhere() {
-    let Some((_serial, mut c)) = cluster(&[], &[]) else {
-        return;
-    };
+    let (_serial, mut c) = cluster(&[], &[]);
     let epoch = Instant::now();
     let mut cs = call(&c, "phoenix", &[(0, "a"), (1, "b")], epoch);
     let owner = c

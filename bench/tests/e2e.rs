@@ -418,14 +418,10 @@ fn flooding_client_is_rate_limited_then_disconnected() {
 
 #[test]
 fn turn_credentials_from_joined_are_accepted_by_coturn() {
-    if !bench::harness::Turn::installed() {
-        assert!(
-            std::env::var("SFU_REQUIRE_TURN").is_err(),
-            "coturn is required but missing"
-        );
-        eprintln!("SKIPPED: coturn not installed");
-        return;
-    }
+    assert!(
+        bench::harness::Turn::installed(),
+        "coturn is required: apt-get install coturn, or run ./scripts/test"
+    );
     const SECRET: &str = "turn-test-secret";
     let dir = bench::harness::TempDir::new("sfu-turn").expect("dir");
     let coturn = bench::harness::Turn::start(&dir.0, SECRET).expect("coturn");

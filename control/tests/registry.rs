@@ -19,29 +19,25 @@ struct RedisServer {
     port: u16,
 }
 
-impl RedisServer {
-    /// Start redis-server, or `None` (test skipped) if it is not installed and not required.
-    fn start() -> Option<Self> {
-        if Command::new("redis-server")
+/// Fail (never skip) when redis-server is missing.
+fn require_redis() {
+    assert!(
+        Command::new("redis-server")
             .arg("--version")
             .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var("SFU_REQUIRE_REDIS").is_err(),
-                "redis-server is required but missing"
-            );
-            eprintln!("SKIPPED: redis-server not installed");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
+            .is_ok(),
+        "redis-server is required: apt-get install redis-server, or run ./scripts/test"
+    );
+}
+
+impl RedisServer {
+    /// Start redis-server on a free loopback port and wait until it answers.
+    fn start() -> Self {
+        require_redis();
+        let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("sfu-redis-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::create_dir_all(&dir).expect("redis dir");
         let child = spawn_redis(port, &dir);
         let s = Self { child, dir, port };
         let end = Instant::now() + Duration::from_secs(10);
@@ -49,7 +45,7 @@ impl RedisServer {
             assert!(Instant::now() < end, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(s)
+        s
     }
 
     fn registry(&self, prefix: &str) -> RedisRegistry {
@@ -286,9 +282,7 @@ fn memory_registry_contract() {
 
 #[test]
 fn redis_registry_contract() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = RedisServer::start();
     let mut a = redis.registry("t1");
     let mut b = redis.registry("t1");
     contract(&mut a, &mut b);
@@ -296,9 +290,7 @@ fn redis_registry_contract() {
 
 #[test]
 fn redis_placement_is_atomic_under_concurrency() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = RedisServer::start();
     let mut setup = redis.registry("t2");
     for i in 0..4 {
         setup.heartbeat(&node(&format!("n{i}"), 0)).expect("hb");
@@ -335,9 +327,7 @@ fn redis_placement_is_atomic_under_concurrency() {
 
 #[test]
 fn redis_outage_is_a_fast_error_and_recovers() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
+    let mut redis = RedisServer::start();
     let mut r = redis.registry("t3");
     r.heartbeat(&node("n1", 0)).expect("hb");
     let port = redis.port;
@@ -405,9 +395,7 @@ fn short_window(redis: &RedisServer, prefix: &str) -> RedisRegistry {
 /// finds the real owner, and the counter continues above every epoch in use.
 #[test]
 fn redis_data_loss_is_noticed_and_live_rooms_are_reasserted() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = RedisServer::start();
     let mut a = short_window(&redis, "t4");
     let mut b = short_window(&redis, "t4");
     let mut sig = short_window(&redis, "t4");
@@ -462,9 +450,7 @@ fn redis_data_loss_is_noticed_and_live_rooms_are_reasserted() {
 /// file") on the stale connection. It is now retried once on a fresh connection.
 #[test]
 fn the_first_request_after_redis_returns_is_served() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
+    let mut redis = RedisServer::start();
     let mut r = redis.registry("t5");
     r.heartbeat(&node("n1", 0)).expect("hb");
     let p = r.place_room("room", &[]).expect("place");
@@ -504,9 +490,7 @@ fn the_first_request_after_redis_returns_is_served() {
 /// opens.
 #[test]
 fn a_redis_restart_that_kept_the_data_is_noticed_after_a_retried_call() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
+    let mut redis = RedisServer::start();
     let mut r = short_window(&redis, "t7");
     assert!(!r.heartbeat(&node("n1", 0)).expect("hb"));
     let kept = r.place_room("kept", &[]).expect("place");
@@ -537,9 +521,7 @@ fn a_redis_restart_that_kept_the_data_is_noticed_after_a_retried_call() {
 /// to see the change but open none, so live rooms could be placed on a second node).
 #[test]
 fn a_flush_first_seen_by_a_new_process_still_opens_the_recovery_window() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = RedisServer::start();
     let mut old = short_window(&redis, "t8");
     let mut sig = short_window(&redis, "t8");
     assert!(!old.heartbeat(&node("a", 0)).expect("hb"));
@@ -612,9 +594,7 @@ fn free_port() -> u16 {
 /// the slot (its `MOVED` answer is followed).
 #[test]
 fn the_registry_runs_on_redis_cluster() {
-    let Some(_standalone) = RedisServer::start() else {
-        return;
-    };
+    require_redis();
     let dir = std::env::temp_dir().join(format!("sfu-redis-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
