@@ -3,7 +3,8 @@
 //! workers; supervises the workers. It never touches media and never waits for a worker.
 //!
 //! Routing state ([`Routes`], pure and table-tested): room → (worker, fencing epoch),
-//! participant → (worker, owning peer). Request tags → (peer, request id) live here. A peer (a
+//! participant → (worker, owning peer). Request tags → (peer, request id) in `control/pending.rs`;
+//! commands to workers, their reports and supervision in `control/workers.rs`. A peer (a
 //! local connection or a remote signaling instance) that goes away orphans its participants but
 //! does not remove them: media keeps flowing, and another signaling instance takes them over with
 //! `attach` (session resume). Participants orphaned for longer than the resume window are removed
@@ -23,24 +24,25 @@ use std::time::{Duration, Instant};
 
 use control::registry::{NodeInfo, NodeLoad, NodeState, Placement};
 use control::{
-    BeaconKind, ErrorCode, Event, Fault, FromDataplane, LeaveReason, NodeStats, Request, Response,
+    BeaconKind, ErrorCode, Fault, FromDataplane, LeaveReason, NodeStats, Request, Response,
     ToDataplane, WorkerStats,
 };
 use crossbeam_channel::{Receiver, TrySendError};
 use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use super::admin::{SharedAdmin, process_cpu_seconds};
 use super::cluster::{ClusterCmd, ClusterIn, ClusterLink};
 use super::metrics::Metrics;
 use super::routes::{JoinRefused, JoinRoute, PeerId, RoomGone, Routes};
 use super::worker::{FromWorker, ToWorker, WorkerHandle};
-use crate::core::{Command, Op, Report};
+use crate::core::Command;
 
 mod peers;
 mod pending;
+mod workers;
 
 use peers::Peer;
 pub use peers::bind;
@@ -375,30 +377,6 @@ impl ControlServer {
         }
     }
 
-    /// Tell `worker` to remove `participant`; if its queue is full, retried on the next sweep.
-    fn remove(&mut self, worker: u32, participant: String, reason: LeaveReason) {
-        let op = Op::Remove {
-            participant: participant.clone(),
-            reason,
-        };
-        if !self.command(worker, op) && !self.routes.worker_down(worker) {
-            warn!(worker, %participant, "worker queue full; removal retried next sweep");
-            self.removes_due.push((worker, participant, reason));
-        }
-    }
-
-    fn command(&self, worker: u32, op: Op) -> bool {
-        let Some(w) = self.workers.get(worker as usize) else {
-            return false;
-        };
-        let ok = w
-            .commands
-            .try_send(ToWorker::Command(Command { tag: 0, op }))
-            .is_ok();
-        let _ = w.waker.wake();
-        ok
-    }
-
     fn node_stats(&self) -> NodeStats {
         NodeStats {
             node_id: self.settings.node_id.clone(),
@@ -655,172 +633,6 @@ impl ControlServer {
                     epoch,
                 },
             });
-        }
-    }
-
-    fn handle_reports(&mut self) {
-        while let Ok((worker, msg)) = self.reports.try_recv() {
-            let report = match msg {
-                FromWorker::Report(r) => r,
-                FromWorker::Failed { reason } => {
-                    self.worker_failed(worker, reason);
-                    continue;
-                }
-                FromWorker::Restarted => {
-                    info!(worker, "worker running again");
-                    self.routes.worker_up(worker);
-                    self.failures.remove(&worker);
-                    self.metrics.worker_up(worker, true);
-                    self.refresh_admin();
-                    if let Some(c) = &self.cluster {
-                        c.send(ClusterCmd::Node(self.node_info()));
-                    }
-                    continue;
-                }
-            };
-            match report {
-                Report::Response { tag, mut response } => {
-                    let Some(p) = self.pending.take(tag) else {
-                        continue;
-                    };
-                    if let Response::Joined { incarnation, .. }
-                    | Response::Attached { incarnation, .. } = &mut response
-                    {
-                        incarnation.clone_from(&self.settings.incarnation);
-                    }
-                    match (p.kind, &response, p.peer) {
-                        (PendingKind::Join, Response::Error { .. }, _) => {
-                            if let Some(g) = self.routes.remove_participant(&p.participant, worker)
-                            {
-                                self.room_gone(g);
-                            }
-                        }
-                        // An attach whose peer closed meanwhile moves nothing: the participant
-                        // stays orphaned (and is removed after the resume window).
-                        (PendingKind::Attach, Response::Attached { .. }, Some(peer)) => {
-                            if let Some(old) = self.routes.attached(&p.participant, peer)
-                                && !self.same_instance(old, peer)
-                            {
-                                // Resumed through another signaling instance: the old one's
-                                // session is over. (The same instance reaching us over its socket
-                                // and over Redis is one owner, whose router handles it.)
-                                self.send(
-                                    old,
-                                    &FromDataplane::Event {
-                                        event: Event::Gone {
-                                            participant: p.participant.clone(),
-                                            reason: LeaveReason::Replaced,
-                                        },
-                                    },
-                                );
-                            }
-                        }
-                        _ => {}
-                    }
-                    let joined = matches!(response, Response::Joined { .. });
-                    let delivered = p
-                        .peer
-                        .is_some_and(|peer| self.respond(peer, p.id, response));
-                    if !delivered && joined {
-                        // Its answer could not be delivered: nobody will ever use the slot.
-                        self.remove(worker, p.participant, LeaveReason::Failed);
-                    }
-                }
-                Report::Event(event) => match self.routes.owner(event.participant()) {
-                    Some(peer) => {
-                        self.send(peer, &FromDataplane::Event { event });
-                    }
-                    None => debug!(
-                        participant = event.participant(),
-                        "event for a participant without signaling"
-                    ),
-                },
-                Report::ParticipantClosed { participant } => {
-                    if let Some(g) = self.routes.remove_participant(&participant, worker) {
-                        self.room_gone(g);
-                    }
-                }
-                Report::RoomClosed { room } => {
-                    if let Some(g) = self.routes.room_closed(&room, worker) {
-                        self.room_gone(g);
-                    }
-                }
-                Report::Stats(mut s) => {
-                    self.metrics.observe_worker(&s);
-                    s.join_seconds.clear();
-                    if let Some(slot) = self.stats.get_mut(worker as usize) {
-                        *slot = s;
-                    }
-                }
-            }
-        }
-    }
-
-    /// A worker panicked: its participants are told (`room_closed {reason:"worker_failed"}`, so
-    /// clients rejoin), its rooms released, its pending requests failed; then it restarts.
-    fn worker_failed(&mut self, worker: u32, reason: String) {
-        error!(worker, %reason, "worker failed");
-        self.metrics.worker_down(worker);
-        self.failures.insert(worker, reason);
-        let (lost, rooms) = self.routes.worker_failed(worker);
-        info!(
-            worker,
-            participants = lost.len(),
-            rooms = rooms.len(),
-            "closing the failed worker's rooms"
-        );
-        for (participant, owner) in lost {
-            if let Some(peer) = owner {
-                self.send(
-                    peer,
-                    &FromDataplane::Event {
-                        event: Event::Gone {
-                            participant,
-                            reason: LeaveReason::WorkerFailed,
-                        },
-                    },
-                );
-            }
-        }
-        for g in rooms {
-            self.room_gone(g);
-        }
-        for p in self.pending.take_worker(worker) {
-            if let Some(peer) = p.peer {
-                self.respond(
-                    peer,
-                    p.id,
-                    Response::error(ErrorCode::Unavailable, "the worker failed; retry"),
-                );
-            }
-        }
-        if let Some(s) = self.stats.get_mut(worker as usize) {
-            *s = WorkerStats {
-                worker,
-                port: s.port,
-                ..WorkerStats::default()
-            };
-        }
-        self.refresh_admin();
-        if let Some(c) = &self.cluster {
-            c.send(ClusterCmd::Node(self.node_info()));
-        }
-        self.restart_worker(worker);
-    }
-
-    fn restart_worker(&mut self, worker: u32) {
-        let Some(w) = self.workers.get(worker as usize) else {
-            return;
-        };
-        match w.commands.try_send(ToWorker::Restart) {
-            Ok(()) => {
-                let _ = w.waker.wake();
-            }
-            // Its queue is full of commands it is refusing: try again at the next sweep.
-            Err(TrySendError::Full(_)) => self.restart_due.push(worker),
-            Err(TrySendError::Disconnected(_)) => {
-                error!(worker, "worker thread is gone; it stays down")
-            }
         }
     }
 
