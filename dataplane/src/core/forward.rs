@@ -1,0 +1,178 @@
+//! The per-packet path: cross-participant work queued while draining an `Rtc` (forwarding RTP to
+//! subscribers with rewritten sequence numbers and timestamps, keyframe requests, connection).
+
+use std::time::Instant;
+
+use control::LeaveReason;
+use str0m::media::{KeyframeRequestKind, MediaKind};
+use str0m::rtp::{RtpPacket, RtpWrite};
+use tracing::{trace, warn};
+
+use super::track::OutState;
+use super::{DropReason, ParticipantIdx, TrackInIdx, Work, WorkerCore, guard, map_payload_type};
+
+impl WorkerCore {
+    pub(super) fn run_work(&mut self, now: Instant) {
+        while let Some(w) = self.work.pop_front() {
+            match w {
+                Work::Forward(ti, pkt) => self.forward(ti, &pkt, now),
+                Work::Keyframe(ti) => self.request_keyframe(ti, now),
+                Work::TrackAdded(ti) => self.track_added(ti),
+                Work::Chat(idx, data) => self.handle_chat(idx, &data, now),
+                Work::Negotiate(idx) => self.negotiate(idx, now),
+                Work::Connected(idx) => self.participant_connected(idx),
+                Work::Remove(idx, reason) => self.remove_participant(idx, now, reason),
+            }
+        }
+    }
+
+    pub(super) fn forward(&mut self, ti: TrackInIdx, pkt: &RtpPacket, now: Instant) {
+        let Some(tin) = self.tracks_in.get(ti.0) else {
+            return;
+        };
+        let publisher = tin.publisher;
+        let nackable = tin.kind == MediaKind::Video;
+        let clock_rate: u64 = if tin.kind == MediaKind::Video {
+            90_000
+        } else {
+            48_000
+        };
+        let mut ext = pkt.header.ext_vals.clone();
+        // Identification extensions are per m-line: never leak the publisher's onto a subscriber.
+        ext.mid = None;
+        ext.rid = None;
+        ext.rid_repair = None;
+        ext.transport_cc = None;
+        let pt_in = pkt.header.payload_type;
+        for i in 0..tin.subscribers.len() {
+            let Some(to) = self
+                .tracks_in
+                .get(ti.0)
+                .and_then(|t| t.subscribers.get(i).copied())
+            else {
+                break;
+            };
+            let Some(tout) = self.tracks_out.get_mut(to.0) else {
+                continue;
+            };
+            let OutState::Open(mid) = tout.state else {
+                continue;
+            };
+            let sub = tout.subscriber;
+            // Nothing is written to a subscriber that has not connected yet: str0m could only
+            // queue it (and drop the overflow), which would open a sequence gap before the first
+            // packet the subscriber sees. Its stream starts at the keyframe requested when it
+            // connects. Nor to one that failed (it is being removed).
+            if !self
+                .participants
+                .get(sub.0)
+                .is_some_and(|p| p.connected && !p.failed)
+            {
+                continue;
+            }
+            // Publisher PT → subscriber PT, cached per track.
+            let pt_out = match tout.pt_map.iter().find(|(i, _)| *i == pt_in) {
+                Some((_, o)) => *o,
+                None => {
+                    let mapped = map_payload_type(&self.participants, publisher, sub, mid, pt_in);
+                    tout.pt_map.push((pt_in, mapped));
+                    mapped
+                }
+            };
+            let Some(pt_out) = pt_out else {
+                self.counters.drop(DropReason::UnmappedPayloadType);
+                continue;
+            };
+            let gap = tout
+                .last_arrival
+                .map(|l| {
+                    (pkt.timestamp.saturating_duration_since(l).as_micros() as u64 * clock_rate
+                        / 1_000_000) as u32
+                })
+                .unwrap_or(0);
+            let Some((seq, ts)) =
+                tout.munger
+                    .rewrite(*pkt.header.ssrc, *pkt.seq_no, pkt.header.timestamp, gap)
+            else {
+                self.counters.drop(DropReason::Straggler);
+                continue;
+            };
+            tout.last_arrival = Some(pkt.timestamp);
+            tout.packets += 1;
+            let Some(sp) = self.participants.get_mut(sub.0) else {
+                continue;
+            };
+            let mut api = sp.rtc.direct_api();
+            let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+                continue;
+            };
+            let write = RtpWrite::new(pt_out, seq.into(), ts, pkt.timestamp, pkt.payload.clone())
+                .marker(pkt.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(nackable);
+            if guard(|| stream.write_rtp(write)).is_none() {
+                warn!(participant = %sp.id, "rtc panicked on write_rtp; closing participant");
+                sp.failed = true;
+                self.work.push_back(Work::Remove(sub, LeaveReason::Failed));
+                continue;
+            }
+            sp.rtp_out += 1;
+            self.counters.rtp_forwarded += 1;
+            // str0m sends written RTP on its next time input (its pacer takes a snapshot of the
+            // queues then), so polling it now would only return `Timeout(now)`. Arm the
+            // subscriber's timer instead: `handle_timeout` feeds the time and drains once for
+            // all packets written to it by this batch of input — one poll cycle per subscriber
+            // per batch instead of one per packet.
+            sp.rtc_deadline = now;
+            // Only the first packet of a turn for this subscriber needs the heap entry.
+            if sp.scheduled.is_none_or(|s| s > now) {
+                self.schedule(sub);
+            }
+        }
+    }
+
+    pub(super) fn request_keyframe(&mut self, ti: TrackInIdx, now: Instant) {
+        let Some(tin) = self.tracks_in.get_mut(ti.0) else {
+            return;
+        };
+        if tin.kind != MediaKind::Video {
+            return;
+        }
+        if let Some(last) = tin.last_keyframe_request
+            && now < last + self.cfg.keyframe_interval
+        {
+            tin.keyframe_pending = true;
+            let publisher = tin.publisher;
+            self.schedule(publisher);
+            return;
+        }
+        tin.keyframe_pending = false;
+        tin.last_keyframe_request = Some(now);
+        let (publisher, mid) = (tin.publisher, tin.mid);
+        let Some(p) = self.participants.get_mut(publisher.0) else {
+            return;
+        };
+        if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            self.counters.keyframe_requests += 1;
+            trace!(publisher = %p.id, %mid, "keyframe request");
+        }
+        self.drain(publisher, now);
+    }
+
+    pub(super) fn participant_connected(&mut self, idx: ParticipantIdx) {
+        let Some(p) = self.participants.get(idx.0) else {
+            return;
+        };
+        for to in &p.tracks_out {
+            if let Some(t) = self.tracks_out.get_mut(to.0)
+                && t.wants_keyframe
+            {
+                t.wants_keyframe = false;
+                if let Some(ti) = t.source {
+                    self.work.push_back(Work::Keyframe(ti));
+                }
+            }
+        }
+    }
+}

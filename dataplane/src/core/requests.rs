@@ -1,0 +1,437 @@
+//! Control requests a worker core answers: join (with or without the first offer), attach
+//! (session resume), the client's answers and offers, leave. Every SDP from outside is checked
+//! (size, m-line cap) and parsed under the panic guard; errors go back as clean responses.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use control::{ErrorCode, Event as CtlEvent, LeaveReason, PeerInfo, Request, Response};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+use tracing::{debug, info};
+
+use super::participant::Participant;
+use super::{
+    Command, Op, Output, ParticipantIdx, Report, TrackInIdx, Work, WorkerCore, clean_error, guard,
+    media_sections, p_fail, unknown,
+};
+
+impl WorkerCore {
+    pub(super) fn handle_command(&mut self, now: Instant, cmd: Command) {
+        if self.next_stats.is_none() {
+            self.next_stats = Some(now + self.cfg.stats_interval);
+        }
+        let request = match cmd.op {
+            Op::Request(r) => r,
+            Op::Remove {
+                participant,
+                reason,
+            } => {
+                if let Some(idx) = self.by_id.get(&participant).copied() {
+                    self.remove_participant(idx, now, reason);
+                }
+                self.run_work(now);
+                return;
+            }
+        };
+        let response = match request {
+            join @ Request::Join { .. } => self.handle_join(now, cmd.tag, join),
+            Request::Answer { participant, sdp } => self.handle_answer(now, &participant, &sdp),
+            Request::Offer { participant, sdp } => {
+                self.handle_client_offer(now, &participant, &sdp)
+            }
+            Request::Leave { participant } => match self.by_id.get(&participant).copied() {
+                Some(idx) => {
+                    self.remove_participant(idx, now, LeaveReason::Left);
+                    Some(Response::Ok)
+                }
+                None => Some(unknown(&participant)),
+            },
+            Request::Attach {
+                participant,
+                resume_key,
+            } => self.handle_attach(cmd.tag, &participant, &resume_key),
+            Request::CloseRoom { room } => {
+                let members = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.participants.clone())
+                    .unwrap_or_default();
+                for idx in members {
+                    self.remove_participant(idx, now, LeaveReason::RoomClosed);
+                }
+                Some(Response::Ok)
+            }
+            Request::Stats | Request::Drain | Request::InjectFault { .. } => Some(Response::error(
+                ErrorCode::BadRequest,
+                "handled by the control thread, not a worker",
+            )),
+        };
+        if let Some(response) = response {
+            self.respond(cmd.tag, response);
+        }
+        self.run_work(now);
+    }
+
+    pub(super) fn respond(&mut self, tag: u64, response: Response) {
+        self.out
+            .push_back(Output::Report(Report::Response { tag, response }));
+    }
+
+    pub(super) fn event(&mut self, event: CtlEvent) {
+        self.out.push_back(Output::Report(Report::Event(event)));
+    }
+
+    /// Returns `None` when the response was already emitted (it must precede the events).
+    pub(super) fn handle_join(
+        &mut self,
+        now: Instant,
+        tag: u64,
+        join: Request,
+    ) -> Option<Response> {
+        let Request::Join {
+            room,
+            participant: id,
+            name,
+            offer,
+            grants,
+            identity,
+            ..
+        } = join
+        else {
+            return None;
+        };
+        let offer = offer.as_deref();
+        if self.by_id.contains_key(&id) {
+            return Some(Response::error(
+                ErrorCode::DuplicateParticipant,
+                format!("participant {id:?} already exists"),
+            ));
+        }
+        match self.rooms.get(&room) {
+            None if self.rooms.len() >= self.cfg.max_rooms => {
+                return Some(Response::error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "this worker hosts its maximum of {} rooms",
+                        self.cfg.max_rooms
+                    ),
+                ));
+            }
+            Some(r) if r.participants.len() >= self.cfg.max_participants_per_room => {
+                return Some(Response::error(
+                    ErrorCode::RoomFull,
+                    format!(
+                        "room {room:?} has its maximum of {} participants",
+                        self.cfg.max_participants_per_room
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let offer = match offer.map(|o| self.parse_offer(o)) {
+            None => None,
+            Some(Ok(o)) => Some(o),
+            Some(Err(e)) => return Some(e),
+        };
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = self.build_rtc(creds, now);
+        let candidate = match Candidate::host(self.cfg.local_addr, "udp") {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(Response::error(
+                    ErrorCode::Internal,
+                    format!("bad local candidate: {e}"),
+                ));
+            }
+        };
+        rtc.add_local_candidate(candidate);
+        let answer = match offer {
+            None => None,
+            Some(offer) => match guard(|| rtc.sdp_api().accept_offer(offer)) {
+                Some(Ok(a)) => Some(a.to_sdp_string()),
+                Some(Err(e)) => {
+                    return Some(Response::error(
+                        ErrorCode::BadRequest,
+                        format!("SDP offer not acceptable: {}", clean_error(e)),
+                    ));
+                }
+                None => {
+                    return Some(Response::error(
+                        ErrorCode::BadRequest,
+                        "SDP offer not acceptable",
+                    ));
+                }
+            },
+        };
+        let initial_done = answer.is_some();
+
+        let others: Vec<ParticipantIdx> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        let mut p = Participant::new(
+            id.clone(),
+            name.clone(),
+            room.clone(),
+            rtc,
+            ufrag.clone(),
+            now,
+        );
+        p.initial_done = initial_done;
+        p.grants = grants;
+        p.identity = identity;
+        let resume_key = p.resume_key.clone();
+        let idx = ParticipantIdx(self.participants.insert(p));
+        self.by_id.insert(id.clone(), idx);
+        self.demux.insert_ufrag(ufrag, idx);
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .participants
+            .push(idx);
+        info!(participant = %id, %room, worker = self.cfg.worker, "joined");
+
+        let peers: Vec<PeerInfo> = others
+            .iter()
+            .filter_map(|o| self.participants.get(o.0))
+            .map(|o| PeerInfo {
+                id: o.id.clone(),
+                name: o.name.clone(),
+            })
+            .collect();
+        self.respond(
+            tag,
+            Response::Joined {
+                answer,
+                worker: self.cfg.worker,
+                port: self.cfg.local_addr.port(),
+                participants: peers,
+                resume_key,
+                // Filled in by the control thread (the core draws no randomness).
+                incarnation: String::new(),
+            },
+        );
+        let me = PeerInfo { id, name };
+        for o in &others {
+            if let Some(op) = self.participants.get(o.0) {
+                let participant = op.id.clone();
+                self.event(CtlEvent::PeerJoined {
+                    participant,
+                    peer: me.clone(),
+                });
+            }
+        }
+        // Subscribe the newcomer to everything already published in the room.
+        for o in &others {
+            let tracks: Vec<TrackInIdx> = self
+                .participants
+                .get(o.0)
+                .map(|op| op.tracks_in.iter().map(|(_, t)| *t).collect())
+                .unwrap_or_default();
+            for ti in tracks {
+                self.subscribe(idx, ti);
+            }
+        }
+        self.work.push_back(Work::Negotiate(idx));
+        self.drain(idx, now);
+        None
+    }
+
+    /// A signaling connection took over the participant's events: tell it the room and re-send
+    /// the outstanding server offer (the previous connection may have died before relaying it).
+    pub(super) fn handle_attach(
+        &mut self,
+        tag: u64,
+        id: &str,
+        resume_key: &str,
+    ) -> Option<Response> {
+        let Some(idx) = self.by_id.get(id).copied() else {
+            return Some(unknown(id));
+        };
+        let p = self.participants.get(idx.0)?;
+        if p.resume_key != resume_key {
+            // Same answer as for an unknown id: a wrong key reveals nothing.
+            return Some(unknown(id));
+        }
+        let participants = self
+            .rooms
+            .get(&p.room)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .filter(|o| **o != idx)
+                    .filter_map(|o| self.participants.get(o.0))
+                    .map(|o| PeerInfo {
+                        id: o.id.clone(),
+                        name: o.name.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let offer = p.pending.as_ref().map(|o| CtlEvent::Offer {
+            participant: p.id.clone(),
+            sdp: o.sdp.clone(),
+        });
+        let response = Response::Attached {
+            room: p.room.clone(),
+            name: p.name.clone(),
+            participants,
+            incarnation: String::new(),
+            identity: p.identity.clone(),
+        };
+        // The response must precede the re-sent offer.
+        self.respond(tag, response);
+        if let Some(offer) = offer {
+            self.event(offer);
+        }
+        None
+    }
+
+    pub(super) fn parse_offer(&self, sdp: &str) -> Result<SdpOffer, Response> {
+        self.parse_sdp(sdp, "offer", SdpOffer::from_sdp_string)
+    }
+
+    /// Parse client SDP: refused before parsing if it has more media sections than allowed (an
+    /// answer to thousands of m-lines would not fit the control link), parse errors cleaned of
+    /// internal details, a parser panic caught.
+    pub(super) fn parse_sdp<T, E: std::fmt::Display>(
+        &self,
+        sdp: &str,
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<T, Response> {
+        let sections = media_sections(sdp);
+        if sections > self.cfg.max_media_per_offer {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!(
+                    "SDP {what} has {sections} media sections; at most {} are accepted",
+                    self.cfg.max_media_per_offer
+                ),
+            ));
+        }
+        match guard(|| parse(sdp)) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("invalid SDP {what}: {}", clean_error(e)),
+            )),
+            None => Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("invalid SDP {what}"),
+            )),
+        }
+    }
+
+    pub(super) fn build_rtc(&self, creds: IceCreds, now: Instant) -> Rtc {
+        RtcConfig::new()
+            .set_crypto_provider(self.crypto.provider.clone())
+            .set_dtls_cert(self.crypto.cert.clone())
+            .set_local_ice_credentials(creds)
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .set_send_buffer_video(self.cfg.rtx_buffer_video)
+            .set_stats_interval(self.cfg.rtc_stats_interval)
+            .build(now)
+    }
+
+    pub(super) fn handle_answer(&mut self, now: Instant, id: &str, sdp: &str) -> Option<Response> {
+        let Some(idx) = self.by_id.get(id).copied() else {
+            return Some(unknown(id));
+        };
+        let answer = match self.parse_sdp(sdp, "answer", SdpAnswer::from_sdp_string) {
+            Ok(a) => a,
+            Err(e) => return Some(e),
+        };
+        let p = self.participants.get_mut(idx.0)?;
+        let Some(pending) = p.pending.take() else {
+            return Some(Response::error(
+                ErrorCode::BadRequest,
+                "no server offer is outstanding",
+            ));
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            p.rtc.sdp_api().accept_answer(pending.pending, answer)
+        }));
+        let connected = p.connected;
+        let response = match result {
+            Ok(Ok(())) => {
+                for to in &pending.tracks {
+                    self.finish_negotiation(*to, connected);
+                }
+                Response::Ok
+            }
+            Ok(Err(e)) => {
+                // The offer is consumed either way: put its tracks back and offer again.
+                for to in &pending.tracks {
+                    self.rollback_negotiation(*to);
+                }
+                Response::error(
+                    ErrorCode::BadRequest,
+                    format!("SDP answer not acceptable: {}", clean_error(e)),
+                )
+            }
+            Err(_) => {
+                p_fail(&mut self.participants, idx);
+                Response::error(ErrorCode::BadRequest, "SDP answer not acceptable")
+            }
+        };
+        self.work.push_back(Work::Negotiate(idx));
+        self.drain(idx, now);
+        Some(response)
+    }
+
+    pub(super) fn handle_client_offer(
+        &mut self,
+        now: Instant,
+        id: &str,
+        sdp: &str,
+    ) -> Option<Response> {
+        let Some(idx) = self.by_id.get(id).copied() else {
+            return Some(unknown(id));
+        };
+        let offer = match self.parse_offer(sdp) {
+            Ok(o) => o,
+            Err(e) => return Some(e),
+        };
+        let p = self.participants.get_mut(idx.0)?;
+        // Glare: the server is the polite peer. Its outstanding offer is rolled back (str0m
+        // invalidates it on accept_offer) and re-sent, updated, after answering the client.
+        let rolled_back = p.pending.take();
+        let result = catch_unwind(AssertUnwindSafe(|| p.rtc.sdp_api().accept_offer(offer)));
+        if let Some(pending) = rolled_back {
+            debug!(participant = %id, "glare: rolled back server offer");
+            for to in &pending.tracks {
+                self.rollback_negotiation(*to);
+            }
+        }
+        let response = match result {
+            Ok(Ok(answer)) => {
+                if let Some(p) = self.participants.get_mut(idx.0) {
+                    p.initial_done = true;
+                }
+                Response::Answer {
+                    sdp: answer.to_sdp_string(),
+                }
+            }
+            Ok(Err(e)) => Response::error(
+                ErrorCode::BadRequest,
+                format!("SDP offer not acceptable: {}", clean_error(e)),
+            ),
+            Err(_) => {
+                p_fail(&mut self.participants, idx);
+                Response::error(ErrorCode::BadRequest, "SDP offer not acceptable")
+            }
+        };
+        self.work.push_back(Work::Negotiate(idx));
+        self.drain(idx, now);
+        Some(response)
+    }
+}
