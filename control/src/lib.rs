@@ -17,14 +17,16 @@
 //!
 //! The full message reference is `docs/control.md`. Nothing here does I/O on its own: [`Framed`]
 //! buffers frames in and out of any non-blocking `Read`/`Write`, so the same code serves the
-//! dataplane's mio loop, signaling's mio loop and blocking test clients.
+//! dataplane's mio loop, signaling's mio loop and blocking test clients. [`local`] holds the
+//! Unix-socket checks both ends make (private directory, peer credentials).
+//!
+//! This crate is only the protocol: it links no Redis client and no config parser. The cluster
+//! registry and the flags both binaries share live in the `registry` crate (`control/registry`).
 
-pub mod cli;
 pub mod codec;
 mod framed;
 pub mod local;
 mod message;
-pub mod registry;
 
 pub use codec::{CodecError, DEFAULT_MAX_FRAME, FrameDecoder, encode_frame};
 pub use framed::{Framed, ReadStatus};

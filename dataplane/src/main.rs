@@ -103,7 +103,7 @@ struct Args {
     #[arg(long, env = "SFU_MAX_PARTICIPANTS")]
     max_participants: Option<u32>,
     #[command(flatten)]
-    redis: ::control::cli::RedisArgs,
+    redis: ::registry::cli::RedisArgs,
     /// Seconds a participant survives without any signaling connection (time for its client to
     /// resume through another signaling instance).
     #[arg(long, env = "SFU_RESUME_WINDOW_SECS", default_value_t = 30)]
@@ -114,7 +114,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse_from(::control::cli::args_with_config("SFU_CONFIG")?);
+    let args = Args::parse_from(::registry::cli::args_with_config("SFU_CONFIG")?);
     init_logging(&args.log_format);
 
     anyhow::ensure!(args.chat_rate > 0.0, "--chat-rate must be positive");

@@ -2,7 +2,7 @@
 //! sees them: any bytes, any order, any state. Never a panic.
 #![no_main]
 
-use control::registry::Placement;
+use registry::Placement;
 use control::{Event, LeaveReason, Response};
 use libfuzzer_sys::fuzz_target;
 use signaling::auth::Auth;

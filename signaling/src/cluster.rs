@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use control::registry::{
+use registry::{
     Placement, RedisConn, RedisRegistry, RedisSettings, Registry, RegistryError, Subscription,
     subscribe,
 };

@@ -88,7 +88,7 @@ struct Serve {
     )]
     control_peer_uids: Vec<u32>,
     #[command(flatten)]
-    redis: control::cli::RedisArgs,
+    redis: registry::cli::RedisArgs,
     /// Id of this instance (default: random).
     #[arg(long, env = "SIGNALING_ID")]
     signaling_id: Option<String>,
@@ -163,7 +163,7 @@ struct Serve {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse_from(control::cli::args_with_config("SIGNALING_CONFIG")?);
+    let cli = Cli::parse_from(registry::cli::args_with_config("SIGNALING_CONFIG")?);
     if let Some(Cmd::Token(t)) = cli.command {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use control::registry::{Placement, RedisSettings, RegistryError};
+use registry::{Placement, RedisSettings, RegistryError};
 use control::{
     CodecError, Framed, FromDataplane, PROTOCOL_VERSION, ReadStatus, Request, Response, ToDataplane,
 };

@@ -12,7 +12,7 @@
 //! re-attaches and **stays joined**; what it missed meanwhile (participants who came or went) is
 //! sent to the client from the `attached` answer.
 
-use control::registry::{Placement, RegistryError};
+use registry::{Placement, RegistryError};
 use control::{Event, Grants, LeaveReason, Request, Response};
 
 use crate::auth::{Auth, ResumeToken, TurnConfig};

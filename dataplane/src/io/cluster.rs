@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use control::registry::{
+use registry::{
     NodeInfo, Placement, RedisConn, RedisRegistry, RedisSettings, Registry, Subscription, subscribe,
 };
 use control::{Beacon, BeaconKind, RpcEnvelope};
@@ -208,7 +208,7 @@ impl RegistryLoop {
                 let beacon = Beacon {
                     kind: BeaconKind::Dataplane,
                     id: self.node.node_id.clone(),
-                    draining: Some(self.node.state == control::registry::NodeState::Draining),
+                    draining: Some(self.node.state == registry::NodeState::Draining),
                     incarnation: Some(self.incarnation.clone()),
                 };
                 let _ = self

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use control::registry::{NodeInfo, NodeLoad, NodeState, Placement};
+use registry::{NodeInfo, NodeLoad, NodeState, Placement};
 use control::{
     BeaconKind, ErrorCode, Fault, FromDataplane, LeaveReason, NodeStats, Request, Response,
     ToDataplane, WorkerStats,

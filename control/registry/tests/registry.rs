@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control::registry::{
+use registry::{
     MemoryRegistry, NodeInfo, NodeLoad, NodeState, Placement, RedisRegistry, RedisSettings,
     Registry, RegistryError, RegistryTiming,
 };

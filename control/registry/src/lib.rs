@@ -1,6 +1,6 @@
 //! The cluster registry: which dataplane nodes exist, how loaded they are, and which node owns
 //! which room. One trait, two implementations that pass the same contract tests
-//! (`control/tests/registry.rs`): [`MemoryRegistry`] (single node, no Redis) and
+//! (`control/registry/tests/registry.rs`): [`MemoryRegistry`] (single node, no Redis) and
 //! [`RedisRegistry`].
 //!
 //! Redis layout (prefix `sfu` by default, as the hash tag `{sfu}` so every key of a deployment
@@ -22,6 +22,7 @@
 //! keys it reads): it returns the current owner if that node is alive, else picks the
 //! least-loaded serving node, takes a new fencing epoch and records the room — atomically.
 
+pub mod cli;
 mod conn;
 mod redis_registry;
 

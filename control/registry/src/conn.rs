@@ -260,7 +260,7 @@ pub enum Subscription<'a> {
     /// The subscription was lost (reported once per loss); reconnecting with backoff.
     Down(redis::RedisError),
     /// A beacon on the health channel (undecodable ones are skipped).
-    Beacon(crate::Beacon),
+    Beacon(control::Beacon),
     /// A message on the private channel, undecoded.
     Message(&'a [u8]),
 }
@@ -300,7 +300,7 @@ pub fn subscribe(
                 };
                 let payload = msg.get_payload_bytes();
                 if msg.get_channel_name() == health {
-                    if let Ok(b) = crate::decode::<crate::Beacon>(payload) {
+                    if let Ok(b) = control::decode::<control::Beacon>(payload) {
                         on(Subscription::Beacon(b));
                     }
                 } else {

@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 
-use crate::registry::RedisSettings;
+use crate::RedisSettings;
 
 /// The Redis flags both binaries share (cluster mode).
 #[derive(Debug, Clone, clap::Args)]
