@@ -1,10 +1,15 @@
 //! Abuse limits of a signaling instance, pure (time is an argument): token buckets, per-IP
-//! connection counts and join rates, and which address a client really has behind a trusted
-//! proxy. The server enforces them; the rules are table-tested here.
+//! connection counts and join rates, live sessions per join token, which address a client really
+//! has behind a trusted proxy, and (in [`timeouts`]) when a client connection has been idle,
+//! silent or blocked for too long. The server enforces them; the rules are table-tested here.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
+
+mod timeouts;
+
+pub use timeouts::{CLOSE_GRACE, ConnClock, Expiry, MAX_BLOCKED, Timeouts, expiry};
 
 /// A token bucket: `rate` tokens per second, at most `burst`.
 #[derive(Debug, Clone)]
@@ -131,6 +136,51 @@ impl IpLimits {
     }
 }
 
+/// Live sessions (joining or joined) per join-token identity on this instance, for the
+/// per-token bound. An identity's entry goes when its count reaches zero, so the map is bounded
+/// by the live sessions.
+#[derive(Debug, Default)]
+pub struct SessionsPerToken {
+    counts: HashMap<String, usize>,
+}
+
+impl SessionsPerToken {
+    /// Live sessions of `identity`.
+    pub fn count(&self, identity: &str) -> usize {
+        self.counts.get(identity).copied().unwrap_or(0)
+    }
+
+    /// Whether `identity` already has `max` live sessions (`max` 0: no limit).
+    pub fn full(&self, identity: &str, max: usize) -> bool {
+        max > 0 && self.count(identity) >= max
+    }
+
+    /// A connection that counts against `counted` (none: nothing) now counts against `identity`;
+    /// `counted` is updated.
+    pub fn recount(&mut self, counted: &mut Option<String>, identity: Option<String>) {
+        if *counted == identity {
+            return;
+        }
+        if let Some(old) = counted.take()
+            && let Some(n) = self.counts.get_mut(&old)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.counts.remove(&old);
+            }
+        }
+        if let Some(new) = &identity {
+            *self.counts.entry(new.clone()).or_default() += 1;
+        }
+        *counted = identity;
+    }
+
+    /// Identities with live sessions.
+    pub fn tracked(&self) -> usize {
+        self.counts.len()
+    }
+}
+
 /// The client's address: the TCP peer, unless the peer is a trusted proxy, in which case the
 /// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy (entries to its left can
 /// be forged by the client). An unparseable header is ignored.
@@ -228,6 +278,56 @@ mod tests {
         assert_eq!(l.tracked(), 0);
         // A pruned address starts with a full bucket and no connections.
         assert!(l.connect(a, t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn sessions_per_token_follow_each_connection_s_identity() {
+        #[derive(Debug, Clone, Copy)]
+        enum Op {
+            /// Connection `.0` now counts against identity `.1` (none: nothing).
+            Set(usize, Option<&'static str>),
+        }
+        use Op::Set;
+        // (operations, expected counts of "a" and "b", identities tracked)
+        let cases: &[(&[Op], usize, usize, usize)] = &[
+            (&[Set(0, Some("a"))], 1, 0, 1),
+            // Settling again without a change counts nothing twice.
+            (&[Set(0, Some("a")), Set(0, Some("a"))], 1, 0, 1),
+            (&[Set(0, Some("a")), Set(1, Some("a"))], 2, 0, 1),
+            // A session that ends (or a connection removed) uncounts; empty entries go.
+            (&[Set(0, Some("a")), Set(0, None)], 0, 0, 0),
+            (
+                &[Set(0, Some("a")), Set(1, Some("a")), Set(0, None)],
+                1,
+                0,
+                1,
+            ),
+            // A connection that joins again under another token moves its count.
+            (&[Set(0, Some("a")), Set(0, Some("b"))], 0, 1, 1),
+            // Uncounting what was never counted changes nothing.
+            (&[Set(0, None), Set(1, None)], 0, 0, 0),
+        ];
+        for (ops, a, b, tracked) in cases {
+            let mut s = SessionsPerToken::default();
+            let mut conns: [Option<String>; 2] = Default::default();
+            for op in *ops {
+                let Set(c, id) = *op;
+                s.recount(&mut conns[c], id.map(str::to_string));
+                assert_eq!(conns[c].as_deref(), id, "{ops:?}");
+            }
+            assert_eq!(
+                (s.count("a"), s.count("b"), s.tracked()),
+                (*a, *b, *tracked),
+                "{ops:?}"
+            );
+        }
+        let mut s = SessionsPerToken::default();
+        let (mut c0, mut c1) = (None, None);
+        s.recount(&mut c0, Some("a".into()));
+        assert!(!s.full("a", 0), "0: no limit");
+        assert!(!s.full("a", 2) && !s.full("b", 1));
+        s.recount(&mut c1, Some("a".into()));
+        assert!(s.full("a", 2) && s.full("a", 1) && !s.full("a", 3));
     }
 
     #[test]
