@@ -13,7 +13,7 @@ mod sim;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use dataplane::core::{Input, Output};
+use sfu_core::{Input, Output};
 use sim::{Publish, Sim};
 
 // Same allocator as the dataplane binary.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use dataplane::core::{CoreConfig, SharedCrypto};
+use sfu_core::CoreConfig;
 use dataplane::io::cluster::ClusterLink;
 use dataplane::io::control::{self, ControlServer, ControlSettings};
 use dataplane::io::worker::{self, WorkerSettings};
@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    let crypto = SharedCrypto::new().context("generating the DTLS certificate")?;
+    let crypto = dataplane::crypto::shared_crypto().context("generating the DTLS certificate")?;
     let control_socket = args
         .control_socket
         .clone()

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use control::{ErrorCode, Event, Grants, LeaveReason, Request, Response};
-use dataplane::core::DropReason;
+use sfu_core::DropReason;
 use sim::{Publish, Sim};
 use str0m::media::MediaKind;
 

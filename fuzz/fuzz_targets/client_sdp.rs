@@ -7,14 +7,14 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use control::{Grants, Request, Response};
-use dataplane::core::{
+use sfu_core::{
     Command, CoreConfig, Input, Output, Report, SharedCrypto, WallClock, WorkerCore,
 };
 use libfuzzer_sys::fuzz_target;
 
 fn crypto() -> SharedCrypto {
     static C: OnceLock<SharedCrypto> = OnceLock::new();
-    C.get_or_init(|| SharedCrypto::new().expect("certificate")).clone()
+    C.get_or_init(|| dataplane::crypto::shared_crypto().expect("certificate")).clone()
 }
 
 fn ask(core: &mut WorkerCore, now: Instant, tag: u64, request: Request) -> Option<Response> {
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut cfg = CoreConfig::new(0, local);
     cfg.max_media_per_offer = 64;
-    let mut core = WorkerCore::new(cfg, crypto(), clock);
+    let mut core = WorkerCore::new(cfg, crypto(), clock, [7; 32]);
     let join = Request::Join {
         room: "r".into(),
         participant: "p".into(),

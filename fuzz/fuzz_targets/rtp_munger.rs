@@ -4,7 +4,7 @@
 //! packets never get older numbers.
 #![no_main]
 
-use dataplane::core::RtpMunger;
+use sfu_core::RtpMunger;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

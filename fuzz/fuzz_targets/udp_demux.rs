@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use dataplane::core::{
+use sfu_core::{
     Command, CoreConfig, Demux, Input, ParticipantIdx, SharedCrypto, WallClock, WorkerCore,
     classify,
 };
@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 
 fn crypto() -> SharedCrypto {
     static C: OnceLock<SharedCrypto> = OnceLock::new();
-    C.get_or_init(|| SharedCrypto::new().expect("certificate")).clone()
+    C.get_or_init(|| dataplane::crypto::shared_crypto().expect("certificate")).clone()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         instant: now,
         unix_ms: 1_700_000_000_000,
     };
-    let mut core = WorkerCore::new(CoreConfig::new(0, local), crypto(), clock);
+    let mut core = WorkerCore::new(CoreConfig::new(0, local), crypto(), clock, [7; 32]);
     core.handle_input(Input::Command(
         now,
         Command::request(

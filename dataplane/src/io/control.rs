@@ -38,7 +38,7 @@ use super::cluster::{ClusterCmd, ClusterIn, ClusterLink};
 use super::metrics::Metrics;
 use super::routes::{JoinRefused, JoinRoute, PeerId, RoomGone, Routes};
 use super::worker::{FromWorker, ToWorker, WorkerHandle};
-use crate::core::Command;
+use sfu_core::Command;
 
 mod peers;
 mod pending;

@@ -1,7 +1,7 @@
 //! The I/O shell: the only code that touches sockets, threads and the clock.
 //!
 //! - [`udp`]: one worker's UDP socket with GRO/recvmmsg receive and GSO send via quinn-udp.
-//! - [`worker`]: one pinned mio event loop per core around a [`crate::core::WorkerCore`].
+//! - [`worker`]: one pinned mio event loop per core around a [`sfu_core::WorkerCore`].
 //! - [`control`]: the control thread serving the Unix socket (and, in cluster mode, Redis rpc),
 //!   supervising the workers.
 //! - [`routes`]: the control thread's pure routing and fencing state.

@@ -26,7 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{error, info, warn};
 
 use super::udp::UdpShell;
-use crate::core::{
+use sfu_core::{
     Command, CoreConfig, Input, Op, Output, Report, SharedCrypto, WallClock, WorkerCore,
 };
 
@@ -251,7 +251,14 @@ impl Supervisor {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         };
-        let core = WorkerCore::new(self.settings.core.clone(), self.crypto.clone(), clock);
+        // The core draws ICE credentials and resume keys from this seed: 256 bits from the OS.
+        let seed: [u8; 32] = rand::random();
+        let core = WorkerCore::new(
+            self.settings.core.clone(),
+            self.crypto.clone(),
+            clock,
+            seed,
+        );
         let local_addr = udp.local_addr()?;
         info!(worker = self.id, bind = %local_addr, advertised = %self.settings.core.local_addr,
             batching = udp.batching(), gso_segments = udp.max_segments(), "worker started");

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bench::Peer;
 use control::{Event, Request, Response};
-use dataplane::core::{
-    Command, CoreConfig, Input, Output, Report, SharedCrypto, WallClock, WorkerCore,
+use sfu_core::{
+    Command, CoreConfig, Input, Output, Report, WallClock, WorkerCore,
 };
 
 pub const SERVER: &str = "10.0.0.1:40000";
@@ -114,6 +114,15 @@ pub struct Sim {
     pub capture: Option<Vec<Vec<u8>>>,
 }
 
+/// The core's 256-bit seed derived from the simulation's seed.
+fn core_seed(seed: u64) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+    }
+    out
+}
+
 impl Sim {
     pub fn new(seed: u64) -> Self {
         Self::with_config(seed, |_| {})
@@ -124,7 +133,7 @@ impl Sim {
         let server: SocketAddr = SERVER.parse().expect("addr");
         let mut cfg = CoreConfig::new(0, server);
         f(&mut cfg);
-        let crypto = SharedCrypto::new().expect("certificate");
+        let crypto = dataplane::crypto::shared_crypto().expect("certificate");
         let clock = WallClock {
             instant: now,
             unix_ms: 1_700_000_000_000,
@@ -132,7 +141,7 @@ impl Sim {
         Self {
             now,
             start: now,
-            core: WorkerCore::new(cfg, crypto, clock),
+            core: WorkerCore::new(cfg, crypto, clock, core_seed(seed)),
             server,
             peers: Vec::new(),
             flight: BinaryHeap::new(),

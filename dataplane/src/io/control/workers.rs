@@ -9,7 +9,7 @@ use tracing::{debug, error, info, warn};
 
 use super::ControlServer;
 use super::pending::PendingKind;
-use crate::core::{Command, Op, Report};
+use sfu_core::{Command, Op, Report};
 use crate::io::cluster::ClusterCmd;
 use crate::io::worker::{FromWorker, ToWorker};
 

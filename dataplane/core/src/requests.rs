@@ -6,6 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use control::{ErrorCode, Event as CtlEvent, LeaveReason, PeerInfo, Request, Response};
+use rand::Rng;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 use tracing::{debug, info};
@@ -134,8 +135,9 @@ impl WorkerCore {
             Some(Ok(o)) => Some(o),
             Some(Err(e)) => return Some(e),
         };
-        let creds = IceCreds::new();
+        let creds = self.ice_credentials();
         let ufrag = creds.ufrag.clone();
+        let resume_key = format!("{:032x}", self.rng.random::<u128>());
         let mut rtc = self.build_rtc(creds, now);
         let candidate = match Candidate::host(self.cfg.local_addr, "udp") {
             Ok(c) => c,
@@ -178,12 +180,12 @@ impl WorkerCore {
             room.clone(),
             rtc,
             ufrag.clone(),
+            resume_key.clone(),
             now,
         );
         p.initial_done = initial_done;
         p.grants = grants;
         p.identity = identity;
-        let resume_key = p.resume_key.clone();
         let idx = ParticipantIdx(self.participants.insert(p));
         self.by_id.insert(id.clone(), idx);
         self.demux.insert_ufrag(ufrag, idx);
@@ -324,6 +326,21 @@ impl WorkerCore {
                 format!("invalid SDP {what}"),
             )),
         }
+    }
+
+    /// Fresh ICE credentials from the core's seeded RNG (str0m's `IceCreds::new` would draw from
+    /// the OS), shaped like str0m's: 16 alphanumeric characters of ufrag (~95 bits) and 32 of
+    /// password (~190 bits; RFC 8445 asks for ≥ 24 and ≥ 128 bits).
+    fn ice_credentials(&mut self) -> IceCreds {
+        const ICE_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut draw = |n: usize| -> String {
+            (0..n)
+                .map(|_| ICE_CHARS[self.rng.random_range(0..ICE_CHARS.len())] as char)
+                .collect()
+        };
+        let ufrag = draw(16);
+        let pass = draw(32);
+        IceCreds { ufrag, pass }
     }
 
     pub(super) fn build_rtc(&self, creds: IceCreds, now: Instant) -> Rtc {

@@ -1,8 +1,12 @@
 //! The core's interface: its configuration, what the control thread and the I/O shell send in
 //! ([`Command`], [`Input`]) and what comes out ([`Output`], [`Report`]), and its counters.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use str0m::config::{CryptoProvider, DtlsCert};
 
 use control::{Event as CtlEvent, LeaveReason, Request, Response, WorkerStats};
 
@@ -59,6 +63,21 @@ impl CoreConfig {
             chat_rate: 5.0,
             chat_burst: 20.0,
         }
+    }
+}
+
+/// The DTLS certificate and crypto provider every `Rtc` of the process shares. Built by the shell
+/// (`dataplane::crypto`, which caches the DTLS configuration in process-global state); the core
+/// only hands it to str0m.
+#[derive(Clone)]
+pub struct SharedCrypto {
+    pub cert: DtlsCert,
+    pub provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for SharedCrypto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedCrypto").finish_non_exhaustive()
     }
 }
 

@@ -24,7 +24,6 @@
 mod api;
 mod chat;
 mod chat_relay;
-mod crypto;
 mod demux;
 mod forward;
 mod guard;
@@ -45,6 +44,8 @@ use std::time::Instant;
 use control::{
     ErrorCode, Event as CtlEvent, LeaveReason, ParticipantStats, Response, RoomStats, WorkerStats,
 };
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use slab::Slab;
 use str0m::Output as RtcOutput;
 use str0m::media::{Direction, MediaKind, Mid};
@@ -54,13 +55,13 @@ use str0m::{Event as RtcEvent, Input as RtcInput};
 use tracing::{debug, info, trace, warn};
 
 pub use api::{
-    Command, CoreConfig, Counters, DropReason, Input, Op, Output, Report, Transmit, WallClock,
+    Command, CoreConfig, Counters, DropReason, Input, Op, Output, Report, SharedCrypto, Transmit,
+    WallClock,
 };
 pub use chat::{
     ChannelRequest, ChatDelivery, ChatError, ChatRequest, MAX_RAW_MESSAGE, MediaState,
     parse_request,
 };
-pub use crypto::SharedCrypto;
 pub use demux::{Demux, PacketClass, RouteError, classify};
 pub use guard::{clean_error, guard, media_sections};
 pub use ids::{ParticipantIdx, TrackInIdx, TrackOutIdx};
@@ -115,10 +116,15 @@ pub struct WorkerCore {
     counters: Counters,
     /// Join → connected durations since the last stats report.
     join_samples: Vec<f64>,
+    /// The core's only source of randomness (ICE credentials, resume keys), seeded by the shell:
+    /// from the OS in production, fixed in tests so simulations are bit-reproducible.
+    rng: StdRng,
 }
 
 impl WorkerCore {
-    pub fn new(cfg: CoreConfig, crypto: SharedCrypto, clock: WallClock) -> Self {
+    /// A core for one worker. `seed` seeds every random choice the core makes (ICE credentials,
+    /// resume keys): the shell draws it from the OS; tests fix it.
+    pub fn new(cfg: CoreConfig, crypto: SharedCrypto, clock: WallClock, seed: [u8; 32]) -> Self {
         Self {
             cfg,
             crypto,
@@ -135,6 +141,7 @@ impl WorkerCore {
             out: VecDeque::with_capacity(1024),
             counters: Counters::default(),
             join_samples: Vec::new(),
+            rng: StdRng::from_seed(seed),
         }
     }
 

@@ -119,6 +119,7 @@ impl Participant {
         room: String,
         rtc: Rtc,
         ufrag: String,
+        resume_key: String,
         now: Instant,
     ) -> Self {
         Self {
@@ -143,7 +144,7 @@ impl Participant {
             rtp_out: 0,
             grants: Grants::default(),
             identity: None,
-            resume_key: format!("{:032x}", rand::random::<u128>()),
+            resume_key,
             media_state: super::chat::MediaState::default(),
             joined_at: now,
             egress_nacks: Vec::new(),

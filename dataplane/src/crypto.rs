@@ -1,55 +1,43 @@
-//! One DTLS certificate and one cached DTLS configuration per process.
+//! The str0m crypto-provider adapter: one DTLS certificate and one cached DTLS configuration per
+//! process, handed to every worker core as a [`SharedCrypto`].
 //!
 //! str0m's aws-lc-rs provider builds a fresh `dimpl::Config` for every `Rtc`, and building one runs
 //! the crypto provider self-tests (key exchanges on three curves): ~0.7 ms of CPU per join
-//! (`../shared/notes/str0m.md` §2.11). [`SharedCrypto`] builds the config once and hands the same
-//! `Arc<Config>` to every DTLS instance, which brings `Rtc` construction down to ~10 µs.
+//! (`docs/perf.md`). The provider here builds the config once and hands the same `Arc<Config>` to
+//! every DTLS instance, which brings `Rtc` construction down to ~10 µs. It is process-global
+//! state (str0m stores `&'static dyn DtlsProvider`), which is why it lives in the shell and not in
+//! the sans-IO core.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use str0m::config::{CryptoProvider, DtlsCert};
+use sfu_core::SharedCrypto;
+use str0m::config::DtlsCert;
 use str0m::crypto::CryptoError;
 use str0m::crypto::dtls::{
     DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
 };
 
-/// The process-wide certificate and crypto provider shared by all `Rtc`s.
-#[derive(Clone)]
-pub struct SharedCrypto {
-    pub cert: DtlsCert,
-    pub provider: Arc<CryptoProvider>,
-}
-
-impl fmt::Debug for SharedCrypto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedCrypto").finish_non_exhaustive()
-    }
-}
-
-impl SharedCrypto {
-    /// Generate one self-signed certificate and the cached-config provider.
-    ///
-    /// Returns `None` if certificate generation fails (it does not with aws-lc-rs).
-    pub fn new() -> Option<Self> {
-        // The provider must be `'static` (str0m stores `&'static dyn DtlsProvider`); it is built
-        // once per process and intentionally leaked.
-        static PROVIDER: std::sync::OnceLock<&'static CachedDtlsProvider> =
-            std::sync::OnceLock::new();
-        let dtls: &'static CachedDtlsProvider = PROVIDER.get_or_init(|| {
-            Box::leak(Box::new(CachedDtlsProvider {
-                configs: Mutex::new(Vec::new()),
-            }))
-        });
-        let mut provider = str0m_aws_lc_rs::default_provider();
-        let cert = provider.dtls_provider.generate_certificate()?;
-        provider.dtls_provider = dtls;
-        Some(Self {
-            cert,
-            provider: Arc::new(provider),
-        })
-    }
+/// Generate the process's self-signed certificate and the cached-config provider.
+///
+/// Returns `None` if certificate generation fails (it does not with aws-lc-rs).
+pub fn shared_crypto() -> Option<SharedCrypto> {
+    // The provider must be `'static` (str0m stores `&'static dyn DtlsProvider`); it is built
+    // once per process and intentionally leaked.
+    static PROVIDER: std::sync::OnceLock<&'static CachedDtlsProvider> = std::sync::OnceLock::new();
+    let dtls: &'static CachedDtlsProvider = PROVIDER.get_or_init(|| {
+        Box::leak(Box::new(CachedDtlsProvider {
+            configs: Mutex::new(Vec::new()),
+        }))
+    });
+    let mut provider = str0m_aws_lc_rs::default_provider();
+    let cert = provider.dtls_provider.generate_certificate()?;
+    provider.dtls_provider = dtls;
+    Some(SharedCrypto {
+        cert,
+        provider: Arc::new(provider),
+    })
 }
 
 /// DTLS provider that reuses one `dimpl::Config` per MTU.
