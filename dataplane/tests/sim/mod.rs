@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use bench::Peer;
 use control::{Event, Request, Response};
-use sfu_core::{
-    Command, CoreConfig, Input, Output, Report, WallClock, WorkerCore,
-};
+use sfu_core::{Command, CoreConfig, Input, Output, Report, WallClock, WorkerCore};
 
 pub const SERVER: &str = "10.0.0.1:40000";
 
@@ -112,15 +110,44 @@ pub struct Sim {
     addrs_used: u32,
     /// When set, every datagram sent on the simulated network is recorded (fuzz seed capture).
     pub capture: Option<Vec<Vec<u8>>>,
+    /// When set, everything the core outputs is logged (see [`Sim::log_line`]): the determinism
+    /// test compares two runs with the same seed.
+    pub log: Option<Vec<String>>,
 }
 
 /// The core's 256-bit seed derived from the simulation's seed.
 fn core_seed(seed: u64) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (i, chunk) in out.chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(&(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+        chunk.copy_from_slice(
+            &(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes(),
+        );
     }
     out
+}
+
+/// `text` (a report's debug form, SDP escaped inside) with the SDP lines str0m fills from its
+/// own randomness (session id, SSRCs, msid, mids of the media it adds) or from the per-process
+/// certificate masked. SDP lines are separated by an
+/// escaped `\r\n` there.
+fn mask_sdp(text: &str) -> String {
+    const MASKED: [&str; 8] = [
+        "o=",
+        "a=ssrc:",
+        "a=ssrc-group:",
+        "a=msid:",
+        "a=msid-semantic",
+        "a=fingerprint:",
+        "a=mid:",
+        "a=group:BUNDLE",
+    ];
+    text.split("\\r\\n")
+        .map(|line| match MASKED.iter().find(|m| line.starts_with(**m)) {
+            Some(m) => format!("{m}…"),
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\\r\\n")
 }
 
 impl Sim {
@@ -159,6 +186,7 @@ impl Sim {
             resume_keys: std::collections::HashMap::new(),
             addrs_used: 0,
             capture: None,
+            log: None,
         }
     }
 
@@ -300,8 +328,46 @@ impl Sim {
             .expect("peer exists")
     }
 
+    /// One core output as a log line: milliseconds since the start, and what came out. Datagrams are
+    /// logged by destination, kind (first byte, RFC 7983) and — for media — length; the bytes
+    /// themselves are not, because DTLS/SRTP keys come from the crypto library's own randomness.
+    /// SDP is logged with the lines str0m fills from its own randomness (session id, SSRCs, msid,
+    /// cname) and the per-process certificate's fingerprint masked; the ICE credentials and resume
+    /// keys are the core's and come from its seed, so they are logged as they are.
+    fn log_line(&self, o: &Output) -> String {
+        let t = self.now.duration_since(self.start).as_millis();
+        match o {
+            Output::Transmit(tx) => {
+                let kind = match tx.contents.first() {
+                    Some(0..=3) => "stun".to_string(),
+                    // DTLS record sizes vary with the handshake's random signatures.
+                    Some(20..=63) => "dtls".to_string(),
+                    Some(128..=191) => format!("rtp {}", tx.contents.len()),
+                    _ => "other".to_string(),
+                };
+                format!("{t} tx {} {kind}", tx.destination)
+            }
+            // Byte totals include DTLS records, whose length varies with random signatures.
+            Output::Report(Report::Stats(st)) => {
+                let st = control::WorkerStats {
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    ..st.clone()
+                };
+                format!("{t} {st:?}")
+            }
+            Output::Report(r) => format!("{t} {}", mask_sdp(&format!("{r:?}"))),
+        }
+    }
+
     fn collect_core_output(&mut self) {
         while let Some(o) = self.core.poll_output() {
+            if self.log.is_some() {
+                let line = self.log_line(&o);
+                if let Some(log) = &mut self.log {
+                    log.push(line);
+                }
+            }
             match o {
                 Output::Transmit(t) => {
                     let from = self.server;

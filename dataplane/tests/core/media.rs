@@ -1,0 +1,205 @@
+//! Media forwarding: full meshes, keyframe requests, PLI throttling, NACK/RTX repair, payload-type
+//! mapping between codecs, and the subscribe grant.
+
+use super::*;
+
+#[test]
+fn one_to_one_call_forwards_audio_and_video_both_ways() {
+    let mut sim = Sim::new(1);
+    sim.join("alice", "r", pub_av());
+    sim.join("bob", "r", pub_av());
+    assert!(
+        sim.run_until(secs(5), |s| s.peer("alice").peer.is_connected()
+            && s.peer("bob").peer.is_connected())
+    );
+    sim.run_for(secs(3));
+    // 3 s of 50 pps audio and 90 pps video.
+    assert_full_mesh(&sim, &["alice", "bob"], 100);
+    // Outgoing streams are contiguous: no gap on a lossless network.
+    for id in ["alice", "bob"] {
+        for t in sim.peer(id).peer.received.tracks.values() {
+            assert_eq!(t.lost, 0, "{id} saw a sequence gap on {t:?}");
+            assert_eq!(t.ssrcs.len(), 1);
+        }
+    }
+    assert_eq!(sim.core.room_count(), 1);
+    assert!(sim.core.counters().rtp_forwarded > 0);
+    // Each joiner was told about the other exactly once.
+    let joined: Vec<_> = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PeerJoined { .. }))
+        .collect();
+    assert_eq!(joined.len(), 1, "{joined:?}");
+}
+
+#[test]
+fn three_party_room_everyone_receives_everyone_else() {
+    let mut sim = Sim::new(2);
+    for id in ["a", "b", "c"] {
+        sim.join(id, "room", pub_av());
+    }
+    sim.run_for(secs(4));
+    assert_full_mesh(&sim, &["a", "b", "c"], 100);
+    // A second room on the same worker is isolated from the first.
+    sim.join("d", "other", pub_av());
+    sim.run_for(secs(2));
+    for id in ["a", "b", "c"] {
+        assert_eq!(
+            sim.peer(id)
+                .peer
+                .received
+                .packets_from("d", MediaKind::Video),
+            0
+        );
+    }
+    assert_eq!(sim.peer("d").peer.received.tracks.len(), 0);
+}
+
+#[test]
+fn late_joiner_gets_a_keyframe_request_sent_to_the_publisher() {
+    let mut sim = Sim::new(3);
+    sim.join("pub", "r", pub_av());
+    sim.run_for(secs(3));
+    let before = sim.peer("pub").peer.received.keyframe_requests;
+    sim.join("late", "r", None);
+    assert!(
+        sim.run_until(secs(3), |s| s.peer("pub").peer.received.keyframe_requests
+            > before),
+        "publisher never asked for a keyframe after a new subscriber"
+    );
+    sim.run_for(secs(1));
+    assert!(
+        sim.peer("late")
+            .peer
+            .received
+            .packets_from("pub", MediaKind::Video)
+            > 20
+    );
+    // Exactly one request for one new subscriber.
+    assert_eq!(sim.peer("pub").peer.received.keyframe_requests, before + 1);
+}
+
+#[test]
+fn subscriber_pli_reaches_publisher_throttled() {
+    let mut sim = Sim::new(4);
+    sim.join("pub", "r", pub_av());
+    sim.join("sub", "r", None);
+    sim.run_for(secs(3));
+    let before = sim.peer("pub").peer.received.keyframe_requests;
+    // 20 PLIs within 200 ms: the publisher sees at most one now and one deferred.
+    for _ in 0..20 {
+        assert!(sim.peer_mut("sub").peer.request_keyframe("pub"));
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(secs(1));
+    let got = sim.peer("pub").peer.received.keyframe_requests - before;
+    assert!(
+        (1..=2).contains(&got),
+        "publisher got {got} keyframe requests"
+    );
+}
+
+#[test]
+fn nack_and_rtx_repair_loss_to_a_subscriber() {
+    let mut sim = Sim::new(10);
+    sim.join("pub", "r", pub_av());
+    sim.join("sub", "r", None);
+    sim.run_for(secs(2));
+    sim.peer_mut("sub").loss_down_permille = 50; // 5 % loss server → subscriber
+    sim.run_for(secs(10));
+    sim.peer_mut("sub").loss_down_permille = 0;
+    sim.run_for(secs(2));
+    let dropped = sim.peer("sub").dropped_down;
+    let rx = &sim.peer("sub").peer.received;
+    let video = rx
+        .tracks
+        .values()
+        .find(|t| t.kind == Some(MediaKind::Video))
+        .expect("video");
+    assert!(dropped > 30, "the link dropped {dropped}");
+    // Every dropped video packet was retransmitted from str0m's RTX cache.
+    assert_eq!(video.lost, 0, "unrepaired video loss {video:?}");
+}
+
+#[test]
+fn h264_publisher_is_forwarded_with_the_subscribers_payload_type() {
+    let mut sim = Sim::new(17);
+    sim.add_peer("h");
+    sim.peer_mut("h").peer.prefer_h264();
+    sim.join("h", "r", pub_av());
+    sim.join("v", "r", pub_av());
+    sim.run_for(secs(3));
+    let (pt, codec) = sim.peer("h").peer.video_send_codec().expect("negotiated");
+    assert_eq!(
+        codec,
+        str0m::format::Codec::H264,
+        "publisher sends H.264 (pt {pt})"
+    );
+    let rx = &sim.peer("v").peer.received;
+    let video = rx
+        .tracks
+        .values()
+        .find(|t| t.stream_id == "h" && t.kind == Some(MediaKind::Video))
+        .expect("video from h");
+    assert!(video.packets > 50);
+    let codecs: Vec<_> = video
+        .pts
+        .iter()
+        .map(|pt| sim.peer("v").peer.codec_of(*pt))
+        .collect();
+    assert_eq!(
+        codecs,
+        [Some(str0m::format::Codec::H264)],
+        "subscriber sees H.264 under its own PT"
+    );
+    // And the VP8 publisher next to it is still VP8 for h.
+    let back = sim
+        .peer("h")
+        .peer
+        .received
+        .tracks
+        .values()
+        .find(|t| t.kind == Some(MediaKind::Video))
+        .expect("video from v");
+    assert_eq!(
+        back.pts
+            .iter()
+            .map(|pt| sim.peer("h").peer.codec_of(*pt))
+            .collect::<Vec<_>>(),
+        [Some(str0m::format::Codec::Vp8)]
+    );
+}
+
+/// Defect 5 (hardening): a participant whose token denies `subscribe` got every track anyway.
+#[test]
+fn a_participant_without_the_subscribe_grant_receives_no_media() {
+    let mut sim = Sim::new(30);
+    sim.join("a", "r", pub_av());
+    let viewer = Grants {
+        publish: true,
+        subscribe: false,
+    };
+    let r = sim.try_join_as("v", "r", pub_av(), viewer);
+    assert!(matches!(r, Response::Joined { .. }), "{r:?}");
+    // A later publisher does not reach it either.
+    sim.join("b", "r", pub_av());
+    sim.run_for(secs(4));
+    let rx = &sim.peer("v").peer.received;
+    assert_eq!(
+        rx.packets(MediaKind::Audio) + rx.packets(MediaKind::Video),
+        0
+    );
+    assert!(rx.tracks.is_empty(), "{:?}", rx.tracks);
+    // Its own media is published to the others.
+    for id in ["a", "b"] {
+        assert!(
+            sim.peer(id)
+                .peer
+                .received
+                .packets_from("v", MediaKind::Video)
+                > 50
+        );
+    }
+    assert!(sim.core.invariant_violations().is_empty());
+}
