@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use sfu_core::CoreConfig;
 use dataplane::io::cluster::ClusterLink;
 use dataplane::io::control::{self, ControlServer, ControlSettings};
 use dataplane::io::worker::{self, WorkerSettings};
+use sfu_core::CoreConfig;
 use tracing::info;
 
 #[global_allocator]
@@ -39,33 +39,22 @@ struct Args {
     /// UDP port of worker 0; worker N uses port-base + N.
     #[arg(long, env = "SFU_PORT_BASE", default_value_t = 40000)]
     port_base: u16,
-    /// Path of the control socket signaling connects to (default: `$XDG_RUNTIME_DIR/sfu/
-    /// dataplane.sock`, `/run/sfu/dataplane.sock` for root, else `/tmp/sfu-<uid>/dataplane.sock`;
-    /// a missing directory is created with mode 0700).
-    #[arg(long, env = "SFU_CONTROL_SOCKET")]
-    control_socket: Option<PathBuf>,
+    #[command(flatten)]
+    control: ::registry::cli::ControlSocketArgs,
     /// File mode of the control socket (octal; never open to all users).
     #[arg(long, env = "SFU_CONTROL_SOCKET_MODE", default_value = "0600", value_parser = ::control::local::parse_mode)]
     control_socket_mode: u32,
-    /// A user id (besides our own and root) allowed to connect to the control socket
-    /// (repeatable; the socket mode must let it in too).
-    #[arg(
-        long = "control-peer-uid",
-        env = "SFU_CONTROL_PEER_UIDS",
-        value_delimiter = ','
-    )]
-    control_peer_uids: Vec<u32>,
     /// Tests only: accept the `inject_fault` control request (makes a worker panic).
-    #[arg(long, env = "SFU_TEST_FAULTS", value_parser = clap::builder::BoolishValueParser::new(), hide = true)]
+    #[arg(long, env = "SFU_TEST_FAULTS", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), hide = true)]
     test_faults: bool,
     /// Node id reported to signaling (default: random).
     #[arg(long, env = "SFU_NODE_ID")]
     node_id: Option<String>,
     /// Turn GSO/GRO/recvmmsg batching off (one syscall per datagram), e.g. to measure its benefit.
-    #[arg(long, env = "SFU_NO_BATCHING", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "SFU_NO_BATCHING", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
     no_batching: bool,
     /// Do not pin worker threads to CPUs.
-    #[arg(long, env = "SFU_NO_PIN", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "SFU_NO_PIN", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
     no_pin: bool,
     /// CPUs to pin workers to, round-robin (default: 0..N).
     #[arg(long, env = "SFU_CPUS", value_delimiter = ',')]
@@ -108,14 +97,13 @@ struct Args {
     /// resume through another signaling instance).
     #[arg(long, env = "SFU_RESUME_WINDOW_SECS", default_value_t = 30)]
     resume_window_secs: u64,
-    /// Log format.
-    #[arg(long, env = "SFU_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
-    log_format: String,
+    #[command(flatten)]
+    log: ::registry::cli::LogArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse_from(::registry::cli::args_with_config("SFU_CONFIG")?);
-    init_logging(&args.log_format);
+    args.log.init_logging("info,str0m=warn,is=warn,dimpl=warn");
 
     anyhow::ensure!(args.chat_rate > 0.0, "--chat-rate must be positive");
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -142,13 +130,14 @@ fn main() -> anyhow::Result<()> {
 
     let crypto = dataplane::crypto::shared_crypto().context("generating the DTLS certificate")?;
     let control_socket = args
+        .control
         .control_socket
         .clone()
         .unwrap_or_else(::control::local::default_socket_path);
     let listener = control::bind(
         &control_socket,
         args.control_socket_mode,
-        &args.control_peer_uids,
+        &args.control.control_peer_uids,
     )
     .with_context(|| format!("binding control socket {}", control_socket.display()))?;
     let (poll, control_waker) = ControlServer::poll_and_waker()?;
@@ -202,7 +191,7 @@ fn main() -> anyhow::Result<()> {
         media_ports: handles.iter().map(|h| h.local_addr.port()).collect(),
         capacity_rooms: (args.max_rooms_per_worker * workers).min(u32::MAX as usize) as u32,
         max_participants: args.max_participants.unwrap_or(500 * workers as u32),
-        peer_uids: args.control_peer_uids.clone(),
+        peer_uids: args.control.control_peer_uids.clone(),
         test_faults: args.test_faults,
         incarnation: format!("{:016x}", rand::random::<u64>()),
     };
@@ -281,17 +270,35 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,str0m=warn,is=warn,dimpl=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("dataplane").chain(args.iter().copied()))
+            .expect("valid arguments")
+    }
+
+    #[test]
+    fn switches_turn_on_and_a_later_false_turns_them_off() {
+        assert!(!parse(&[]).no_batching);
+        assert!(parse(&["--no-batching"]).no_batching);
+        assert!(parse(&["--no-batching=true", "--workers", "2"]).no_batching);
+        // What a config file's `no_batching = false` becomes, before the command line.
+        assert!(!parse(&["--no-batching=false"]).no_batching);
+        assert!(!parse(&["--no-pin", "--no-pin=false"]).no_pin);
+        assert!(parse(&["--no-pin=false", "--no-pin"]).no_pin);
+        assert!(Args::try_parse_from(["dataplane", "--no-pin=perhaps"]).is_err());
+    }
+
+    #[test]
+    fn config_file_false_is_a_switch_off() {
+        let file = ::registry::cli::toml_to_args("no_batching = false\nno_pin = true\n", "t.toml")
+            .expect("valid toml");
+        let mut args = vec!["dataplane".to_string()];
+        args.extend(file);
+        let parsed = Args::try_parse_from(&args).expect("valid arguments");
+        assert!(!parsed.no_batching);
+        assert!(parsed.no_pin);
     }
 }

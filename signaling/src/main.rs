@@ -76,17 +76,8 @@ struct Serve {
         default_value = "127.0.0.1:9465"
     )]
     metrics_listen: String,
-    /// The local dataplane's control socket (default: `$XDG_RUNTIME_DIR/sfu/dataplane.sock`,
-    /// `/run/sfu/dataplane.sock` for root, else `/tmp/sfu-<uid>/dataplane.sock`).
-    #[arg(long, env = "SFU_CONTROL_SOCKET")]
-    control_socket: Option<PathBuf>,
-    /// A user id (besides our own and root) the control socket's owner may run as (repeatable).
-    #[arg(
-        long = "control-peer-uid",
-        env = "SFU_CONTROL_PEER_UIDS",
-        value_delimiter = ','
-    )]
-    control_peer_uids: Vec<u32>,
+    #[command(flatten)]
+    control: registry::cli::ControlSocketArgs,
     #[command(flatten)]
     redis: registry::cli::RedisArgs,
     /// Id of this instance (default: random).
@@ -157,9 +148,8 @@ struct Serve {
     /// Write the process id here (for scripts/rolling-restart-signaling).
     #[arg(long, env = "SIGNALING_PID_FILE")]
     pid_file: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, env = "SFU_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
-    log_format: String,
+    #[command(flatten)]
+    log: registry::cli::LogArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -185,22 +175,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let args = cli.serve;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if args.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    args.log.init_logging("info");
 
-    let control_socket = args
-        .control_socket
-        .clone()
-        .unwrap_or_else(control::local::default_socket_path);
+    let control_socket = args.control.path();
     let mut settings = Settings::new(args.listen, control_socket.clone());
     settings.metrics_listen =
         match args.metrics_listen.as_str() {
@@ -209,7 +186,7 @@ fn main() -> anyhow::Result<()> {
                 format!("--metrics-listen {a:?} is not an address (or \"off\")")
             })?),
         };
-    settings.control_peer_uids = args.control_peer_uids.clone();
+    settings.control_peer_uids = args.control.control_peer_uids.clone();
     settings.max_message = args.max_message;
     settings.max_connections = args.max_connections;
     anyhow::ensure!(

@@ -1,13 +1,15 @@
-//! Optional TOML configuration files for the binaries.
+//! What both binaries share on their command line: the Redis flags, the local control socket,
+//! the log format and logging set-up, and optional TOML configuration files.
 //!
 //! Every flag of a binary can also be set in a TOML file given with `--config PATH` (or the
 //! binary's `*_CONFIG` environment variable): a top-level key per flag, spelled like the flag
-//! (`port_base = 40000` or `"port-base" = 40000`); `true` turns a switch on; an array repeats a
-//! repeatable flag. The file's settings are inserted before the command-line arguments, so the
+//! (`port_base = 40000` or `"port-base" = 40000`); `true` turns a switch on and `false` turns it
+//! off (also when an environment variable turned it on); an array repeats a repeatable flag. The file's settings are inserted before the command-line arguments, so the
 //! command line wins; both win over environment variables and defaults. Unknown keys are rejected
 //! by the argument parser, so a typo fails at start with a clear message.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use crate::RedisSettings;
 
@@ -68,6 +70,59 @@ impl RedisArgs {
                 self.redis_sentinels.join(","),
                 self.redis_master_name
             )
+        }
+    }
+}
+
+/// Where the local control socket is, and who may be at its other end (both binaries).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlSocketArgs {
+    /// Path of the control socket between signaling and dataplane (default:
+    /// `$XDG_RUNTIME_DIR/sfu/dataplane.sock`, `/run/sfu/dataplane.sock` for root, else
+    /// `/tmp/sfu-<uid>/dataplane.sock`; a missing directory is created with mode 0700).
+    #[arg(long, env = "SFU_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
+    /// A user id (besides our own and root) allowed at the other end of the control socket
+    /// (repeatable; the socket mode must let it in too).
+    #[arg(
+        long = "control-peer-uid",
+        env = "SFU_CONTROL_PEER_UIDS",
+        value_delimiter = ','
+    )]
+    pub control_peer_uids: Vec<u32>,
+}
+
+impl ControlSocketArgs {
+    /// The socket path, or the default one.
+    pub fn path(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(control::local::default_socket_path)
+    }
+}
+
+/// Logging flags (both binaries).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "SFU_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+}
+
+impl LogArgs {
+    /// Install the global tracing subscriber: `RUST_LOG` if set, else `default_filter`; to
+    /// stderr, human-readable (colour on a terminal) or one JSON object per line.
+    pub fn init_logging(&self, default_filter: &str) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        if self.log_format == "json" {
+            builder.json().init();
+        } else {
+            builder.init();
         }
     }
 }
@@ -144,7 +199,9 @@ pub fn toml_to_args(text: &str, path: &str) -> Result<Vec<String>, ConfigError> 
         };
         match &value {
             toml::Value::Boolean(true) => out.push(flag),
-            toml::Value::Boolean(false) => {}
+            // Switches take an optional value (`--no-batching=false`), so a file can turn off
+            // what an environment variable turned on.
+            toml::Value::Boolean(false) => out.push(format!("{flag}=false")),
             toml::Value::Array(items) => {
                 for item in items {
                     let v = scalar(item).ok_or_else(|| ConfigError::Unsupported {
@@ -187,6 +244,7 @@ mod tests {
                 "--ice-server",
                 "stun:b",
                 "--no-batching",
+                "--no-pin=false",
                 "--port-base",
                 "41000",
                 "--public-ip",
