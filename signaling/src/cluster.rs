@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use control::{Beacon, BeaconKind, FromDataplane, RpcEnvelope, ToDataplane};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use mio::Waker;
 use registry::{
     Placement, RedisConn, RedisRegistry, RedisSettings, Registry, RegistryError, Subscription,
     subscribe,
 };
-use control::{Beacon, BeaconKind, FromDataplane, RpcEnvelope, ToDataplane};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use mio::Waker;
 use tracing::{debug, info, warn};
 
 const BEACON_INTERVAL: Duration = Duration::from_millis(500);

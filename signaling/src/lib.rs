@@ -8,8 +8,10 @@
 //! - [`protocol`]: client message types and validation.
 //! - [`session`]: the pure per-connection state machine.
 //! - [`http`], [`page`]: the minimal HTTP needed to serve the page and upgrade `/ws`.
-//! - [`router`]: pure routing state (participant → connection, pending requests).
-//! - [`limits`]: pure abuse limits (token buckets, per-address caps, proxies, origins).
+//! - [`router`]: pure routing state (participant → connection, pending requests, placement
+//!   lookups, which path a request takes, what an answer confirms).
+//! - [`limits`]: pure abuse limits (token buckets, per-address caps, sessions per token,
+//!   proxies, origins, connection timeouts).
 //! - [`server`]: the mio event loop tying it together.
 
 pub mod auth;

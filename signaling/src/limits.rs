@@ -1,6 +1,6 @@
 //! Abuse limits of a signaling instance, pure (time is an argument): token buckets, per-IP
 //! connection counts and join rates, live sessions per join token, which address a client really
-//! has behind a trusted proxy, and (in [`timeouts`]) when a client connection has been idle,
+//! has behind a trusted proxy, and ([`expiry`]) when a client connection has been idle,
 //! silent or blocked for too long. The server enforces them; the rules are table-tested here.
 
 use std::collections::HashMap;

@@ -1,8 +1,9 @@
 //! Which media nodes are alive, as seen from this instance, and what happens to the sessions of
-//! one that is not: failure needs corroborated evidence (see [`Server::check_nodes`]); a node
-//! that restarted under the same id is noticed by its new incarnation.
+//! one that is not: failure needs corroborated evidence (see [`Liveness::check`], pure and
+//! table-tested below); a node that restarted under the same id is noticed by its new
+//! incarnation.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -52,11 +53,128 @@ const RETIRED_KEPT: usize = 8;
 /// A node nobody here uses any more and declared failed this long ago is forgotten.
 const FORGET_FAILED_AFTER: Duration = Duration::from_secs(60);
 
+/// Nodes are checked at most this often.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// What this instance knows of its own dataplane's control link, for [`Liveness::check`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LocalLink<'a> {
+    /// The local node, once it said who it is.
+    pub(super) node: Option<&'a str>,
+    /// The control socket is up (its handshake is done).
+    pub(super) ready: bool,
+    /// Since when the connection has been down.
+    pub(super) down_since: Option<Instant>,
+    /// Since when connects are refused (nothing listens on the socket) after we had a node.
+    pub(super) refused_since: Option<Instant>,
+}
+
+/// What a [`Liveness::check`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Verdict {
+    /// Tell the other instances that our own dataplane is gone (`NodeDown`); once.
+    pub(super) announce_down: Option<String>,
+    /// Ask the registry whether these suspect nodes still have a fresh heartbeat.
+    pub(super) check_alive: Vec<String>,
+    /// Nodes declared failed now (each once until it is back): mark them dead in the registry
+    /// and close their rooms for our clients.
+    pub(super) failed: Vec<String>,
+}
+
 impl Liveness {
     fn is_retired(&self, node: &str, incarnation: &str) -> bool {
         self.retired
             .get(node)
             .is_some_and(|r| r.iter().any(|i| i == incarnation))
+    }
+
+    /// Which nodes are gone at `now`. Closing every room of a node is the most drastic thing
+    /// the cluster does, so it takes evidence that survives a busy machine:
+    /// - our own dataplane: its control socket closed and nothing listens there any more
+    ///   ([`LOCAL_DEAD_AFTER`]); in cluster mode we tell the other instances (`NodeDown`);
+    ///   in single-node mode, its link down for [`NODE_DEAD_AFTER`] is enough;
+    /// - a remote node: another instance saw it gone that way and its beacons stopped too; or
+    ///   its beacons stopped for [`NODE_SUSPECT_AFTER`] *and* the registry holds no fresh
+    ///   heartbeat from it (5 s) — silence alone is not enough. Only the nodes our sessions use
+    ///   (`nodes_in_use`, called only when needed) are watched.
+    pub(super) fn check(
+        &mut self,
+        now: Instant,
+        local: LocalLink<'_>,
+        cluster: bool,
+        nodes_in_use: impl FnOnce(&Self) -> BTreeSet<String>,
+    ) -> Verdict {
+        let mut verdict = Verdict::default();
+        if self.next_check.is_some_and(|t| now < t) {
+            return verdict;
+        }
+        self.next_check = Some(now + CHECK_EVERY);
+        let mut dead: BTreeSet<String> = BTreeSet::new();
+        if let (Some(node), Some(since)) = (local.node, local.refused_since)
+            && !local.ready
+            && now.duration_since(since) > LOCAL_DEAD_AFTER
+        {
+            dead.insert(node.to_string());
+            if cluster && !self.announced_down {
+                self.announced_down = true;
+                verdict.announce_down = Some(node.to_string());
+            }
+        }
+        if cluster {
+            // Silence only means something while the subscription demonstrably delivers, and
+            // counts from when it came up at the earliest.
+            let hearing = self.subscribed_since.is_some()
+                && self
+                    .last_any
+                    .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+            if hearing {
+                let since = self.subscribed_since.unwrap_or(now);
+                let nodes = nodes_in_use(self);
+                // Forget what concerns nodes nobody here uses any more.
+                self.asked.retain(|n, _| nodes.contains(n));
+                self.registry_says.retain(|n, _| nodes.contains(n));
+                self.failed.retain(|n, t| {
+                    nodes.contains(n) || now.duration_since(*t) < FORGET_FAILED_AFTER
+                });
+                self.witnessed_down.retain(|n, t| {
+                    nodes.contains(n) || now.duration_since(*t) < FORGET_FAILED_AFTER
+                });
+                for node in nodes {
+                    let last = self.seen.get(&node).copied().unwrap_or(since).max(since);
+                    let silent = now.duration_since(last);
+                    if self.witnessed_down.contains_key(&node) && silent > LOCAL_DEAD_AFTER {
+                        dead.insert(node);
+                    } else if silent > NODE_SUSPECT_AFTER {
+                        match self.registry_says.get(&node) {
+                            Some((t, false)) if now.duration_since(*t) < Duration::from_secs(2) => {
+                                dead.insert(node);
+                            }
+                            _ => {
+                                let due = self.asked.get(&node).is_none_or(|t| {
+                                    now.duration_since(*t) > Duration::from_secs(1)
+                                });
+                                if due {
+                                    self.asked.insert(node.clone(), now);
+                                    verdict.check_alive.push(node);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        } else if let (Some(node), Some(down)) = (local.node, local.down_since)
+            && now.duration_since(down) > NODE_DEAD_AFTER
+        {
+            dead.insert(node.to_string());
+        }
+        for node in dead {
+            if self.failed.contains_key(&node) {
+                continue;
+            }
+            self.failed.insert(node.clone(), now);
+            verdict.failed.push(node);
+        }
+        verdict
     }
 }
 
@@ -83,104 +201,40 @@ impl Server {
         }
     }
 
-    /// Declare failed the nodes that are gone, and close their rooms for their clients. Closing
-    /// every room of a node is the most drastic thing the cluster does, so it takes evidence
-    /// that survives a busy machine:
-    /// - our own dataplane: its control socket closed and nothing listens there any more
-    ///   ([`LOCAL_DEAD_AFTER`]); we tell the other instances (`NodeDown`);
-    /// - a remote node: another instance saw it gone that way and its beacons stopped too; or its
-    ///   beacons stopped for [`NODE_SUSPECT_AFTER`] *and* the registry holds no fresh heartbeat
-    ///   from it (5 s) — silence alone is not enough.
+    /// Declare failed the nodes that are gone ([`Liveness::check`]), and close their rooms for
+    /// their clients.
     pub(super) fn check_nodes(&mut self, now: Instant) {
-        if self.live.next_check.is_some_and(|t| now < t) {
-            return;
-        }
-        self.live.next_check = Some(now + Duration::from_millis(250));
-        let mut dead: HashSet<String> = HashSet::new();
-        if let (Some(local), Some(since)) = (&self.local_node, self.control.refused_since)
-            && !self.control.ready
-            && now.duration_since(since) > LOCAL_DEAD_AFTER
-        {
-            dead.insert(local.clone());
-            if let Some(c) = &self.cluster
-                && !self.live.announced_down
-            {
-                self.live.announced_down = true;
-                c.send(Job::NodeDown {
-                    node: local.clone(),
-                });
-            }
-        }
-        if self.cluster.is_some() {
-            // Silence only means something while the subscription demonstrably delivers, and
-            // counts from when it came up at the earliest.
-            let hearing = self.live.subscribed_since.is_some()
-                && self
-                    .live
-                    .last_any
-                    .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
-            if hearing {
-                let since = self.live.subscribed_since.unwrap_or(now);
-                let mut nodes: HashSet<String> = HashSet::new();
-                for (_, c) in self.conns.iter() {
-                    if let ConnState::Ws { session, .. } = &c.state
-                        && let Some(node) = session.node()
-                        // A resume names its node in the client's (unsigned) token: only nodes
-                        // we have heard of are watched, so made-up names cost nothing.
-                        && (!session.is_resuming() || self.live.seen.contains_key(node))
-                    {
-                        nodes.insert(node.to_string());
-                    }
-                }
-                // Forget what concerns nodes nobody here uses any more.
-                self.live.asked.retain(|n, _| nodes.contains(n));
-                self.live.registry_says.retain(|n, _| nodes.contains(n));
-                self.live.failed.retain(|n, t| {
-                    nodes.contains(n) || now.duration_since(*t) < FORGET_FAILED_AFTER
-                });
-                self.live.witnessed_down.retain(|n, t| {
-                    nodes.contains(n) || now.duration_since(*t) < FORGET_FAILED_AFTER
-                });
-                for node in nodes {
-                    let last = self
-                        .live
-                        .seen
-                        .get(&node)
-                        .copied()
-                        .unwrap_or(since)
-                        .max(since);
-                    let silent = now.duration_since(last);
-                    if self.live.witnessed_down.contains_key(&node) && silent > LOCAL_DEAD_AFTER {
-                        dead.insert(node);
-                    } else if silent > NODE_SUSPECT_AFTER {
-                        match self.live.registry_says.get(&node) {
-                            Some((t, false)) if now.duration_since(*t) < Duration::from_secs(2) => {
-                                dead.insert(node);
-                            }
-                            _ => {
-                                let due = self.live.asked.get(&node).is_none_or(|t| {
-                                    now.duration_since(*t) > Duration::from_secs(1)
-                                });
-                                if due && let Some(c) = &self.cluster {
-                                    self.live.asked.insert(node.clone(), now);
-                                    c.send(Job::CheckAlive { node });
-                                }
-                            }
-                        }
-                    }
+        let local = LocalLink {
+            node: self.local_node.as_deref(),
+            ready: self.control.ready,
+            down_since: self.control.down_since,
+            refused_since: self.control.refused_since,
+        };
+        let conns = &self.conns;
+        let verdict = self.live.check(now, local, self.cluster.is_some(), |live| {
+            let mut nodes = BTreeSet::new();
+            for (_, c) in conns.iter() {
+                if let ConnState::Ws { session, .. } = &c.state
+                    && let Some(node) = session.node()
+                    // A resume names its node in the client's (unsigned) token: only nodes
+                    // we have heard of are watched, so made-up names cost nothing.
+                    && (!session.is_resuming() || live.seen.contains_key(node))
+                {
+                    nodes.insert(node.to_string());
                 }
             }
-        } else if let (Some(local), Some(down)) = (&self.local_node, self.control.down_since)
-            && now.duration_since(down) > NODE_DEAD_AFTER
-        {
-            dead.insert(local.clone());
-        }
-        for node in dead {
-            if self.live.failed.contains_key(&node) {
-                continue;
+            nodes
+        });
+        if let Some(c) = &self.cluster {
+            if let Some(node) = verdict.announce_down {
+                c.send(Job::NodeDown { node });
             }
+            for node in verdict.check_alive {
+                c.send(Job::CheckAlive { node });
+            }
+        }
+        for node in verdict.failed {
             warn!(%node, "media node failed: closing its rooms for our clients");
-            self.live.failed.insert(node.clone(), now);
             if let Some(c) = &self.cluster {
                 c.send(Job::MarkDead { node: node.clone() });
             }
@@ -266,3 +320,6 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
