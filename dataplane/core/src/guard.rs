@@ -19,7 +19,7 @@ pub fn guard<T>(f: impl FnOnce() -> T) -> Option<T> {
 /// Longest error detail returned to a client.
 const MAX_DETAIL: usize = 160;
 
-/// An error's text fit for a client: one line, at most [`MAX_DETAIL`] characters, and no
+/// An error's text fit for a client: one line, at most `MAX_DETAIL` (160) characters, and no
 /// hexadecimal numbers of pointer size (`0x7f…`), which str0m's parser errors can contain.
 pub fn clean_error(e: impl Display) -> String {
     let raw = e.to_string();

@@ -1,0 +1,155 @@
+//! Draining a participant's `Rtc` after every change (str0m's run-loop rule) and acting on its
+//! events: media added, RTP in, keyframe requests, channel data, connection state.
+
+use super::*;
+
+impl WorkerCore {
+    /// Drain one participant's `Rtc` until it returns a timeout (the run-loop rule).
+    pub(super) fn drain(&mut self, idx: ParticipantIdx, now: Instant) {
+        loop {
+            let Some(p) = self.participants.get_mut(idx.0) else {
+                return;
+            };
+            if p.failed {
+                self.work.push_back(Work::Remove(idx, LeaveReason::Failed));
+                return;
+            }
+            let output = match catch_unwind(AssertUnwindSafe(|| p.rtc.poll_output())) {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
+                    warn!(participant = %p.id, error = %e, "rtc failed; closing participant");
+                    p.failed = true;
+                    continue;
+                }
+                Err(_) => {
+                    warn!(participant = %p.id, "rtc panicked; closing participant");
+                    p.failed = true;
+                    continue;
+                }
+            };
+            match output {
+                RtcOutput::Timeout(t) => {
+                    p.rtc_deadline = t;
+                    if !p.rtc.is_alive() {
+                        self.work.push_back(Work::Remove(idx, LeaveReason::Closed));
+                        return;
+                    }
+                    self.schedule(idx);
+                    return;
+                }
+                RtcOutput::Transmit(t) => {
+                    let contents: Vec<u8> = t.contents.into();
+                    self.counters.datagrams_out += 1;
+                    self.counters.bytes_out += contents.len() as u64;
+                    self.out.push_back(Output::Transmit(Transmit {
+                        destination: t.destination,
+                        contents,
+                    }));
+                }
+                RtcOutput::Event(e) => self.handle_rtc_event(idx, now, e),
+            }
+        }
+    }
+
+    pub(super) fn handle_rtc_event(&mut self, idx: ParticipantIdx, now: Instant, event: RtcEvent) {
+        let Some(p) = self.participants.get_mut(idx.0) else {
+            return;
+        };
+        match event {
+            RtcEvent::RtpPacket(pkt) => {
+                p.rtp_in += 1;
+                self.counters.rtp_in += 1;
+                let mid = p
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&pkt.header.ssrc)
+                    .map(|s| s.mid());
+                match mid.and_then(|m| p.track_in(m)) {
+                    Some(ti) => self.work.push_back(Work::Forward(ti, pkt)),
+                    None => self.counters.drop(DropReason::UnknownTrack),
+                }
+            }
+            RtcEvent::KeyframeRequest(req) => {
+                let source = p.tracks_out.iter().find_map(|to| {
+                    let t = self.tracks_out.get(to.0)?;
+                    (t.mid() == Some(req.mid)).then_some(t.source).flatten()
+                });
+                if let Some(ti) = source {
+                    self.work.push_back(Work::Keyframe(ti));
+                }
+            }
+            RtcEvent::MediaAdded(m)
+                if p.grants.publish
+                    && matches!(m.direction, Direction::RecvOnly | Direction::SendRecv)
+                    && p.track_in(m.mid).is_none() =>
+            {
+                let ti = TrackInIdx(self.tracks_in.insert(TrackIn {
+                    publisher: idx,
+                    mid: m.mid,
+                    kind: m.kind,
+                    subscribers: Vec::new(),
+                    last_keyframe_request: None,
+                    keyframe_pending: false,
+                }));
+                p.tracks_in.push((m.mid, ti));
+                debug!(participant = %p.id, mid = %m.mid, kind = ?m.kind, "track published");
+                self.work.push_back(Work::TrackAdded(ti));
+            }
+            RtcEvent::Connected => {
+                p.connected = true;
+                if self.join_samples.len() < 10_000 {
+                    self.join_samples
+                        .push(now.saturating_duration_since(p.joined_at).as_secs_f64());
+                }
+                info!(participant = %p.id, "connected");
+                self.work.push_back(Work::Connected(idx));
+            }
+            RtcEvent::IceConnectionStateChange(state) => {
+                // Not acted on: ICE-lite has no checks of its own to fail; the inactivity timeout
+                // decides when a participant is gone.
+                debug!(participant = %p.id, ?state, "ice state");
+            }
+            RtcEvent::ChannelOpen(id, label) if label == "chat" => {
+                p.chat = Some(id);
+                let mut backlog: Vec<Vec<u8>> = p.chat_backlog.drain(..).collect();
+                // The current mute state of everyone else who announced one.
+                let room = p.room.clone();
+                if let Some(r) = self.rooms.get(&room) {
+                    for o in &r.participants {
+                        if let Some(op) = self.participants.get(o.0)
+                            && *o != idx
+                            && op.media_state != MediaState::default()
+                        {
+                            backlog.push(op.media_state.to_json(&op.id));
+                        }
+                    }
+                }
+                for msg in backlog {
+                    self.send_chat(idx, &msg);
+                }
+            }
+            RtcEvent::ChannelData(data) if Some(data.id) == p.chat => {
+                self.work.push_back(Work::Chat(idx, data.data));
+            }
+            RtcEvent::ChannelClose(id) if Some(id) == p.chat => {
+                p.chat = None;
+            }
+            RtcEvent::MediaEgressStats(s) => {
+                match p.egress_nacks.iter_mut().find(|(m, _)| *m == s.mid) {
+                    Some((_, last)) => {
+                        self.counters.nacks_received += s.nacks.saturating_sub(*last);
+                        *last = s.nacks;
+                    }
+                    None => {
+                        self.counters.nacks_received += s.nacks;
+                        p.egress_nacks.push((s.mid, s.nacks));
+                    }
+                }
+            }
+            RtcEvent::Closed => {
+                self.work.push_back(Work::Remove(idx, LeaveReason::Closed));
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Timers: the heap of per-participant `Rtc` deadlines, ICE timeouts and the periodic stats
+//! report.
+
+use super::*;
+
+impl WorkerCore {
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((t, idx))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(p) = self.participants.get_mut(idx.0) else {
+                continue;
+            };
+            if p.scheduled != Some(t) {
+                continue; // stale heap entry
+            }
+            p.scheduled = None;
+            if now.saturating_duration_since(p.last_rx) >= self.cfg.ice_timeout {
+                info!(participant = %p.id, "no packets for {:?}: removing", self.cfg.ice_timeout);
+                self.work.push_back(Work::Remove(idx, LeaveReason::Timeout));
+                continue;
+            }
+            if now >= p.rtc_deadline {
+                match catch_unwind(AssertUnwindSafe(|| {
+                    p.rtc.handle_input(RtcInput::Timeout(now))
+                })) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        warn!(participant = %p.id, error = %e, "rtc timeout failed");
+                        p.failed = true;
+                    }
+                    Err(_) => p.failed = true,
+                }
+            }
+            for (_, ti) in &p.tracks_in {
+                if let Some(t) = self.tracks_in.get_mut(ti.0)
+                    && t.keyframe_pending
+                    && t.last_keyframe_request
+                        .is_none_or(|l| now >= l + self.cfg.keyframe_interval)
+                {
+                    // Cleared here so the deadline is not re-armed in the past before the
+                    // queued request runs.
+                    t.keyframe_pending = false;
+                    self.work.push_back(Work::Keyframe(*ti));
+                }
+            }
+            self.drain(idx, now);
+        }
+        if self.next_stats.is_none_or(|t| now >= t) {
+            if self.next_stats.is_some() {
+                let mut stats = self.stats();
+                stats.join_seconds = std::mem::take(&mut self.join_samples);
+                self.out.push_back(Output::Report(Report::Stats(stats)));
+            }
+            self.next_stats = Some(now + self.cfg.stats_interval);
+        }
+        self.run_work(now);
+    }
+
+    /// Keep the earliest deadline of a participant in the timer heap.
+    pub(super) fn schedule(&mut self, idx: ParticipantIdx) {
+        let Some(p) = self.participants.get_mut(idx.0) else {
+            return;
+        };
+        let mut deadline = p.rtc_deadline.min(p.last_rx + self.cfg.ice_timeout);
+        for (_, ti) in &p.tracks_in {
+            if let Some(t) = self.tracks_in.get(ti.0)
+                && t.keyframe_pending
+                && let Some(last) = t.last_keyframe_request
+            {
+                deadline = deadline.min(last + self.cfg.keyframe_interval);
+            }
+        }
+        if p.scheduled.is_none_or(|s| deadline < s) {
+            p.scheduled = Some(deadline);
+            self.timers.push(Reverse((deadline, idx)));
+        }
+    }
+}
