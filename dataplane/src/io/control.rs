@@ -10,6 +10,9 @@
 //! `attach` (session resume). Participants orphaned for longer than the resume window are removed
 //! (`abandoned`).
 //!
+//! Requests from peers (handshake, join/attach admission and fencing, routing, stats, drain,
+//! faults) in `control/requests.rs`.
+//!
 //! Peers and the socket itself (`control/peers.rs`): only the dataplane's own user, root and
 //! configured uids may connect (`SO_PEERCRED`); a connection must say `hello` within
 //! [`HELLO_TIMEOUT`]; at most [`MAX_LOCAL_PEERS`] at once. A single message that does not fit the
@@ -22,7 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use registry::{NodeInfo, NodeLoad, NodeState, Placement};
 use control::{
     BeaconKind, ErrorCode, Fault, FromDataplane, LeaveReason, NodeStats, Request, Response,
     ToDataplane, WorkerStats,
@@ -30,6 +32,7 @@ use control::{
 use crossbeam_channel::{Receiver, TrySendError};
 use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use registry::{NodeInfo, NodeLoad, NodeState, Placement};
 use slab::Slab;
 use tracing::{info, warn};
 
@@ -42,6 +45,7 @@ use sfu_core::Command;
 
 mod peers;
 mod pending;
+mod requests;
 mod workers;
 
 use peers::Peer;
@@ -396,217 +400,6 @@ impl ControlServer {
             .collect();
         for id in ready {
             self.send(id, &msg);
-        }
-    }
-
-    fn handle_message(&mut self, peer: PeerId, msg: ToDataplane) {
-        let hello_done = match self.peers.get(peer) {
-            Some(p) => p.ready(),
-            None => return,
-        };
-        match msg {
-            ToDataplane::Hello {
-                version,
-                client,
-                signaling_id,
-            } => self.hello(peer, version, client, signaling_id),
-            ToDataplane::Request { id, .. } if !hello_done => {
-                self.respond(
-                    peer,
-                    id,
-                    Response::error(ErrorCode::BadRequest, "hello first"),
-                );
-                self.flush_locals();
-                self.close_peer(peer);
-            }
-            ToDataplane::Request { id, request } => self.handle_request(peer, id, request),
-        }
-    }
-
-    fn handle_request(&mut self, peer: PeerId, id: u64, request: Request) {
-        if self.shutdown.load(Ordering::Relaxed) {
-            self.respond(
-                peer,
-                id,
-                Response::error(ErrorCode::Unavailable, "dataplane is shutting down"),
-            );
-            return;
-        }
-        let refuse = |code, message: String| Response::error(code, message);
-        let (worker, kind, participant) = match &request {
-            Request::Stats => {
-                let stats = self.node_stats();
-                self.respond(peer, id, Response::Stats(stats));
-                return;
-            }
-            Request::Drain => {
-                self.drain.store(true, Ordering::SeqCst);
-                self.start_drain();
-                self.respond(peer, id, Response::Ok);
-                return;
-            }
-            Request::InjectFault { fault } => {
-                self.inject_fault(peer, id, *fault);
-                return;
-            }
-            Request::CloseRoom { room } => match self.routes.room_worker(room) {
-                Some(w) => (w, PendingKind::Other, String::new()),
-                None => {
-                    self.respond(
-                        peer,
-                        id,
-                        refuse(ErrorCode::BadRequest, format!("no room {room:?} here")),
-                    );
-                    return;
-                }
-            },
-            Request::Join {
-                room,
-                participant,
-                epoch,
-                ..
-            } => {
-                let draining = self.draining;
-                match self
-                    .routes
-                    .reserve_join(participant, room, *epoch, peer, draining)
-                {
-                    Ok(JoinRoute { worker, placed }) => {
-                        if let Some(epoch) = placed {
-                            self.room_placed(room, epoch);
-                        }
-                        (worker, PendingKind::Join, participant.clone())
-                    }
-                    Err(e) => {
-                        let (code, message) = match e {
-                            JoinRefused::Duplicate => (
-                                ErrorCode::DuplicateParticipant,
-                                format!("participant {participant:?} already exists"),
-                            ),
-                            JoinRefused::AtCapacity { max } => (
-                                ErrorCode::Unavailable,
-                                format!("this media server is full ({max} participants)"),
-                            ),
-                            JoinRefused::StaleEpoch => (
-                                ErrorCode::Unavailable,
-                                "stale room placement; look the room up again".into(),
-                            ),
-                            JoinRefused::Draining => {
-                                (ErrorCode::Unavailable, "node is draining".into())
-                            }
-                            JoinRefused::NoWorker => (
-                                ErrorCode::Unavailable,
-                                "no media worker is running; retry shortly".into(),
-                            ),
-                        };
-                        self.respond(peer, id, refuse(code, message));
-                        return;
-                    }
-                }
-            }
-            Request::Answer { participant, .. }
-            | Request::Offer { participant, .. }
-            | Request::Leave { participant }
-            | Request::Attach { participant, .. } => {
-                let Some(worker) = self.routes.worker_of(participant) else {
-                    self.respond(
-                        peer,
-                        id,
-                        refuse(
-                            ErrorCode::UnknownParticipant,
-                            format!("no participant {participant:?} on this dataplane"),
-                        ),
-                    );
-                    return;
-                };
-                // Ownership of an attach moves only once the worker verified the resume key
-                // (see `handle_reports`); until then events keep going to the old owner.
-                let kind = if matches!(request, Request::Attach { .. }) {
-                    PendingKind::Attach
-                } else {
-                    PendingKind::Other
-                };
-                (worker, kind, participant.clone())
-            }
-        };
-        let tag = self.pending.next_tag();
-        let sent = match self.workers.get(worker as usize) {
-            Some(w) if !self.routes.worker_down(worker) => {
-                let r = w
-                    .commands
-                    .try_send(ToWorker::Command(Command::request(tag, request)));
-                let _ = w.waker.wake();
-                r
-            }
-            _ => Err(TrySendError::Disconnected(ToWorker::Restart)),
-        };
-        match sent {
-            Ok(()) => {
-                self.pending.insert(Pending {
-                    peer: Some(peer),
-                    id,
-                    kind,
-                    participant,
-                    worker,
-                });
-            }
-            Err(e) => {
-                if kind == PendingKind::Join
-                    && let Some(g) = self.routes.remove_participant(&participant, worker)
-                {
-                    self.room_gone(g);
-                }
-                let why = if matches!(e, TrySendError::Full(_)) {
-                    "worker is overloaded; retry later"
-                } else {
-                    "the worker is restarting; retry shortly"
-                };
-                self.respond(peer, id, refuse(ErrorCode::Unavailable, why.into()));
-            }
-        }
-    }
-
-    /// Tests only (`--test-faults`): make a worker panic, or drop every local control link.
-    fn inject_fault(&mut self, peer: PeerId, id: u64, fault: Fault) {
-        if !self.settings.test_faults {
-            self.respond(
-                peer,
-                id,
-                Response::error(
-                    ErrorCode::BadRequest,
-                    "fault injection is off (start the dataplane with --test-faults)",
-                ),
-            );
-            return;
-        }
-        warn!(?fault, "injecting a fault (--test-faults)");
-        match fault {
-            Fault::WorkerPanic { worker } => match self.workers.get(worker as usize) {
-                Some(w) => {
-                    let _ = w.commands.try_send(ToWorker::InjectPanic);
-                    let _ = w.waker.wake();
-                    self.respond(peer, id, Response::Ok);
-                }
-                None => {
-                    self.respond(
-                        peer,
-                        id,
-                        Response::error(ErrorCode::BadRequest, format!("no worker {worker}")),
-                    );
-                }
-            },
-            Fault::DropControlLinks => {
-                self.respond(peer, id, Response::Ok);
-                let locals: Vec<PeerId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| matches!(p, Peer::Local { .. }))
-                    .map(|(i, _)| i)
-                    .collect();
-                for p in locals {
-                    self.close_peer(p);
-                }
-            }
         }
     }
 

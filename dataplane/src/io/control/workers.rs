@@ -9,9 +9,9 @@ use tracing::{debug, error, info, warn};
 
 use super::ControlServer;
 use super::pending::PendingKind;
-use sfu_core::{Command, Op, Report};
 use crate::io::cluster::ClusterCmd;
 use crate::io::worker::{FromWorker, ToWorker};
+use sfu_core::{Command, Op, Report};
 
 impl ControlServer {
     /// Tell `worker` to remove `participant`; if its queue is full, retried on the next sweep.
