@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use control::{Grants, Request, Response};
+use dataplane::io::translate;
 use sfu_core::{
-    Command, CoreConfig, Input, Output, Report, SharedCrypto, WallClock, WorkerCore,
+    CoreConfig, Input, Output, Report, SharedCrypto, WallClock, WorkerCore,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -18,13 +19,14 @@ fn crypto() -> SharedCrypto {
 }
 
 fn ask(core: &mut WorkerCore, now: Instant, tag: u64, request: Request) -> Option<Response> {
-    core.handle_input(Input::Command(now, Command::request(tag, request)));
+    let command = translate::command(tag, request).expect("a worker's request");
+    core.handle_input(Input::Command(now, command));
     let mut answer = None;
     while let Some(o) = core.poll_output() {
-        if let Output::Report(Report::Response { tag: t, response }) = o
+        if let Output::Report(Report::Reply { tag: t, reply }) = o
             && t == tag
         {
-            answer = Some(response);
+            answer = Some(translate::reply(reply));
         }
     }
     answer

@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sfu_core::{
-    Command, CoreConfig, Demux, Input, ParticipantIdx, SharedCrypto, WallClock, WorkerCore,
+    Command, CoreConfig, Demux, Grants, Input, Join, Op, ParticipantIdx, SharedCrypto, WallClock,
+    WorkerCore,
     classify,
 };
 use libfuzzer_sys::fuzz_target;
@@ -36,18 +37,17 @@ fuzz_target!(|data: &[u8]| {
     let mut core = WorkerCore::new(CoreConfig::new(0, local), crypto(), clock, [7; 32]);
     core.handle_input(Input::Command(
         now,
-        Command::request(
-            1,
-            control::Request::Join {
+        Command {
+            tag: 1,
+            op: Op::Join(Join {
                 room: "r".into(),
                 participant: "p".into(),
                 name: "n".into(),
                 offer: None,
-                epoch: None,
-                grants: control::Grants::default(),
+                grants: Grants::default(),
                 identity: None,
-            },
-        ),
+            }),
+        },
     ));
     core.handle_input(Input::Receive {
         now,

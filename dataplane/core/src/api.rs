@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use str0m::config::{CryptoProvider, DtlsCert};
 
-use control::{Event as CtlEvent, LeaveReason, Request, Response, WorkerStats};
+use crate::messages::{Event, Op, ParticipantId, Reply, RoomId, Stats};
 
 use super::RouteError;
 #[cfg(doc)]
@@ -97,49 +97,26 @@ impl WallClock {
 }
 
 /// A command from the control thread: an operation and an opaque `tag` that comes back in the
-/// matching [`Report::Response`].
+/// matching [`Report::Reply`].
 #[derive(Debug, Clone)]
 pub struct Command {
     pub tag: u64,
     pub op: Op,
 }
 
-/// What a [`Command`] asks for.
-#[derive(Debug, Clone)]
-pub enum Op {
-    /// A control-protocol request from signaling.
-    Request(Request),
-    /// Remove a participant for a reason other than its own `leave` (the control thread uses it
-    /// for sessions abandoned by their signaling).
-    Remove {
-        participant: String,
-        reason: LeaveReason,
-    },
-}
-
-impl Command {
-    /// A command carrying a control request.
-    pub fn request(tag: u64, request: Request) -> Self {
-        Self {
-            tag,
-            op: Op::Request(request),
-        }
-    }
-}
-
 /// What the core tells the control thread.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
     /// The answer to the [`Command`] with this `tag`.
-    Response { tag: u64, response: Response },
+    Reply { tag: u64, reply: Reply },
     /// An event for one participant, to route to its signaling connection.
-    Event(CtlEvent),
+    Event(Event),
     /// A participant no longer exists on this worker (after any reason).
-    ParticipantClosed { participant: String },
+    ParticipantClosed { participant: ParticipantId },
     /// A room became empty and was removed from this worker.
-    RoomClosed { room: String },
+    RoomClosed { room: RoomId },
     /// Periodic statistics snapshot.
-    Stats(WorkerStats),
+    Stats(Stats),
 }
 
 /// Input to the core. Time always comes with it.
@@ -247,7 +224,7 @@ impl From<RouteError> for DropReason {
 }
 
 /// Counters of one worker.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counters {
     pub datagrams_in: u64,
     pub datagrams_out: u64,

@@ -2,6 +2,8 @@
 //! one participant), rate-limited per sender, backlogged while a channel is not open yet.
 
 use std::collections::HashMap;
+
+use crate::messages::RoomId;
 use std::time::Instant;
 
 use tracing::{debug, warn};
@@ -37,7 +39,7 @@ impl WorkerCore {
         };
         let request = parse_request(data, self.cfg.max_chat_text).and_then(|req| {
             if let ChannelRequest::Chat(ChatRequest { to: Some(to), .. }) = &req {
-                let target = self.by_id.get(to).copied();
+                let target = self.by_id.get(to.as_str()).copied();
                 let same_room = target
                     .and_then(|t| self.participants.get(t.0))
                     .is_some_and(|t| t.room == p.room);
@@ -75,7 +77,7 @@ impl WorkerCore {
             // A whisper goes to its target and back to its sender as confirmation.
             Some(to) => {
                 let mut r = vec![from];
-                if let Some(t) = self.by_id.get(to).copied()
+                if let Some(t) = self.by_id.get(to.as_str()).copied()
                     && t != from
                 {
                     r.push(t);
@@ -92,7 +94,7 @@ impl WorkerCore {
 
     /// Everyone in `room` but `except` (over `rooms` alone, so a participant may be borrowed).
     pub(super) fn room_except(
-        rooms: &HashMap<String, Room>,
+        rooms: &HashMap<RoomId, Room>,
         room: &str,
         except: ParticipantIdx,
     ) -> Vec<ParticipantIdx> {

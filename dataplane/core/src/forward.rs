@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use control::LeaveReason;
+use crate::messages::LeaveReason;
 use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::rtp::{RtpPacket, RtpWrite};
 use tracing::{trace, warn};
@@ -98,7 +98,6 @@ impl WorkerCore {
                 continue;
             };
             tout.last_arrival = Some(pkt.timestamp);
-            tout.packets += 1;
             let Some(sp) = self.participants.get_mut(sub.0) else {
                 continue;
             };

@@ -43,6 +43,7 @@ mod forward;
 mod guard;
 mod ids;
 mod invariants;
+mod messages;
 mod munger;
 mod negotiation;
 mod participant;
@@ -60,9 +61,6 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use control::{
-    ErrorCode, Event as CtlEvent, LeaveReason, ParticipantStats, Response, RoomStats, WorkerStats,
-};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use slab::Slab;
@@ -74,7 +72,7 @@ use str0m::{Event as RtcEvent, Input as RtcInput};
 use tracing::{debug, info, trace, warn};
 
 pub use api::{
-    Command, CoreConfig, Counters, DropReason, Input, Op, Output, Report, SharedCrypto, Transmit,
+    Command, CoreConfig, Counters, DropReason, Input, Output, Report, SharedCrypto, Transmit,
     WallClock,
 };
 pub use chat::{
@@ -84,6 +82,10 @@ pub use chat::{
 pub use demux::{Demux, PacketClass, RouteError, classify};
 pub use guard::{clean_error, guard, media_sections};
 pub use ids::{ParticipantIdx, TrackInIdx, TrackOutIdx};
+pub use messages::{
+    ErrorCode, Event, Grants, Join, LeaveReason, Op, ParticipantId, ParticipantStats, PeerInfo,
+    Reply, RoomId, RoomStats, Stats,
+};
 pub use munger::RtpMunger;
 use participant::{MAX_ADDRS, Participant};
 use track::{OutState, TrackIn, TrackOut};
@@ -123,8 +125,8 @@ pub struct WorkerCore {
     crypto: SharedCrypto,
     clock: WallClock,
     participants: Slab<Participant>,
-    by_id: HashMap<String, ParticipantIdx>,
-    rooms: HashMap<String, Room>,
+    by_id: HashMap<ParticipantId, ParticipantIdx>,
+    rooms: HashMap<RoomId, Room>,
     tracks_in: Slab<TrackIn>,
     tracks_out: Slab<TrackOut>,
     demux: Demux,
@@ -209,8 +211,8 @@ impl WorkerCore {
     }
 }
 
-fn unknown(id: &str) -> Response {
-    Response::error(
+fn unknown(id: &str) -> Reply {
+    Reply::error(
         ErrorCode::UnknownParticipant,
         format!("no participant {id:?} on this dataplane"),
     )

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::participant::PendingOffer;
 use super::track::{OutState, TrackOut};
 use super::{ParticipantIdx, TrackInIdx, TrackOutIdx, Work, WorkerCore, kind_name};
-use control::Event as CtlEvent;
+use crate::messages::Event;
 use str0m::media::{Direction, MediaKind};
 
 impl WorkerCore {
@@ -97,7 +97,7 @@ impl WorkerCore {
                     let mid = api.add_media(
                         t.kind,
                         Direction::SendOnly,
-                        Some(t.publisher_id.clone()),
+                        Some(t.publisher_id.to_string()),
                         Some(track_id),
                         None,
                     );
@@ -118,7 +118,7 @@ impl WorkerCore {
                     sdp: sdp.clone(),
                     tracks: changes,
                 });
-                let event = CtlEvent::Offer {
+                let event = Event::Offer {
                     participant: p.id.clone(),
                     sdp,
                 };

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use control::Grants;
+use crate::messages::{Grants, ParticipantId, RoomId};
 use str0m::Rtc;
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
@@ -37,9 +37,9 @@ pub struct PendingOffer {
 
 #[derive(Debug)]
 pub struct Participant {
-    pub id: String,
+    pub id: ParticipantId,
     pub name: String,
-    pub room: String,
+    pub room: RoomId,
     pub rtc: Rtc,
     pub ufrag: String,
     /// Source addresses bound to this participant in the demux.
@@ -114,9 +114,9 @@ impl Allowance {
 
 impl Participant {
     pub fn new(
-        id: String,
+        id: ParticipantId,
         name: String,
-        room: String,
+        room: RoomId,
         rtc: Rtc,
         ufrag: String,
         resume_key: String,

@@ -86,7 +86,7 @@ impl WorkerCore {
         for o in others {
             if let Some(op) = self.participants.get(o.0) {
                 let participant = op.id.clone();
-                self.event(CtlEvent::PeerLeft {
+                self.event(Event::PeerLeft {
                     participant,
                     peer_id: p.id.clone(),
                     reason,
@@ -94,7 +94,7 @@ impl WorkerCore {
             }
         }
         if reason != LeaveReason::Left {
-            self.event(CtlEvent::Gone {
+            self.event(Event::Gone {
                 participant: p.id.clone(),
                 reason,
             });

@@ -5,7 +5,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use control::{ErrorCode, Event as CtlEvent, LeaveReason, PeerInfo, Request, Response};
+use crate::messages::{ErrorCode, Event, Join, LeaveReason, PeerInfo, Reply};
 use rand::Rng;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
@@ -22,51 +22,43 @@ impl WorkerCore {
         if self.next_stats.is_none() {
             self.next_stats = Some(now + self.cfg.stats_interval);
         }
-        let request = match cmd.op {
-            Op::Request(r) => r,
+        let response = match cmd.op {
             Op::Remove {
                 participant,
                 reason,
             } => {
-                if let Some(idx) = self.by_id.get(&participant).copied() {
+                if let Some(idx) = self.by_id.get(participant.as_str()).copied() {
                     self.remove_participant(idx, now, reason);
                 }
-                self.run_work(now);
-                return;
+                None
             }
-        };
-        let response = match request {
-            join @ Request::Join { .. } => self.handle_join(now, cmd.tag, join),
-            Request::Answer { participant, sdp } => self.handle_answer(now, &participant, &sdp),
-            Request::Offer { participant, sdp } => {
-                self.handle_client_offer(now, &participant, &sdp)
+            Op::Join(join) => self.handle_join(now, cmd.tag, join),
+            Op::Answer { participant, sdp } => self.handle_answer(now, participant.as_str(), &sdp),
+            Op::Offer { participant, sdp } => {
+                self.handle_client_offer(now, participant.as_str(), &sdp)
             }
-            Request::Leave { participant } => match self.by_id.get(&participant).copied() {
+            Op::Leave { participant } => match self.by_id.get(participant.as_str()).copied() {
                 Some(idx) => {
                     self.remove_participant(idx, now, LeaveReason::Left);
-                    Some(Response::Ok)
+                    Some(Reply::Ok)
                 }
-                None => Some(unknown(&participant)),
+                None => Some(unknown(participant.as_str())),
             },
-            Request::Attach {
+            Op::Attach {
                 participant,
                 resume_key,
-            } => self.handle_attach(cmd.tag, &participant, &resume_key),
-            Request::CloseRoom { room } => {
+            } => self.handle_attach(cmd.tag, participant.as_str(), &resume_key),
+            Op::CloseRoom { room } => {
                 let members = self
                     .rooms
-                    .get(&room)
+                    .get(room.as_str())
                     .map(|r| r.participants.clone())
                     .unwrap_or_default();
                 for idx in members {
                     self.remove_participant(idx, now, LeaveReason::RoomClosed);
                 }
-                Some(Response::Ok)
+                Some(Reply::Ok)
             }
-            Request::Stats | Request::Drain | Request::InjectFault { .. } => Some(Response::error(
-                ErrorCode::BadRequest,
-                "handled by the control thread, not a worker",
-            )),
         };
         if let Some(response) = response {
             self.respond(cmd.tag, response);
@@ -74,44 +66,38 @@ impl WorkerCore {
         self.run_work(now);
     }
 
-    pub(super) fn respond(&mut self, tag: u64, response: Response) {
-        self.out
-            .push_back(Output::Report(Report::Response { tag, response }));
+    pub(super) fn respond(&mut self, tag: u64, response: Reply) {
+        self.out.push_back(Output::Report(Report::Reply {
+            tag,
+            reply: response,
+        }));
     }
 
-    pub(super) fn event(&mut self, event: CtlEvent) {
+    pub(super) fn event(&mut self, event: Event) {
         self.out.push_back(Output::Report(Report::Event(event)));
     }
 
     /// Returns `None` when the response was already emitted (it must precede the events).
-    pub(super) fn handle_join(
-        &mut self,
-        now: Instant,
-        tag: u64,
-        join: Request,
-    ) -> Option<Response> {
-        let Request::Join {
+    pub(super) fn handle_join(&mut self, now: Instant, tag: u64, join: Join) -> Option<Reply> {
+        let Join {
             room,
-            participant: id,
+            participant,
             name,
             offer,
             grants,
             identity,
-            ..
-        } = join
-        else {
-            return None;
-        };
+        } = join;
+        let id = participant;
         let offer = offer.as_deref();
         if self.by_id.contains_key(&id) {
-            return Some(Response::error(
+            return Some(Reply::error(
                 ErrorCode::DuplicateParticipant,
                 format!("participant {id:?} already exists"),
             ));
         }
         match self.rooms.get(&room) {
             None if self.rooms.len() >= self.cfg.max_rooms => {
-                return Some(Response::error(
+                return Some(Reply::error(
                     ErrorCode::Unavailable,
                     format!(
                         "this worker hosts its maximum of {} rooms",
@@ -120,7 +106,7 @@ impl WorkerCore {
                 ));
             }
             Some(r) if r.participants.len() >= self.cfg.max_participants_per_room => {
-                return Some(Response::error(
+                return Some(Reply::error(
                     ErrorCode::RoomFull,
                     format!(
                         "room {room:?} has its maximum of {} participants",
@@ -142,7 +128,7 @@ impl WorkerCore {
         let candidate = match Candidate::host(self.cfg.local_addr, "udp") {
             Ok(c) => c,
             Err(e) => {
-                return Some(Response::error(
+                return Some(Reply::error(
                     ErrorCode::Internal,
                     format!("bad local candidate: {e}"),
                 ));
@@ -154,13 +140,13 @@ impl WorkerCore {
             Some(offer) => match guard(|| rtc.sdp_api().accept_offer(offer)) {
                 Some(Ok(a)) => Some(a.to_sdp_string()),
                 Some(Err(e)) => {
-                    return Some(Response::error(
+                    return Some(Reply::error(
                         ErrorCode::BadRequest,
                         format!("SDP offer not acceptable: {}", clean_error(e)),
                     ));
                 }
                 None => {
-                    return Some(Response::error(
+                    return Some(Reply::error(
                         ErrorCode::BadRequest,
                         "SDP offer not acceptable",
                     ));
@@ -206,21 +192,19 @@ impl WorkerCore {
             .collect();
         self.respond(
             tag,
-            Response::Joined {
+            Reply::Joined {
                 answer,
                 worker: self.cfg.worker,
                 port: self.cfg.local_addr.port(),
                 participants: peers,
                 resume_key,
-                // Filled in by the control thread (the core draws no randomness).
-                incarnation: String::new(),
             },
         );
         let me = PeerInfo { id, name };
         for o in &others {
             if let Some(op) = self.participants.get(o.0) {
                 let participant = op.id.clone();
-                self.event(CtlEvent::PeerJoined {
+                self.event(Event::PeerJoined {
                     participant,
                     peer: me.clone(),
                 });
@@ -244,12 +228,7 @@ impl WorkerCore {
 
     /// A signaling connection took over the participant's events: tell it the room and re-send
     /// the outstanding server offer (the previous connection may have died before relaying it).
-    pub(super) fn handle_attach(
-        &mut self,
-        tag: u64,
-        id: &str,
-        resume_key: &str,
-    ) -> Option<Response> {
+    pub(super) fn handle_attach(&mut self, tag: u64, id: &str, resume_key: &str) -> Option<Reply> {
         let Some(idx) = self.by_id.get(id).copied() else {
             return Some(unknown(id));
         };
@@ -273,15 +252,14 @@ impl WorkerCore {
                     .collect()
             })
             .unwrap_or_default();
-        let offer = p.pending.as_ref().map(|o| CtlEvent::Offer {
+        let offer = p.pending.as_ref().map(|o| Event::Offer {
             participant: p.id.clone(),
             sdp: o.sdp.clone(),
         });
-        let response = Response::Attached {
+        let response = Reply::Attached {
             room: p.room.clone(),
             name: p.name.clone(),
             participants,
-            incarnation: String::new(),
             identity: p.identity.clone(),
         };
         // The response must precede the re-sent offer.
@@ -292,7 +270,7 @@ impl WorkerCore {
         None
     }
 
-    pub(super) fn parse_offer(&self, sdp: &str) -> Result<SdpOffer, Response> {
+    pub(super) fn parse_offer(&self, sdp: &str) -> Result<SdpOffer, Reply> {
         self.parse_sdp(sdp, "offer", SdpOffer::from_sdp_string)
     }
 
@@ -304,10 +282,10 @@ impl WorkerCore {
         sdp: &str,
         what: &str,
         parse: impl FnOnce(&str) -> Result<T, E>,
-    ) -> Result<T, Response> {
+    ) -> Result<T, Reply> {
         let sections = media_sections(sdp);
         if sections > self.cfg.max_media_per_offer {
-            return Err(Response::error(
+            return Err(Reply::error(
                 ErrorCode::BadRequest,
                 format!(
                     "SDP {what} has {sections} media sections; at most {} are accepted",
@@ -317,11 +295,11 @@ impl WorkerCore {
         }
         match guard(|| parse(sdp)) {
             Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(Response::error(
+            Some(Err(e)) => Err(Reply::error(
                 ErrorCode::BadRequest,
                 format!("invalid SDP {what}: {}", clean_error(e)),
             )),
-            None => Err(Response::error(
+            None => Err(Reply::error(
                 ErrorCode::BadRequest,
                 format!("invalid SDP {what}"),
             )),
@@ -359,7 +337,7 @@ impl WorkerCore {
             .build(now)
     }
 
-    pub(super) fn handle_answer(&mut self, now: Instant, id: &str, sdp: &str) -> Option<Response> {
+    pub(super) fn handle_answer(&mut self, now: Instant, id: &str, sdp: &str) -> Option<Reply> {
         let Some(idx) = self.by_id.get(id).copied() else {
             return Some(unknown(id));
         };
@@ -369,7 +347,7 @@ impl WorkerCore {
         };
         let p = self.participants.get_mut(idx.0)?;
         let Some(pending) = p.pending.take() else {
-            return Some(Response::error(
+            return Some(Reply::error(
                 ErrorCode::BadRequest,
                 "no server offer is outstanding",
             ));
@@ -383,21 +361,21 @@ impl WorkerCore {
                 for to in &pending.tracks {
                     self.finish_negotiation(*to, connected);
                 }
-                Response::Ok
+                Reply::Ok
             }
             Ok(Err(e)) => {
                 // The offer is consumed either way: put its tracks back and offer again.
                 for to in &pending.tracks {
                     self.rollback_negotiation(*to);
                 }
-                Response::error(
+                Reply::error(
                     ErrorCode::BadRequest,
                     format!("SDP answer not acceptable: {}", clean_error(e)),
                 )
             }
             Err(_) => {
                 p_fail(&mut self.participants, idx);
-                Response::error(ErrorCode::BadRequest, "SDP answer not acceptable")
+                Reply::error(ErrorCode::BadRequest, "SDP answer not acceptable")
             }
         };
         self.work.push_back(Work::Negotiate(idx));
@@ -410,7 +388,7 @@ impl WorkerCore {
         now: Instant,
         id: &str,
         sdp: &str,
-    ) -> Option<Response> {
+    ) -> Option<Reply> {
         let Some(idx) = self.by_id.get(id).copied() else {
             return Some(unknown(id));
         };
@@ -434,17 +412,17 @@ impl WorkerCore {
                 if let Some(p) = self.participants.get_mut(idx.0) {
                     p.initial_done = true;
                 }
-                Response::Answer {
+                Reply::Answer {
                     sdp: answer.to_sdp_string(),
                 }
             }
-            Ok(Err(e)) => Response::error(
+            Ok(Err(e)) => Reply::error(
                 ErrorCode::BadRequest,
                 format!("SDP offer not acceptable: {}", clean_error(e)),
             ),
             Err(_) => {
                 p_fail(&mut self.participants, idx);
-                Response::error(ErrorCode::BadRequest, "SDP offer not acceptable")
+                Reply::error(ErrorCode::BadRequest, "SDP offer not acceptable")
             }
         };
         self.work.push_back(Work::Negotiate(idx));

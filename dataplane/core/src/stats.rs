@@ -4,8 +4,7 @@ use super::*;
 
 impl WorkerCore {
     /// A statistics snapshot of this worker.
-    pub fn stats(&self) -> WorkerStats {
-        let c = &self.counters;
+    pub fn stats(&self) -> Stats {
         let mut rooms: Vec<RoomStats> = self
             .rooms
             .iter()
@@ -28,26 +27,13 @@ impl WorkerCore {
             })
             .collect();
         rooms.sort_by(|a, b| a.room.cmp(&b.room));
-        WorkerStats {
+        Stats {
             worker: self.cfg.worker,
             port: self.cfg.local_addr.port(),
-            rooms,
             participants: self.participants.len() as u32,
-            datagrams_in: c.datagrams_in,
-            datagrams_out: c.datagrams_out,
-            bytes_in: c.bytes_in,
-            bytes_out: c.bytes_out,
-            rtp_in: c.rtp_in,
-            rtp_forwarded: c.rtp_forwarded,
-            keyframe_requests: c.keyframe_requests,
-            chat_messages: c.chat_messages,
-            nacks_received: c.nacks_received,
-            drops: DropReason::ALL
-                .iter()
-                .map(|r| (r.as_str().to_string(), c.dropped(*r)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
-            ..WorkerStats::default()
+            rooms,
+            counters: self.counters.clone(),
+            join_seconds: Vec::new(),
         }
     }
 }

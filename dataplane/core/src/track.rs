@@ -6,6 +6,7 @@
 //! `Closing(mid)` (offer with the m-line stopped sent) → removed once answered. A rollback (glare)
 //! returns `Negotiating` to `ToOpen`.
 
+use crate::messages::ParticipantId;
 use std::time::Instant;
 
 use str0m::media::{MediaKind, Mid, Pt};
@@ -40,7 +41,7 @@ pub struct TrackOut {
     /// The published track; `None` once its publisher left.
     pub source: Option<TrackInIdx>,
     /// Publisher participant id (the SDP stream id the subscriber sees).
-    pub publisher_id: String,
+    pub publisher_id: ParticipantId,
     pub kind: MediaKind,
     pub state: OutState,
     pub munger: RtpMunger,
@@ -50,14 +51,13 @@ pub struct TrackOut {
     pub last_arrival: Option<Instant>,
     /// Request a keyframe as soon as the subscriber is connected.
     pub wants_keyframe: bool,
-    pub packets: u64,
 }
 
 impl TrackOut {
     pub fn new(
         subscriber: ParticipantIdx,
         source: TrackInIdx,
-        publisher_id: String,
+        publisher_id: ParticipantId,
         kind: MediaKind,
     ) -> Self {
         Self {
@@ -70,7 +70,6 @@ impl TrackOut {
             pt_map: Vec::new(),
             last_arrival: None,
             wants_keyframe: false,
-            packets: 0,
         }
     }
 

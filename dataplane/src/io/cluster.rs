@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use registry::{
-    NodeInfo, Placement, RedisConn, RedisRegistry, RedisSettings, Registry, Subscription, subscribe,
-};
 use control::{Beacon, BeaconKind, RpcEnvelope};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::Waker;
+use registry::{
+    NodeInfo, Placement, RedisConn, RedisRegistry, RedisSettings, Registry, Subscription, subscribe,
+};
 use tracing::{debug, info, warn};
 
 const BEACON_INTERVAL: Duration = Duration::from_millis(500);

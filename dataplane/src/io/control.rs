@@ -40,8 +40,8 @@ use super::admin::{SharedAdmin, process_cpu_seconds};
 use super::cluster::{ClusterCmd, ClusterIn, ClusterLink};
 use super::metrics::Metrics;
 use super::routes::{JoinRefused, JoinRoute, PeerId, RoomGone, Routes};
+use super::translate;
 use super::worker::{FromWorker, ToWorker, WorkerHandle};
-use sfu_core::Command;
 
 mod peers;
 mod pending;

@@ -13,5 +13,6 @@ pub mod cluster;
 pub mod control;
 pub mod metrics;
 pub mod routes;
+pub mod translate;
 pub mod udp;
 pub mod worker;

@@ -25,10 +25,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{error, info, warn};
 
+use super::translate::{self, WireReport};
 use super::udp::UdpShell;
-use sfu_core::{
-    Command, CoreConfig, Input, Op, Output, Report, SharedCrypto, WallClock, WorkerCore,
-};
+use sfu_core::{Command, CoreConfig, Input, Op, Output, SharedCrypto, WallClock, WorkerCore};
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -62,7 +61,7 @@ pub enum ToWorker {
 /// What a worker tells the control thread.
 #[derive(Debug)]
 pub enum FromWorker {
-    Report(Report),
+    Report(WireReport),
     /// The loop panicked or failed; the worker is down until told to [`ToWorker::Restart`].
     Failed {
         reason: String,
@@ -197,13 +196,10 @@ impl Supervisor {
             }
             match self.commands.recv_timeout(left.min(MAX_SLEEP)) {
                 Ok(ToWorker::Restart) => return Some(true),
-                Ok(ToWorker::Command(Command {
-                    tag,
-                    op: Op::Request(_),
-                })) => {
+                Ok(ToWorker::Command(Command { tag, op })) if !matches!(op, Op::Remove { .. }) => {
                     let response =
                         Response::error(ErrorCode::Unavailable, "the worker is restarting");
-                    self.emit(FromWorker::Report(Report::Response { tag, response }));
+                    self.emit(FromWorker::Report(WireReport::Response { tag, response }));
                 }
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return None,
@@ -253,12 +249,7 @@ impl Supervisor {
         };
         // The core draws ICE credentials and resume keys from this seed: 256 bits from the OS.
         let seed: [u8; 32] = rand::random();
-        let core = WorkerCore::new(
-            self.settings.core.clone(),
-            self.crypto.clone(),
-            clock,
-            seed,
-        );
+        let core = WorkerCore::new(self.settings.core.clone(), self.crypto.clone(), clock, seed);
         let local_addr = udp.local_addr()?;
         info!(worker = self.id, bind = %local_addr, advertised = %self.settings.core.local_addr,
             batching = udp.batching(), gso_segments = udp.max_segments(), "worker started");
@@ -410,8 +401,9 @@ impl Worker<'_> {
         while let Some(o) = self.core.poll_output() {
             match o {
                 Output::Transmit(t) => self.udp.send(t.destination, &t.contents),
-                Output::Report(mut r) => {
-                    if let Report::Stats(ws) = &mut r {
+                Output::Report(r) => {
+                    let mut r = translate::report(r);
+                    if let WireReport::Stats(ws) = &mut r {
                         let u = &self.udp.stats;
                         ws.udp_recv_calls = u.recv_calls;
                         ws.udp_send_calls = u.send_calls;

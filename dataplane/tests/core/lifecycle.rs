@@ -175,7 +175,7 @@ fn stats_reports_are_periodic_and_describe_rooms() {
         "{} stats reports",
         sim.stats_reports
     );
-    let stats = sim.core.stats();
+    let stats = dataplane::io::translate::stats(sim.core.stats());
     assert_eq!(stats.participants, 2);
     assert_eq!(stats.rooms.len(), 1);
     assert_eq!(stats.rooms[0].participants.len(), 2);

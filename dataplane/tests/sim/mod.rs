@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use bench::Peer;
 use control::{Event, Request, Response};
-use sfu_core::{Command, CoreConfig, Input, Output, Report, WallClock, WorkerCore};
+use dataplane::io::translate;
+use sfu_core::{CoreConfig, Input, Output, Report, WallClock, WorkerCore};
 
 pub const SERVER: &str = "10.0.0.1:40000";
 
@@ -239,8 +240,8 @@ impl Sim {
             Request::Join { participant, .. } => Some(participant.clone()),
             _ => None,
         };
-        self.core
-            .handle_input(Input::Command(self.now, Command::request(tag, request)));
+        let command = translate::command(tag, request).expect("a worker's request");
+        self.core.handle_input(Input::Command(self.now, command));
         self.collect_core_output();
         let pos = self
             .responses
@@ -349,11 +350,9 @@ impl Sim {
             }
             // Byte totals include DTLS records, whose length varies with random signatures.
             Output::Report(Report::Stats(st)) => {
-                let st = control::WorkerStats {
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    ..st.clone()
-                };
+                let mut st = st.clone();
+                st.counters.bytes_in = 0;
+                st.counters.bytes_out = 0;
                 format!("{t} {st:?}")
             }
             Output::Report(r) => format!("{t} {}", mask_sdp(&format!("{r:?}"))),
@@ -373,17 +372,19 @@ impl Sim {
                     let from = self.server;
                     self.send(from, t.destination, t.contents);
                 }
-                Output::Report(Report::Response { tag, response }) => {
-                    self.responses.push((tag, response))
+                // The tests speak the control protocol, through the dataplane's own translation.
+                Output::Report(Report::Reply { tag, reply }) => {
+                    self.responses.push((tag, translate::reply(reply)))
                 }
                 Output::Report(Report::Event(e)) => {
+                    let e = translate::event(e);
                     if let Event::Offer { participant, sdp } = &e {
                         self.offers.push((participant.clone(), sdp.clone()));
                     }
                     self.events.push(e);
                 }
                 Output::Report(Report::Stats(_)) => self.stats_reports += 1,
-                Output::Report(Report::RoomClosed { room }) => self.closed_rooms.push(room),
+                Output::Report(Report::RoomClosed { room }) => self.closed_rooms.push(room.into()),
                 Output::Report(Report::ParticipantClosed { .. }) => {}
             }
         }

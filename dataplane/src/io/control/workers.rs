@@ -10,16 +10,14 @@ use tracing::{debug, error, info, warn};
 use super::ControlServer;
 use super::pending::PendingKind;
 use crate::io::cluster::ClusterCmd;
+use crate::io::translate::{self, WireReport as Report};
 use crate::io::worker::{FromWorker, ToWorker};
-use sfu_core::{Command, Op, Report};
+use sfu_core::{Command, Op};
 
 impl ControlServer {
     /// Tell `worker` to remove `participant`; if its queue is full, retried on the next sweep.
     pub(super) fn remove(&mut self, worker: u32, participant: String, reason: LeaveReason) {
-        let op = Op::Remove {
-            participant: participant.clone(),
-            reason,
-        };
+        let op = translate::remove(participant.clone(), reason);
         if !self.command(worker, op) && !self.routes.worker_down(worker) {
             warn!(worker, %participant, "worker queue full; removal retried next sweep");
             self.removes_due.push((worker, participant, reason));
