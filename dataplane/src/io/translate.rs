@@ -29,9 +29,9 @@ pub enum WireReport {
     Stats(WorkerStats),
 }
 
-/// The core command for a control request, or the request back if a worker does not handle it
-/// (`stats`, `drain`, `inject_fault` are the control thread's).
-pub fn command(tag: u64, request: Request) -> Result<Command, Request> {
+/// The core command for a control request, or `None` if a worker does not handle it (`stats`,
+/// `drain`, `inject_fault` are the control thread's).
+pub fn command(tag: u64, request: Request) -> Option<Command> {
     let op = match request {
         Request::Join {
             room,
@@ -71,11 +71,9 @@ pub fn command(tag: u64, request: Request) -> Result<Command, Request> {
             resume_key,
         },
         Request::CloseRoom { room } => Op::CloseRoom { room: room.into() },
-        other @ (Request::Stats | Request::Drain | Request::InjectFault { .. }) => {
-            return Err(other);
-        }
+        Request::Stats | Request::Drain | Request::InjectFault { .. } => return None,
     };
-    Ok(Command { tag, op })
+    Some(Command { tag, op })
 }
 
 /// The core's `Remove` command.
@@ -293,7 +291,7 @@ mod tests {
             },
             identity: Some("u".into()),
         };
-        let Ok(Command {
+        let Some(Command {
             tag: 9,
             op: Op::Join(j),
         }) = command(9, join)
@@ -306,11 +304,11 @@ mod tests {
         assert!(!j.grants.publish && j.grants.subscribe);
         assert_eq!(j.identity.as_deref(), Some("u"));
         for r in [Request::Stats, Request::Drain] {
-            assert!(matches!(command(1, r.clone()), Err(back) if back == r));
+            assert!(command(1, r).is_none());
         }
         assert!(matches!(
             command(1, Request::CloseRoom { room: "x".into() }),
-            Ok(Command { op: Op::CloseRoom { room }, .. }) if room == "x"
+            Some(Command { op: Op::CloseRoom { room }, .. }) if room == "x"
         ));
     }
 

@@ -140,9 +140,9 @@ impl ControlServer {
         let sent = match self.workers.get(worker as usize) {
             Some(w) if !self.routes.worker_down(worker) => {
                 let r = match translate::command(tag, request) {
-                    Ok(cmd) => w.commands.try_send(ToWorker::Command(cmd)),
+                    Some(cmd) => w.commands.try_send(ToWorker::Command(cmd)),
                     // Not a worker's request (routed above): nothing to send, fail it below.
-                    Err(_) => Err(TrySendError::Disconnected(ToWorker::Restart)),
+                    None => Err(TrySendError::Disconnected(ToWorker::Restart)),
                 };
                 let _ = w.waker.wake();
                 r
