@@ -5,7 +5,7 @@
 //! Pure: no I/O and no clock (time comes in as an argument), so the rules are table-tested in
 //! each module.
 //!
-//! The ownership rules (`../shared/STYLE.md`, "Move ownership only on confirmation"):
+//! The ownership rules (move ownership only on confirmation):
 //! - a participant is routed to a connection only once the dataplane **confirmed** it (`joined`
 //!   or `attached`), never on the client's claim (a `join {resume}` naming someone else's
 //!   participant changes nothing until the dataplane has verified the resume key);

@@ -3,7 +3,7 @@
 //! Every subscriber stream (`TrackOut`) starts at its own sequence number with SRTP rollover
 //! counter 0, whatever the publisher's extended sequence number is: a subscriber that joins after
 //! the publisher's sequence wrapped would otherwise start with ROC ≥ 1 and fail SRTP
-//! authentication in the browser (see `../shared/notes/str0m-rtp-mode-with-chromium.md` §3).
+//! authentication in the browser (Chromium assumes ROC 0 for a stream it has not seen before).
 //!
 //! The rewrite is an offset, so gaps the publisher made stay gaps (NACKs map 1:1) and
 //! retransmitted or reordered packets land on their original slot. When the source changes
