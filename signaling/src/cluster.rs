@@ -8,16 +8,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use control::{Beacon, BeaconKind, FromDataplane, RpcEnvelope, ToDataplane};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::Waker;
-use registry::{
-    Placement, RedisConn, RedisRegistry, RedisSettings, Registry, RegistryError, Subscription,
-    subscribe,
-};
+use registry::link::{LinkThreads, Outbox, SubscriberEvents, run_subscriber};
+use registry::{Placement, RedisConn, RedisRegistry, RedisSettings, Registry, RegistryError};
 use tracing::{debug, info, warn};
 
 const BEACON_INTERVAL: Duration = Duration::from_millis(500);
@@ -72,8 +69,7 @@ pub struct Cluster {
     pub settings: RedisSettings,
     tx: Sender<Job>,
     pub rx: Receiver<ClusterEvent>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: LinkThreads,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -93,34 +89,32 @@ impl Cluster {
         let registry = RedisRegistry::new(settings.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let publisher = RedisConn::new(&settings).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (tx, jobs) = crossbeam_channel::unbounded();
-        let (out, rx) = crossbeam_channel::unbounded();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
+        let (out, rx) = Outbox::new(move || {
+            let _ = waker.wake();
+        });
+        let mut threads = LinkThreads::new();
         {
-            let (settings, id, out, waker, stop) = (
-                settings.clone(),
-                signaling_id.clone(),
-                out.clone(),
-                waker.clone(),
-                stop.clone(),
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name("cluster".into())
-                    .spawn(move || {
-                        worker(
-                            &settings, &id, registry, publisher, &jobs, &out, &waker, &stop,
-                        )
-                    })?,
-            );
+            let (settings, id, out) = (settings.clone(), signaling_id.clone(), out.clone());
+            threads.spawn("cluster", move |stop| {
+                worker(&settings, &id, registry, publisher, &jobs, &out, stop)
+            })?;
         }
         {
-            let (settings, id, stop) = (settings.clone(), signaling_id.clone(), stop.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("subscriber".into())
-                    .spawn(move || subscriber(&settings, &id, &out, &waker, &stop))?,
-            );
+            let (settings, id) = (settings.clone(), signaling_id.clone());
+            threads.spawn("subscriber", move |stop| {
+                let events = SubscriberEvents {
+                    subscribed: ClusterEvent::Subscribed,
+                    beacon: ClusterEvent::Beacon,
+                    message: |payload: &[u8]| match control::decode::<FromDataplane>(payload) {
+                        Ok(m) => Some(ClusterEvent::Reply(m)),
+                        Err(e) => {
+                            warn!(error = %e, "bad reply from a dataplane");
+                            None
+                        }
+                    },
+                };
+                run_subscriber(&settings, &settings.reply_channel(&id), stop, &out, events)
+            })?;
         }
         info!(%signaling_id, prefix = %settings.prefix, sentinels = settings.sentinels.len(), "cluster mode");
         Ok(Self {
@@ -128,7 +122,6 @@ impl Cluster {
             settings,
             tx,
             rx,
-            stop,
             threads,
         })
     }
@@ -138,28 +131,20 @@ impl Cluster {
     }
 
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.threads.stop();
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn worker(
     settings: &RedisSettings,
     signaling_id: &str,
     mut registry: RedisRegistry,
     mut publisher: RedisConn,
     jobs: &Receiver<Job>,
-    out: &Sender<ClusterEvent>,
-    waker: &Waker,
+    out: &Outbox<ClusterEvent>,
     stop: &AtomicBool,
 ) {
-    let emit = |e: ClusterEvent| {
-        let _ = out.send(e);
-        let _ = waker.wake();
-    };
+    let emit = |e: ClusterEvent| out.emit(e);
     let mut next_beacon = Instant::now();
     let beacon = control::encode(&Beacon {
         kind: BeaconKind::Signaling,
@@ -219,34 +204,4 @@ fn worker(
             let _ = publisher.publish(&settings.health_channel(), &beacon);
         }
     }
-}
-
-fn subscriber(
-    settings: &RedisSettings,
-    signaling_id: &str,
-    out: &Sender<ClusterEvent>,
-    waker: &Waker,
-    stop: &AtomicBool,
-) {
-    let emit = |e: ClusterEvent| {
-        let _ = out.send(e);
-        let _ = waker.wake();
-    };
-    subscribe(
-        settings,
-        &settings.reply_channel(signaling_id),
-        stop,
-        |s| match s {
-            Subscription::Up => emit(ClusterEvent::Subscribed(true)),
-            Subscription::Down(e) => {
-                warn!(error = %e, "redis subscription lost; reconnecting");
-                emit(ClusterEvent::Subscribed(false));
-            }
-            Subscription::Beacon(b) => emit(ClusterEvent::Beacon(b)),
-            Subscription::Message(payload) => match control::decode::<FromDataplane>(payload) {
-                Ok(m) => emit(ClusterEvent::Reply(m)),
-                Err(e) => warn!(error = %e, "bad reply from a dataplane"),
-            },
-        },
-    );
 }

@@ -24,6 +24,7 @@
 
 pub mod cli;
 mod conn;
+pub mod link;
 mod redis_registry;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

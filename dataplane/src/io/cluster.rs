@@ -16,15 +16,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use control::{Beacon, BeaconKind, RpcEnvelope};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::Waker;
-use registry::{
-    NodeInfo, Placement, RedisConn, RedisRegistry, RedisSettings, Registry, Subscription, subscribe,
-};
+use registry::link::{LinkThreads, Outbox, SubscriberEvents, run_subscriber};
+use registry::{NodeInfo, Placement, RedisConn, RedisRegistry, RedisSettings, Registry};
 use tracing::{debug, info, warn};
 
 const BEACON_INTERVAL: Duration = Duration::from_millis(500);
@@ -75,8 +73,7 @@ pub struct ClusterLink {
     pub errors: Arc<std::sync::atomic::AtomicU64>,
     tx: Sender<ClusterCmd>,
     pub rx: Receiver<ClusterIn>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: LinkThreads,
 }
 
 impl std::fmt::Debug for ClusterLink {
@@ -99,51 +96,56 @@ impl ClusterLink {
         let registry = RedisRegistry::new(settings.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let publisher = RedisConn::new(&settings).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (tx, cmd_rx) = crossbeam_channel::unbounded();
-        let (in_tx, rx) = crossbeam_channel::unbounded();
-        let stop = Arc::new(AtomicBool::new(false));
+        let (out, rx) = Outbox::new(move || {
+            let _ = waker.wake();
+        });
         let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut threads = Vec::new();
+        let mut threads = LinkThreads::new();
         {
-            let in_tx = in_tx.clone();
-            let waker = waker.clone();
-            let settings = settings.clone();
-            let stop = stop.clone();
-            let errors = errors.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("registry".into())
-                    .spawn(move || {
-                        RegistryLoop {
-                            settings,
-                            registry,
-                            publisher,
-                            node,
-                            incarnation,
-                            rooms: HashMap::new(),
-                            pending_release: Vec::new(),
-                            out: in_tx,
-                            waker,
-                            errors,
-                        }
-                        .run(&cmd_rx, &stop)
-                    })?,
-            );
+            let (settings, errors, out) = (settings.clone(), errors.clone(), out.clone());
+            threads.spawn("registry", move |stop| {
+                RegistryLoop {
+                    settings,
+                    registry,
+                    publisher,
+                    node,
+                    incarnation,
+                    rooms: HashMap::new(),
+                    pending_release: Vec::new(),
+                    out,
+                    errors,
+                }
+                .run(&cmd_rx, stop)
+            })?;
         }
         {
             let settings = settings.clone();
-            let stop = stop.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("subscriber".into())
-                    .spawn(move || subscriber(&settings, &node_id, &in_tx, &waker, &stop))?,
-            );
+            threads.spawn("subscriber", move |stop| {
+                let events = SubscriberEvents {
+                    subscribed: ClusterIn::Subscribed,
+                    beacon: ClusterIn::Beacon,
+                    message: |payload: &[u8]| match control::decode::<RpcEnvelope>(payload) {
+                        Ok(env) => Some(ClusterIn::Rpc(env)),
+                        Err(e) => {
+                            debug!(error = %e, "bad rpc message");
+                            None
+                        }
+                    },
+                };
+                run_subscriber(
+                    &settings,
+                    &settings.rpc_channel(&node_id),
+                    stop,
+                    &out,
+                    events,
+                )
+            })?;
         }
         Ok(Self {
             settings,
             errors,
             tx,
             rx,
-            stop,
             threads,
         })
     }
@@ -154,10 +156,7 @@ impl ClusterLink {
 
     /// Stop the threads (bounded: they check the flag at least every 500 ms).
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.threads.stop();
     }
 }
 
@@ -172,8 +171,7 @@ struct RegistryLoop {
     rooms: HashMap<String, Placement>,
     /// Releases that failed (Redis down), retried on every heartbeat.
     pending_release: Vec<(String, Placement)>,
-    out: Sender<ClusterIn>,
-    waker: Arc<Waker>,
+    out: Outbox<ClusterIn>,
     errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -183,8 +181,7 @@ impl RegistryLoop {
     }
 
     fn emit(&self, m: ClusterIn) {
-        let _ = self.out.send(m);
-        let _ = self.waker.wake();
+        self.out.emit(m);
     }
 
     fn run(mut self, cmds: &Receiver<ClusterCmd>, stop: &AtomicBool) {
@@ -362,34 +359,4 @@ impl RegistryLoop {
         self.rooms.remove(&room);
         self.emit(ClusterIn::Fenced { room });
     }
-}
-
-fn subscriber(
-    settings: &RedisSettings,
-    node_id: &str,
-    out: &Sender<ClusterIn>,
-    waker: &Waker,
-    stop: &AtomicBool,
-) {
-    let emit = |m: ClusterIn| {
-        let _ = out.send(m);
-        let _ = waker.wake();
-    };
-    subscribe(
-        settings,
-        &settings.rpc_channel(node_id),
-        stop,
-        |s| match s {
-            Subscription::Up => emit(ClusterIn::Subscribed(true)),
-            Subscription::Down(e) => {
-                warn!(error = %e, "redis subscription lost; reconnecting");
-                emit(ClusterIn::Subscribed(false));
-            }
-            Subscription::Beacon(b) => emit(ClusterIn::Beacon(b)),
-            Subscription::Message(payload) => match control::decode::<RpcEnvelope>(payload) {
-                Ok(env) => emit(ClusterIn::Rpc(env)),
-                Err(e) => debug!(error = %e, "bad rpc message"),
-            },
-        },
-    );
 }
