@@ -62,12 +62,15 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// Clock skew tolerated between the token's issuer and this server, in seconds.
+pub const CLOCK_LEEWAY_SECS: u64 = 5;
+
 impl Auth {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        // A token not valid yet (`nbf` in the future) is refused like an expired one.
-        validation.validate_nbf = true;
+        // Time is checked in `verify_at`, against the clock the caller passes.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             key: DecodingKey::from_secret(secret),
@@ -75,10 +78,30 @@ impl Auth {
         }
     }
 
-    /// Check `token` for `room`. The error is the message for `error {code:"unauthorized"}`.
+    /// Check `token` for `room` now. The error is the message for `error {code:"unauthorized"}`.
     pub fn verify(&self, token: &str, room: &str) -> Result<Claims, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.verify_at(token, room, now)
+    }
+
+    /// Check `token` for `room` at Unix time `now` (seconds): signature, room, `exp` and `nbf`
+    /// with [`CLOCK_LEEWAY_SECS`] of tolerance either way. A token not valid yet (`nbf` in the
+    /// future) is refused like an expired one.
+    pub fn verify_at(&self, token: &str, room: &str, now: u64) -> Result<Claims, String> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| format!("invalid token: {e}"))?;
+        if data.claims.exp.saturating_add(CLOCK_LEEWAY_SECS) < now {
+            return Err("invalid token: ExpiredSignature".into());
+        }
+        if data
+            .claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(CLOCK_LEEWAY_SECS))
+        {
+            return Err("invalid token: ImmatureSignature".into());
+        }
         if data.claims.room != room {
             return Err(format!(
                 "token is for room {:?}, not {room:?}",
@@ -215,6 +238,36 @@ mod tests {
                 .is_ok()
         );
         assert!(auth.verify("", "demo").is_err());
+    }
+
+    #[test]
+    fn expiry_and_not_before_are_checked_against_the_given_clock() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let auth = Auth::new(secret);
+        let t0 = 1_700_000_000;
+        let mut c = claims("demo", t0);
+        c.nbf = Some(t0 - 100);
+        let token = mint(secret, &c).expect("mint");
+        // Valid until exp + leeway, inclusive; expired one second later.
+        assert!(
+            auth.verify_at(&token, "demo", t0 + CLOCK_LEEWAY_SECS)
+                .is_ok()
+        );
+        assert!(
+            auth.verify_at(&token, "demo", t0 + CLOCK_LEEWAY_SECS + 1)
+                .is_err_and(|e| e.contains("xpired"))
+        );
+        // Not before nbf − leeway.
+        assert!(
+            auth.verify_at(&token, "demo", t0 - 100 - CLOCK_LEEWAY_SECS)
+                .is_ok()
+        );
+        assert!(
+            auth.verify_at(&token, "demo", t0 - 100 - CLOCK_LEEWAY_SECS - 1)
+                .is_err_and(|e| e.contains("mmature"))
+        );
+        // The room is checked whatever the time.
+        assert!(auth.verify_at(&token, "other", t0).is_err());
     }
 
     #[test]

@@ -337,13 +337,36 @@ impl WorkerCore {
             .build(now)
     }
 
+    /// The prelude of a client answer or offer: its participant and its parsed SDP, or the
+    /// reply refusing them.
+    fn client_sdp<T, E: std::fmt::Display>(
+        &self,
+        id: &str,
+        sdp: &str,
+        kind: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<(ParticipantIdx, T), Reply> {
+        let idx = self.by_id.get(id).copied().ok_or_else(|| unknown(id))?;
+        Ok((idx, self.parse_sdp(sdp, kind, parse)?))
+    }
+
+    /// The epilogue of a client answer or offer: renegotiate if tracks changed meanwhile, drain
+    /// the `Rtc`, then reply.
+    fn after_client_sdp(
+        &mut self,
+        idx: ParticipantIdx,
+        now: Instant,
+        reply: Reply,
+    ) -> Option<Reply> {
+        self.work.push_back(Work::Negotiate(idx));
+        self.drain(idx, now);
+        Some(reply)
+    }
+
     pub(super) fn handle_answer(&mut self, now: Instant, id: &str, sdp: &str) -> Option<Reply> {
-        let Some(idx) = self.by_id.get(id).copied() else {
-            return Some(unknown(id));
-        };
-        let answer = match self.parse_sdp(sdp, "answer", SdpAnswer::from_sdp_string) {
-            Ok(a) => a,
-            Err(e) => return Some(e),
+        let (idx, answer) = match self.client_sdp(id, sdp, "answer", SdpAnswer::from_sdp_string) {
+            Ok(x) => x,
+            Err(reply) => return Some(reply),
         };
         let p = self.participants.get_mut(idx.0)?;
         let Some(pending) = p.pending.take() else {
@@ -378,9 +401,7 @@ impl WorkerCore {
                 Reply::error(ErrorCode::BadRequest, "SDP answer not acceptable")
             }
         };
-        self.work.push_back(Work::Negotiate(idx));
-        self.drain(idx, now);
-        Some(response)
+        self.after_client_sdp(idx, now, response)
     }
 
     pub(super) fn handle_client_offer(
@@ -389,12 +410,9 @@ impl WorkerCore {
         id: &str,
         sdp: &str,
     ) -> Option<Reply> {
-        let Some(idx) = self.by_id.get(id).copied() else {
-            return Some(unknown(id));
-        };
-        let offer = match self.parse_offer(sdp) {
-            Ok(o) => o,
-            Err(e) => return Some(e),
+        let (idx, offer) = match self.client_sdp(id, sdp, "offer", SdpOffer::from_sdp_string) {
+            Ok(x) => x,
+            Err(reply) => return Some(reply),
         };
         let p = self.participants.get_mut(idx.0)?;
         // Glare: the server is the polite peer. Its outstanding offer is rolled back (str0m
@@ -425,8 +443,6 @@ impl WorkerCore {
                 Reply::error(ErrorCode::BadRequest, "SDP offer not acceptable")
             }
         };
-        self.work.push_back(Work::Negotiate(idx));
-        self.drain(idx, now);
-        Some(response)
+        self.after_client_sdp(idx, now, response)
     }
 }

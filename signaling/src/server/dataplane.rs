@@ -25,8 +25,6 @@ pub(super) struct ControlLink {
     pub(super) stream: Option<UnixStream>,
     pub(super) framed: Framed,
     pub(super) ready: bool,
-    /// The last health report and when it arrived.
-    pub(super) last_health: Option<(Instant, control::NodeStats)>,
     pub(super) retry_at: Instant,
     pub(super) backoff: Duration,
     pub(super) writable: bool,
@@ -43,7 +41,6 @@ impl ControlLink {
             stream: None,
             framed: Framed::new(control::DEFAULT_MAX_FRAME),
             ready: false,
-            last_health: None,
             retry_at: Instant::now(),
             backoff: Duration::from_millis(100),
             writable: false,
@@ -209,9 +206,9 @@ impl Server {
                 }
             }
             FromDataplane::Welcome { .. } => {}
-            FromDataplane::Health { stats } => {
-                self.control.last_health = Some((Instant::now(), stats));
-            }
+            // Health reports feed nothing here (signaling judges node liveness by beacons and
+            // the registry); they keep the link's read side busy and prove it alive.
+            FromDataplane::Health { .. } => {}
             FromDataplane::Response { id, response } => {
                 let Some(p) = self.pending.take(id) else {
                     // A join that timed out here succeeded after all: nobody will use it.
