@@ -46,27 +46,8 @@ impl Ord for InFlight {
     }
 }
 
-/// Media a simulated peer publishes.
-#[derive(Debug, Clone, Copy)]
-pub struct Publish {
-    pub audio: bool,
-    pub video: bool,
-    pub fps: u32,
-    pub packets_per_frame: usize,
-    pub packet_size: usize,
-}
-
-impl Default for Publish {
-    fn default() -> Self {
-        Self {
-            audio: true,
-            video: true,
-            fps: 30,
-            packets_per_frame: 3,
-            packet_size: 1100,
-        }
-    }
-}
+/// What a simulated peer publishes: the same media profile the load generator's clients use.
+pub type Publish = bench::client::Media;
 
 pub struct SimPeer {
     pub peer: Peer,
