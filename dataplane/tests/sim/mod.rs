@@ -16,6 +16,8 @@ use control::{Event, Request, Response};
 use dataplane::io::translate;
 use sfu_core::{CoreConfig, Input, Output, Report, WallClock, WorkerCore};
 
+mod log;
+
 pub const SERVER: &str = "10.0.0.1:40000";
 
 /// Upper bound on simulation steps per `run_*` call: a livelock fails fast instead of hanging.
@@ -106,30 +108,6 @@ fn core_seed(seed: u64) -> [u8; 32] {
         );
     }
     out
-}
-
-/// `text` (a report's debug form, SDP escaped inside) with the SDP lines str0m fills from its
-/// own randomness (session id, SSRCs, msid, mids of the media it adds) or from the per-process
-/// certificate masked. SDP lines are separated by an
-/// escaped `\r\n` there.
-fn mask_sdp(text: &str) -> String {
-    const MASKED: [&str; 8] = [
-        "o=",
-        "a=ssrc:",
-        "a=ssrc-group:",
-        "a=msid:",
-        "a=msid-semantic",
-        "a=fingerprint:",
-        "a=mid:",
-        "a=group:BUNDLE",
-    ];
-    text.split("\\r\\n")
-        .map(|line| match MASKED.iter().find(|m| line.starts_with(**m)) {
-            Some(m) => format!("{m}…"),
-            None => line.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\\r\\n")
 }
 
 impl Sim {
@@ -308,36 +286,6 @@ impl Sim {
             .iter()
             .position(|p| p.id == id)
             .expect("peer exists")
-    }
-
-    /// One core output as a log line: milliseconds since the start, and what came out. Datagrams are
-    /// logged by destination, kind (first byte, RFC 7983) and — for media — length; the bytes
-    /// themselves are not, because DTLS/SRTP keys come from the crypto library's own randomness.
-    /// SDP is logged with the lines str0m fills from its own randomness (session id, SSRCs, msid,
-    /// cname) and the per-process certificate's fingerprint masked; the ICE credentials and resume
-    /// keys are the core's and come from its seed, so they are logged as they are.
-    fn log_line(&self, o: &Output) -> String {
-        let t = self.now.duration_since(self.start).as_millis();
-        match o {
-            Output::Transmit(tx) => {
-                let kind = match tx.contents.first() {
-                    Some(0..=3) => "stun".to_string(),
-                    // DTLS record sizes vary with the handshake's random signatures.
-                    Some(20..=63) => "dtls".to_string(),
-                    Some(128..=191) => format!("rtp {}", tx.contents.len()),
-                    _ => "other".to_string(),
-                };
-                format!("{t} tx {} {kind}", tx.destination)
-            }
-            // Byte totals include DTLS records, whose length varies with random signatures.
-            Output::Report(Report::Stats(st)) => {
-                let mut st = st.clone();
-                st.counters.bytes_in = 0;
-                st.counters.bytes_out = 0;
-                format!("{t} {st:?}")
-            }
-            Output::Report(r) => format!("{t} {}", mask_sdp(&format!("{r:?}"))),
-        }
     }
 
     fn collect_core_output(&mut self) {
