@@ -33,6 +33,7 @@ fn room(n: usize) -> Sim {
         fps: 30,
         packets_per_frame: 4,
         packet_size: 1200,
+        ..Publish::default()
     };
     sim.join("pub", "bench", Some(video_only));
     for i in 0..n {
