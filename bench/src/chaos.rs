@@ -163,7 +163,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         );
         tend(&mut members, &urls, &mut rng, epoch, &mut report, false);
     }
-    report.rss_before_kib = total_rss(&c);
+    report.rss_before_kib = total_rss(&c).map_err(|e| anyhow::anyhow!("baseline RSS: {e}"))?;
 
     // The chaos.
     let start = Instant::now();
@@ -224,36 +224,64 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let settle_end = settle_start + opts.settle;
     loop {
         tend(&mut members, &urls, &mut rng, epoch, &mut report, false);
-        let checks = check(&c, &mut members, epoch);
+        let checks = check(&c, &members);
         if checks.iter().all(|k| k.ok) || Instant::now() >= settle_end {
             report.settled_after_ms = settle_start.elapsed().as_millis() as u64;
             report.checks = checks;
             break;
         }
     }
-    report.rss_after_kib = total_rss(&c);
-    let bound = report.rss_before_kib * 3 / 2 + 30 * 1024;
-    report.checks.push(Check {
-        name: "memory back near its baseline".into(),
-        ok: report.rss_after_kib <= bound,
-        detail: format!(
-            "{} KiB after vs {} KiB before (bound {bound} KiB)",
-            report.rss_after_kib, report.rss_before_kib
-        ),
-    });
+    let after = total_rss(&c);
+    report.rss_after_kib = after.as_ref().map_or(0, |k| *k);
+    report
+        .checks
+        .push(memory_check(report.rss_before_kib, after));
     if !report.passed() {
         tracing::warn!("chaos checks failed; logs:\n{}", c.logs());
     }
     Ok(report)
 }
 
-fn total_rss(c: &Cluster) -> u64 {
-    c.nodes
-        .iter()
-        .flat_map(|n| [n.dataplane.pid(), n.signaling.pid()])
-        .flatten()
-        .map(rss_kib)
-        .sum()
+/// Total RSS of the nodes' processes (dataplanes and signaling; Redis is not ours). Every one
+/// must be running and readable: a missing process or reading is an error, never a zero that
+/// would pass the memory check.
+fn total_rss(c: &Cluster) -> Result<u64, String> {
+    let mut total = 0;
+    for n in &c.nodes {
+        for (what, p) in [("dataplane", &n.dataplane), ("signaling", &n.signaling)] {
+            let pid = p
+                .pid()
+                .ok_or(format!("{what} of {} is not running", n.node_id))?;
+            total += rss_kib(pid)
+                .filter(|k| *k > 0)
+                .ok_or(format!("no RSS for {what} of {} (pid {pid})", n.node_id))?;
+        }
+    }
+    Ok(total)
+}
+
+/// Memory after the run against the baseline taken when the calls first flowed: at most 15 %
+/// above it. Measured (debug build, total of the four node processes): eight runs of the test's
+/// configuration (24 s, a kill every 4 s, 2 × 2 clients, seeds 1–5 and 7) ended between 9 %
+/// below and 5.5 % above their ~127 MiB baseline (the most growth, +7.1 MiB, when no signaling
+/// was killed, so it kept its memory); two 2-minute runs ended 8 % below; the 5-minute release
+/// run in docs/cluster.md 14 % below. Killed processes restart small, so only a process that
+/// survives the whole run can grow, and 15 % (~19 MiB here) is ~2.7× the worst growth seen. The
+/// old bound (1.5× + 30 MiB, ~220 MiB) let the processes grow by 90 MiB unnoticed.
+fn memory_check(before_kib: u64, after: Result<u64, String>) -> Check {
+    let bound = before_kib + before_kib * 15 / 100;
+    let (ok, detail) = match after {
+        Ok(after) => (
+            before_kib > 0 && after <= bound,
+            format!("{after} KiB after vs {before_kib} KiB before (bound {bound} KiB)"),
+        ),
+        Err(e) => (false, format!("no reading after the run: {e}")),
+    };
+    Check {
+        name: "memory back near its baseline".into(),
+        ok,
+        detail,
+    }
 }
 
 /// Kill target `t` (0/1 signaling of node 0/1, 2/3 their dataplanes, 4 Redis). Returns its kind.
@@ -385,7 +413,7 @@ fn all_flowing(members: &[Member]) -> bool {
 }
 
 /// The invariants (see the module docs), one [`Check`] each.
-fn check(c: &Cluster, members: &mut [Member], _epoch: Instant) -> Vec<Check> {
+fn check(c: &Cluster, members: &[Member]) -> Vec<Check> {
     let mut checks = Vec::new();
     let expected_rooms: BTreeSet<String> = members.iter().map(|m| m.room.clone()).collect();
     checks.push(Check {

@@ -2,14 +2,15 @@
 //! a UDP socket for media, around a sans-IO [`Peer`].
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
 
+use crate::harness::{Ws, read_json};
 use crate::peer::Peer;
 
 /// What to publish.
@@ -174,7 +175,7 @@ struct Joined {
 /// Send `join` on `ws` (blocking, with its read timeout), wait for `joined`, then make the first
 /// offer from a fresh socket and peer and apply the answer.
 fn join_on(
-    ws: &mut WebSocket<MaybeTlsStream<TcpStream>>,
+    ws: &mut Ws,
     room: &str,
     name: &str,
     token: Option<&str>,
@@ -236,7 +237,7 @@ pub struct Client {
     pub peer: Peer,
     pub id: String,
     pub room: String,
-    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    ws: Ws,
     ws_open: bool,
     link: MediaLink,
     /// Every server message received after `joined` (parsed).
@@ -268,22 +269,8 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn read_json(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> anyhow::Result<Value> {
-    loop {
-        match ws.read()? {
-            Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
-            Message::Close(f) => bail!("websocket closed: {f:?}"),
-            _ => {}
-        }
-    }
-}
-
 /// Wait for a message of `kind`, collecting others into `stash`.
-fn wait_for(
-    ws: &mut WebSocket<MaybeTlsStream<TcpStream>>,
-    kind: &str,
-    stash: &mut Vec<Value>,
-) -> anyhow::Result<Value> {
+fn wait_for(ws: &mut Ws, kind: &str, stash: &mut Vec<Value>) -> anyhow::Result<Value> {
     loop {
         let v = read_json(ws)?;
         if v["type"] == kind {

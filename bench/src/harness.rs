@@ -2,11 +2,18 @@
 //!
 //! Every process is started on free loopback ports with its own control socket in a private
 //! temporary directory, and killed by PID when its guard drops.
+//!
+//! This file owns what every part shares: finding the binaries, free ports, a loopback HTTP GET
+//! (and one metric from it), one control request, minting a join token, and the bounded poll
+//! ([`poll`], [`wait_until`]) every wait uses.
+//! - `process.rs`: [`Proc`] (a child killed on drop) and [`TempDir`];
+//! - `node.rs`: [`Node`], a dataplane with its signaling instances;
+//! - `cluster.rs`: [`Cluster`], nodes around real Redis; `redis.rs`: [`Redis`], [`Sentinel`];
+//! - `turn.rs`: [`Turn`] (coturn); `ws.rs`: the raw signaling WebSocket ([`Ws`], [`read_json`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -72,126 +79,6 @@ pub fn free_udp_ports(n: u16) -> anyhow::Result<u16> {
     bail!("no {n} consecutive free UDP ports")
 }
 
-/// A private temporary directory, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> anyhow::Result<Self> {
-        let p = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&p)?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed (by PID) when dropped.
-#[derive(Debug)]
-pub struct Proc {
-    pub name: String,
-    child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    /// Start `program args…` with stdout/stderr to `log`.
-    pub fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        log: PathBuf,
-    ) -> anyhow::Result<Self> {
-        let out = std::fs::File::create(&log)?;
-        let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("SFU_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self {
-            name: name.into(),
-            child: Some(child),
-            log,
-        })
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// SIGKILL (a crash).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then wait up to `grace` before SIGKILL. Returns whether it exited by itself.
-    pub fn terminate(&mut self, grace: Duration) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return true;
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let end = Instant::now() + grace;
-        while Instant::now() < end {
-            if let Ok(Some(_)) = c.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        false
-    }
-
-    /// Send a signal by name (`STOP`, `CONT`, `USR1`, …).
-    pub fn signal(&self, sig: &str) -> bool {
-        self.pid().is_some_and(|pid| {
-            Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(pid.to_string())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-    }
-
-    /// Whether the process is still running.
-    pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Minimal blocking HTTP GET on loopback: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -212,6 +99,38 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// The value of one sample (`series` exactly as exposed, labels included) at `addr/metrics`;
+/// `None` if the scrape failed or the series is absent.
+pub fn metric_value(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (status, body) = http_get(addr, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A join token from `signaling token args…` (e.g. `--secret S --room R --identity I`).
+pub fn mint_token(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(binary("signaling")?)
+        .arg("token")
+        .args(args)
+        .output()
+        .context("running signaling token")?;
+    if !out.status.success() {
+        bail!(
+            "signaling token {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
 /// Send one control request to the dataplane at `socket` (hello first) and return its response.
@@ -247,271 +166,60 @@ pub fn control_request(
     }
 }
 
-/// A single-node service: one dataplane and one or more signaling processes.
-#[derive(Debug)]
-pub struct Node {
-    pub dir: TempDir,
-    pub control_socket: PathBuf,
-    /// The dataplane's `/metrics` endpoint.
-    pub metrics_addr: SocketAddr,
-    pub udp_base: u16,
-    pub workers: u16,
-    pub dataplane: Proc,
-    pub signaling: Vec<(SocketAddr, Proc)>,
-    /// The metrics address (`/metrics`, `/healthz`) of each signaling instance.
-    pub signaling_metrics: Vec<SocketAddr>,
-    extra_dataplane_args: Vec<String>,
-    extra_signaling_args: Vec<String>,
-}
-
-impl Node {
-    /// Start a dataplane with `workers` workers and one signaling instance; wait until healthy.
-    pub fn start(workers: u16, dataplane_args: &[&str]) -> anyhow::Result<Self> {
-        Self::start_with(workers, dataplane_args, &[])
-    }
-
-    /// Like [`Node::start`], with extra signaling arguments.
-    pub fn start_with(
-        workers: u16,
-        dataplane_args: &[&str],
-        signaling_args: &[&str],
-    ) -> anyhow::Result<Self> {
-        let dir = TempDir::new("sfu-node")?;
-        let control_socket = dir.0.join("control.sock");
-        let udp_base = free_udp_ports(workers)?;
-        let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-        let mut extra: Vec<String> = vec!["--metrics-listen".into(), metrics_addr.to_string()];
-        extra.extend(dataplane_args.iter().map(|s| s.to_string()));
-        let dataplane = Self::spawn_dataplane(&dir.0, &control_socket, udp_base, workers, &extra)?;
-        let mut node = Self {
-            dir,
-            control_socket,
-            metrics_addr,
-            udp_base,
-            workers,
-            dataplane,
-            signaling: Vec::new(),
-            signaling_metrics: Vec::new(),
-            extra_dataplane_args: extra,
-            extra_signaling_args: signaling_args.iter().map(|s| s.to_string()).collect(),
-        };
-        node.add_signaling()?;
-        Ok(node)
-    }
-
-    fn spawn_dataplane(
-        dir: &Path,
-        sock: &Path,
-        udp_base: u16,
-        workers: u16,
-        extra: &[String],
-    ) -> anyhow::Result<Proc> {
-        let mut args: Vec<String> = vec![
-            "--workers".into(),
-            workers.to_string(),
-            "--public-ip".into(),
-            "127.0.0.1".into(),
-            "--port-base".into(),
-            udp_base.to_string(),
-            "--control-socket".into(),
-            sock.display().to_string(),
-        ];
-        // Unpinned unless the caller chose CPUs (benchmarks pin the dataplane away from the load).
-        if !extra.iter().any(|a| a == "--cpus") {
-            args.push("--no-pin".into());
-        }
-        args.extend(extra.iter().cloned());
-        Proc::spawn(
-            "dataplane",
-            &binary("dataplane")?,
-            &args,
-            dir.join(format!("dataplane-{udp_base}.log")),
-        )
-    }
-
-    /// The command line of a signaling instance of this node listening on `addr`, with its
-    /// metrics on `metrics`.
-    fn signaling_args(&self, addr: SocketAddr, metrics: SocketAddr) -> Vec<String> {
-        let mut args = vec![
-            "--listen".into(),
-            addr.to_string(),
-            "--metrics-listen".into(),
-            metrics.to_string(),
-            "--control-socket".into(),
-            self.control_socket.display().to_string(),
-        ];
-        args.extend(self.extra_signaling_args.iter().cloned());
-        args
-    }
-
-    /// Start one more signaling instance on a free port; wait until it is healthy.
-    pub fn add_signaling(&mut self) -> anyhow::Result<SocketAddr> {
-        let port = free_tcp_port()?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
-        let args = self.signaling_args(addr, metrics);
-        let n = self.signaling.len();
-        let p = Proc::spawn(
-            "signaling",
-            &binary("signaling")?,
-            &args,
-            self.dir.0.join(format!("signaling-{n}-{port}.log")),
-        )?;
-        self.signaling.push((addr, p));
-        self.signaling_metrics.push(metrics);
-        self.wait_healthy(addr, Duration::from_secs(20))?;
-        Ok(addr)
-    }
-
-    /// Kill signaling instance `i` (SIGKILL).
-    pub fn kill_signaling(&mut self, i: usize) {
-        if let Some((_, p)) = self.signaling.get_mut(i) {
-            p.kill();
-        }
-    }
-
-    /// Start signaling instance `i` again on its address; wait until healthy.
-    pub fn restart_signaling(&mut self, i: usize) -> anyhow::Result<()> {
-        let Some((addr, old)) = self.signaling.get_mut(i) else {
-            bail!("no signaling instance {i}");
-        };
-        old.kill();
-        let addr = *addr;
-        let args = self.signaling_args(addr, self.signaling_metrics[i]);
-        let log = self
-            .dir
-            .0
-            .join(format!("signaling-{i}-{}-restart.log", addr.port()));
-        let p = Proc::spawn("signaling", &binary("signaling")?, &args, log)?;
-        self.signaling[i].1 = p;
-        self.wait_healthy(addr, Duration::from_secs(20))
-    }
-
-    /// Restart the dataplane (after a kill).
-    pub fn restart_dataplane(&mut self) -> anyhow::Result<()> {
-        self.dataplane.kill();
-        self.dataplane = Self::spawn_dataplane(
-            &self.dir.0,
-            &self.control_socket,
-            self.udp_base,
-            self.workers,
-            &self.extra_dataplane_args,
-        )?;
-        Ok(())
-    }
-
-    /// Wait until signaling at `addr` reports a connected dataplane.
-    pub fn wait_healthy(&mut self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Ok((200, _)) = http_get(addr, "/healthz") {
-                return Ok(());
-            }
-            if Instant::now() >= end {
-                bail!(
-                    "signaling {addr} not healthy after {timeout:?}\n--- dataplane log ---\n{}\n--- signaling logs ---\n{}",
-                    self.dataplane.log_text(),
-                    self.signaling
-                        .iter()
-                        .map(|(_, p)| p.log_text())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `ws://…/ws` of signaling instance `i`.
-    pub fn ws_url(&self, i: usize) -> String {
-        format!("ws://{}/ws", self.signaling[i].0)
-    }
-
-    /// All logs, for failure messages.
-    pub fn logs(&self) -> String {
-        let mut s = format!("--- dataplane ---\n{}\n", self.dataplane.log_text());
-        for (a, p) in &self.signaling {
-            s += &format!("--- signaling {a} ---\n{}\n", p.log_text());
-        }
-        s
-    }
-}
-
-/// Debian `coturn` on a free loopback port with a shared secret (TURN REST API credentials),
-/// logging into a directory; stopped when dropped.
-#[derive(Debug)]
-pub struct Turn {
-    _proc: Proc,
-    pub port: u16,
-    /// `turn:127.0.0.1:<port>?transport=udp`
-    pub url: String,
-    pub secret: String,
-}
-
-impl Turn {
-    /// Whether `turnserver` is installed.
-    pub fn installed() -> bool {
-        Command::new("turnserver").arg("-h").output().is_ok()
-    }
-
-    /// Start it with `secret` and 40 relay ports; its log is `dir/turn.log`.
-    pub fn start(dir: &Path, secret: &str) -> anyhow::Result<Self> {
-        let port = free_udp_ports(1)?;
-        let relay = free_udp_ports(40)?;
-        let args: Vec<String> = vec![
-            "-n".into(),
-            "--listening-ip=127.0.0.1".into(),
-            format!("--listening-port={port}"),
-            "--relay-ip=127.0.0.1".into(),
-            format!("--min-port={relay}"),
-            format!("--max-port={}", relay + 39),
-            "--use-auth-secret".into(),
-            format!("--static-auth-secret={secret}"),
-            "--realm=sfu.test".into(),
-            "--fingerprint".into(),
-            "--no-tls".into(),
-            "--no-dtls".into(),
-            "--no-cli".into(),
-            "--allow-loopback-peers".into(),
-            "--no-multicast-peers".into(),
-            format!("--userdb={}", dir.join("turndb").display()),
-            format!("--pidfile={}", dir.join("turn.pid").display()),
-            format!("--log-file={}", dir.join("turn.log").display()),
-            "--simple-log".into(),
-        ];
-        let proc = Proc::spawn(
-            "turnserver",
-            Path::new("turnserver"),
-            &args,
-            dir.join("turn.out"),
-        )?;
-        Ok(Self {
-            _proc: proc,
-            port,
-            url: format!("turn:127.0.0.1:{port}?transport=udp"),
-            secret: secret.to_string(),
-        })
-    }
-}
-
 /// Wait until `GET path` answers 200.
 pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<()> {
+    wait_until(
+        &format!("{addr}{path} answers 200"),
+        timeout,
+        Duration::from_millis(50),
+        || matches!(http_get(addr, path), Ok((200, _))),
+    )
+}
+
+/// Call `probe` every `every` until it returns `Some`, for at most `timeout`: the one bounded
+/// poll of the harness and the tests. The probe runs at least once, and once more at the
+/// deadline; `None` if it never answered.
+pub fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let end = Instant::now() + timeout;
     loop {
-        if let Ok((200, _)) = http_get(addr, path) {
-            return Ok(());
+        if let Some(v) = probe() {
+            return Some(v);
         }
-        if Instant::now() >= end {
-            bail!("{addr}{path} not healthy after {timeout:?}");
+        let now = Instant::now();
+        if now >= end {
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every.min(end - now));
     }
+}
+
+/// [`poll`] for a condition: an error naming `what` if it did not hold within `timeout`.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    poll(timeout, every, || cond().then_some(()))
+        .with_context(|| format!("timed out after {timeout:?} waiting until {what}"))
 }
 
 mod cluster;
+mod node;
+mod process;
 mod redis;
+mod turn;
+mod ws;
 
 pub use cluster::{Cluster, ClusterNode, RedisTopology};
-pub use redis::{Redis, Sentinel};
+pub use node::Node;
+pub use process::{Proc, TempDir};
+pub use redis::{Redis, Sentinel, redis_cli};
+pub use turn::Turn;
+pub use ws::{Ws, read_json};
 
 pub use crate::stats::cpu_seconds;

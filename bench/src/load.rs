@@ -275,7 +275,7 @@ pub fn run(
         .map(ControlClient::connect)
         .transpose()?;
     let dp_pid = target.dataplane_pid;
-    let rss_before = dp_pid.map(rss_kib).unwrap_or(0);
+    let rss_before = dp_pid.and_then(rss_kib).unwrap_or(0);
     let mut latest: Vec<WorkerReport> = vec![WorkerReport::default(); threads];
     let absorb = |latest: &mut Vec<WorkerReport>, rx: &Receiver<WorkerReport>| {
         while let Ok(r) = rx.try_recv() {
@@ -401,7 +401,7 @@ pub fn run(
     let window = t0.elapsed().as_secs_f64();
     let w1 = prev_w.clone();
     let node1 = prev_node.clone();
-    let rss_after = dp_pid.map(rss_kib).unwrap_or(0);
+    let rss_after = dp_pid.and_then(rss_kib).unwrap_or(0);
     stop.store(true, Ordering::SeqCst);
     for h in handles {
         let _ = h.join();

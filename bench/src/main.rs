@@ -9,15 +9,13 @@
 //!
 //! Services are started by the bench itself on loopback (release binaries next to this one).
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bench::harness::{Cluster, LOAD_SIGNALING_ARGS, Node, cpu_seconds};
+use bench::harness::{Cluster, LOAD_SIGNALING_ARGS, Node, Ws, cpu_seconds, read_json};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
 #[derive(Debug, Parser)]
 #[command(about = "Load and capacity measurements for the SFU")]
@@ -139,18 +137,6 @@ struct LoadArgs {
     /// With --url: the pid of the SFU process whose CPU and memory are measured.
     #[arg(long)]
     dataplane_pid: Option<u32>,
-}
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn read_json(ws: &mut Ws) -> anyhow::Result<Value> {
-    loop {
-        match ws.read()? {
-            Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
-            Message::Close(f) => bail!("closed: {f:?}"),
-            _ => {}
-        }
-    }
 }
 
 /// Connect and join `room`; returns the socket after `joined` and the node hosting the room.
@@ -409,7 +395,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // 1. Idle sessions: open and join `sessions` WebSockets (100 rooms), hold them.
-    let rss0 = bench::stats::rss_kib(sig_pid);
+    let rss0 = bench::stats::rss_kib(sig_pid).unwrap_or(0);
     let t = Instant::now();
     let mut held = Vec::with_capacity(sessions);
     for i in 0..sessions {
@@ -423,7 +409,7 @@ fn main() -> anyhow::Result<()> {
     let cpu0 = cpu_seconds(sig_pid).unwrap_or(0.0);
     std::thread::sleep(Duration::from_secs(hold_secs));
     let idle_cpu = cpu_seconds(sig_pid).unwrap_or(0.0) - cpu0;
-    let rss1 = bench::stats::rss_kib(sig_pid);
+    let rss1 = bench::stats::rss_kib(sig_pid).unwrap_or(0);
     println!(
         "idle: {sessions} joined sessions held on one signaling instance; opened in {open_time:.2?}; \
          signaling RSS {rss0} → {rss1} KiB ({:.1} KiB/session); CPU while idle {:.3} s over {hold_secs} s",

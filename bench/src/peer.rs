@@ -6,21 +6,29 @@
 //! Sans-IO like the SFU core: time is an argument, datagrams go in through
 //! [`Peer::handle_receive`] and come out of [`Peer::poll_transmit`]. The same peer runs inside
 //! deterministic simulations (virtual clock) and in the real-socket load generator.
+//!
+//! This file owns the peer's state and its run loop (input, output, events, chat); the rest is
+//! split along its seams:
+//! - `negotiation.rs`: SDP offer/answer and the payload types the peer publishes with;
+//! - `media.rs`: generating audio and video packets (with send stamps), keyframe requests;
+//! - `received.rs`: what the peer received ([`Received`], [`RecvTrack`], [`LatencyHist`]).
 
-use std::collections::{HashMap, VecDeque};
+mod media;
+mod negotiation;
+mod received;
+
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
-/// Magic marking a synthetic payload that carries a send timestamp.
-const STAMP_MAGIC: [u8; 4] = *b"SFUb";
+pub use received::{LatencyHist, Received, RecvTrack};
 
 /// Errors of a synthetic peer.
 #[derive(Debug, thiserror::Error)]
@@ -32,117 +40,6 @@ pub enum PeerError {
     Rtc(#[from] str0m::RtcError),
     #[error("no offer is pending")]
     NoPendingOffer,
-}
-
-/// Counters of one received m-line (one remote publisher's track).
-#[derive(Debug, Clone, Default)]
-pub struct RecvTrack {
-    /// The publisher's participant id (the SDP stream id of the m-line).
-    pub stream_id: String,
-    pub kind: Option<MediaKind>,
-    pub packets: u64,
-    pub bytes: u64,
-    pub first_seq: Option<u64>,
-    pub highest_seq: u64,
-    /// Sequence numbers missing between the first and the highest (gaps in the extended seq).
-    pub lost: u64,
-    pub ssrcs: Vec<u32>,
-    /// Payload types seen.
-    pub pts: Vec<u8>,
-    /// One-way latency (µs) of stamped payloads: receive time − send time.
-    pub latency: LatencyHist,
-    /// RFC 3550 interarrival jitter estimate, µs.
-    pub jitter_us: f64,
-    last_transit_us: Option<i64>,
-}
-
-/// A log-bucketed latency histogram (≈5 % resolution from 1 µs to ~30 s), cheap to merge.
-#[derive(Debug, Clone)]
-pub struct LatencyHist {
-    pub counts: Vec<u64>,
-}
-
-impl Default for LatencyHist {
-    fn default() -> Self {
-        Self {
-            counts: vec![0; 360],
-        }
-    }
-}
-
-impl LatencyHist {
-    fn bucket(us: u64) -> usize {
-        if us <= 1 {
-            return 0;
-        }
-        ((us as f64).ln() / 1.05f64.ln()) as usize
-    }
-
-    fn value(bucket: usize) -> u64 {
-        1.05f64.powi(bucket as i32 + 1) as u64
-    }
-
-    pub fn record(&mut self, us: u64) {
-        let b = Self::bucket(us).min(self.counts.len() - 1);
-        self.counts[b] += 1;
-    }
-
-    pub fn merge(&mut self, other: &LatencyHist) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// The `q`-quantile (0..=1) in µs (upper bucket bound), `None` if empty.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
-        let total = self.total();
-        if total == 0 {
-            return None;
-        }
-        let target = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= target {
-                return Some(Self::value(i));
-            }
-        }
-        None
-    }
-}
-
-/// What a synthetic peer received (for assertions and reports).
-#[derive(Debug, Default)]
-pub struct Received {
-    pub tracks: HashMap<Mid, RecvTrack>,
-    pub chat: Vec<String>,
-    pub keyframe_requests: u64,
-    /// When the first RTP packet from anyone arrived.
-    pub first_rtp: Option<Instant>,
-}
-
-impl Received {
-    /// Packets received of `kind` from publisher `stream_id`.
-    pub fn packets_from(&self, stream_id: &str, kind: MediaKind) -> u64 {
-        self.tracks
-            .values()
-            .filter(|t| t.stream_id == stream_id && t.kind == Some(kind))
-            .map(|t| t.packets)
-            .sum()
-    }
-
-    /// Total packets received of `kind`.
-    pub fn packets(&self, kind: MediaKind) -> u64 {
-        self.tracks
-            .values()
-            .filter(|t| t.kind == Some(kind))
-            .map(|t| t.packets)
-            .sum()
-    }
 }
 
 /// A synthetic participant. See the module docs.
@@ -231,117 +128,12 @@ impl Peer {
         self.local
     }
 
-    /// Publish video as H.264 instead of VP8 (when the SFU accepts both). Call before the answer.
-    pub fn prefer_h264(&mut self) {
-        self.video_codec = Codec::H264;
-    }
-
-    /// The payload type and codec this peer publishes video with, once negotiated.
-    pub fn video_send_codec(&self) -> Option<(u8, Codec)> {
-        let (_, pt) = self.video?;
-        let pt = pt?;
-        let codec = self
-            .rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.pt() == pt)?
-            .spec()
-            .codec;
-        Some((*pt, codec))
-    }
-
-    /// The codec of a received payload type.
-    pub fn codec_of(&self, pt: u8) -> Option<Codec> {
-        self.rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| *p.pt() == pt)
-            .map(|p| p.spec().codec)
-    }
-
     pub fn is_connected(&self) -> bool {
         self.connected
     }
 
     pub fn chat_open(&self) -> bool {
         self.chat_open
-    }
-
-    /// The initial offer: sendonly audio and/or video plus the `chat` DataChannel.
-    pub fn create_offer(&mut self, audio: bool, video: bool) -> String {
-        let mut api = self.rtc.sdp_api();
-        if audio {
-            let mid = api.add_media(
-                MediaKind::Audio,
-                Direction::SendOnly,
-                Some(self.name.clone()),
-                None,
-                None,
-            );
-            self.audio = Some((mid, None));
-        }
-        if video {
-            let mid = api.add_media(
-                MediaKind::Video,
-                Direction::SendOnly,
-                Some(self.name.clone()),
-                None,
-                None,
-            );
-            self.video = Some((mid, None));
-        }
-        if self.chat.is_none() {
-            self.chat = Some(api.add_channel("chat".into()));
-        }
-        let Some((offer, pending)) = api.apply() else {
-            return String::new();
-        };
-        self.pending = Some(pending);
-        self.drain();
-        offer.to_sdp_string()
-    }
-
-    /// Apply the server's answer to our offer.
-    pub fn handle_answer(&mut self, sdp: &str) -> Result<(), PeerError> {
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
-        let pending = self.pending.take().ok_or(PeerError::NoPendingOffer)?;
-        self.rtc.sdp_api().accept_answer(pending, answer)?;
-        self.resolve_send_pts();
-        self.drain();
-        Ok(())
-    }
-
-    /// Answer a server offer (renegotiation). A pending own offer is rolled back.
-    pub fn handle_offer(&mut self, sdp: &str) -> Result<String, PeerError> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
-        self.pending = None;
-        let answer = self.rtc.sdp_api().accept_offer(offer)?;
-        self.drain();
-        Ok(answer.to_sdp_string())
-    }
-
-    fn resolve_send_pts(&mut self) {
-        let pick = |rtc: &Rtc, mid: Mid, codec: Codec| -> Option<Pt> {
-            let media = rtc.media(mid)?;
-            let remote = media.remote_pts();
-            rtc.codec_config()
-                .params()
-                .iter()
-                .find(|p| p.spec().codec == codec && remote.contains(&p.pt()))
-                .map(|p| p.pt())
-        };
-        if let Some((mid, pt)) = &mut self.audio {
-            *pt = pick(&self.rtc, *mid, Codec::Opus);
-        }
-        let (first, second) = match self.video_codec {
-            Codec::H264 => (Codec::H264, Codec::Vp8),
-            _ => (Codec::Vp8, Codec::H264),
-        };
-        if let Some((mid, pt)) = &mut self.video {
-            *pt = pick(&self.rtc, *mid, first).or_else(|| pick(&self.rtc, *mid, second));
-        }
     }
 
     /// A datagram from the network.
@@ -405,127 +197,6 @@ impl Peer {
         ok
     }
 
-    /// Whether the next video frame will be a keyframe (one was requested, or none sent yet).
-    pub fn wants_keyframe(&self) -> bool {
-        self.keyframe_wanted
-    }
-
-    /// Ask the SFU for a keyframe of the video received from publisher `stream_id` (a PLI, as a
-    /// browser sends when it cannot decode). Returns false if no such video is received.
-    pub fn request_keyframe(&mut self, stream_id: &str) -> bool {
-        let mid = self
-            .received
-            .tracks
-            .iter()
-            .find(|(_, t)| t.stream_id == stream_id && t.kind == Some(MediaKind::Video))
-            .map(|(m, _)| *m);
-        let Some(mid) = mid else {
-            return false;
-        };
-        let sent = match self.rtc.direct_api().stream_rx_by_mid(mid, None) {
-            Some(rx) => {
-                rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
-                true
-            }
-            None => false,
-        };
-        self.drain();
-        sent
-    }
-
-    /// Publish one 20 ms Opus-sized audio packet of `size` payload bytes.
-    pub fn send_audio(&mut self, now: Instant, size: usize) -> bool {
-        let Some((mid, Some(pt))) = self.audio else {
-            return false;
-        };
-        let payload = self.stamped_payload(now, size.max(16), false, false);
-        let (seq, ts) = (self.audio_seq, self.audio_ts);
-        self.audio_seq += 1;
-        self.audio_ts = self.audio_ts.wrapping_add(960);
-        let written = self.write(
-            mid,
-            RtpWrite::new(pt, seq.into(), ts, now, payload).marker(true),
-        );
-        self.release(now);
-        written
-    }
-
-    /// Publish one video frame as `packets` packets of `size` payload bytes. It is a keyframe if
-    /// `keyframe` is set or a keyframe was requested since the last one. Returns whether a
-    /// keyframe was sent.
-    pub fn send_video_frame(
-        &mut self,
-        now: Instant,
-        keyframe: bool,
-        packets: usize,
-        size: usize,
-        fps: u32,
-    ) -> bool {
-        let Some((mid, Some(pt))) = self.video else {
-            return false;
-        };
-        let keyframe = keyframe || std::mem::take(&mut self.keyframe_wanted);
-        let ts = self.video_ts;
-        self.video_ts = self.video_ts.wrapping_add(90_000 / fps.max(1));
-        let packets = packets.max(1);
-        for i in 0..packets {
-            let payload = self.stamped_payload(now, size.max(32), i == 0, keyframe);
-            let seq = self.video_seq;
-            self.video_seq += 1;
-            let w = RtpWrite::new(pt, seq.into(), ts, now, payload)
-                .marker(i + 1 == packets)
-                .nackable(true);
-            if !self.write(mid, w) {
-                break;
-            }
-        }
-        self.release(now);
-        keyframe
-    }
-
-    fn write(&mut self, mid: Mid, w: RtpWrite) -> bool {
-        let mut api = self.rtc.direct_api();
-        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
-            return false;
-        };
-        stream.write_rtp(w);
-        self.sent_packets += 1;
-        true
-    }
-
-    /// str0m sends written RTP on its next time input: give it one now, so the packets are in
-    /// the outbox when this returns (their latency stamps are "now", so they must leave now).
-    fn release(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-
-    /// A payload that looks like VP8 (payload descriptor + keyframe header on frame starts) and
-    /// carries the send time for latency measurement.
-    fn stamped_payload(
-        &self,
-        now: Instant,
-        size: usize,
-        frame_start: bool,
-        keyframe: bool,
-    ) -> Vec<u8> {
-        let mut p = vec![0u8; size];
-        // VP8 payload descriptor: S bit on the first packet of a frame, partition 0.
-        p[0] = if frame_start { 0x10 } else { 0x00 };
-        if frame_start && keyframe && size >= 11 {
-            // VP8 frame tag with P=0 (keyframe), then the keyframe start code.
-            p[1] = 0x00;
-            p[4..7].copy_from_slice(&[0x9d, 0x01, 0x2a]);
-        } else if size > 1 {
-            p[1] = 0x01;
-        }
-        if size >= 24 {
-            p[12..16].copy_from_slice(&STAMP_MAGIC);
-            let us = now.saturating_duration_since(self.epoch).as_micros() as u64;
-            p[16..24].copy_from_slice(&us.to_be_bytes());
-        }
-        p
-    }
-
     fn drain(&mut self) {
         let now = self.timeout;
         self.drain_at(now);
@@ -580,51 +251,15 @@ impl Peer {
                 else {
                     return;
                 };
-                let t = self.received.tracks.entry(mid).or_default();
-                t.stream_id = stream_id;
-                t.kind = Some(kind);
-                t.packets += 1;
-                t.bytes += pkt.payload.len() as u64;
-                let seq = *pkt.seq_no;
-                let ssrc = *pkt.header.ssrc;
-                if !t.ssrcs.contains(&ssrc) {
-                    t.ssrcs.push(ssrc);
-                }
-                let pt = *pkt.header.payload_type;
-                if !t.pts.contains(&pt) {
-                    t.pts.push(pt);
-                }
-                match t.first_seq {
-                    None => {
-                        t.first_seq = Some(seq);
-                        t.highest_seq = seq;
-                    }
-                    Some(_) if seq > t.highest_seq => {
-                        t.lost += seq - t.highest_seq - 1;
-                        t.highest_seq = seq;
-                    }
-                    Some(_) => t.lost = t.lost.saturating_sub(1), // a late packet fills a gap
-                }
-                if self.received.first_rtp.is_none() {
-                    self.received.first_rtp = Some(now);
-                }
-                if pkt.payload.len() >= 24 && pkt.payload[12..16] == STAMP_MAGIC {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&pkt.payload[16..24]);
-                    let sent = u64::from_be_bytes(b);
+                let stamp = media::read_stamp(&pkt.payload).map(|sent| {
                     let recv = self
                         .arrived
                         .saturating_duration_since(self.epoch)
                         .as_micros() as u64;
-                    t.latency.record(recv.saturating_sub(sent));
-                    // RFC 3550 §6.4.1 with wall-clock transit times.
-                    let transit = recv as i64 - sent as i64;
-                    if let Some(prev) = t.last_transit_us {
-                        let d = (transit - prev).abs() as f64;
-                        t.jitter_us += (d - t.jitter_us) / 16.0;
-                    }
-                    t.last_transit_us = Some(transit);
-                }
+                    (sent, recv)
+                });
+                self.received
+                    .record_rtp(mid, stream_id, kind, &pkt, now, stamp);
             }
             _ => {}
         }

@@ -1,14 +1,27 @@
-//! A cluster of nodes (dataplane + signaling each) around real Redis, for tests and benchmarks.
+//! A cluster of nodes (dataplane + signaling each) around real Redis, for tests and benchmarks,
+//! and what the tests read from Redis directly (room owners, node states, live heartbeats).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
-use super::redis::{Redis, Sentinel};
-use super::{Proc, TempDir, binary, free_tcp_port, free_udp_ports, wait_http_ok};
+use super::redis::{Redis, Sentinel, redis_cli};
+use super::{Proc, TempDir, binary, free_tcp_port, free_udp_ports, poll, wait_http_ok};
+
+/// After how long without a heartbeat the registry counts a node dead: the processes run with
+/// the registry's default (`registry::RegistryTiming::default().dead_after`, 5 s).
+pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+/// How many `{sfu}:nodes` entries (node id → last heartbeat, Redis server time in ms) are at
+/// most `ARGV[1]` ms old by the server's own clock: the alive nodes, as the registry's `nodes()`
+/// counts them.
+const COUNT_ALIVE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+"#;
 
 /// One cluster node: a dataplane and a signaling process sharing a control socket.
 #[derive(Debug)]
@@ -116,13 +129,13 @@ impl Cluster {
         for i in 0..n {
             c.add_node(i, dp_extra, sig_extra)?;
         }
-        // Both nodes registered (heartbeat) before anyone joins.
-        let end = Instant::now() + Duration::from_secs(10);
-        while c.registered_nodes()? < n {
-            if Instant::now() >= end {
-                bail!("nodes did not register\n{}", c.logs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        // Every node registered (heartbeat) before anyone joins.
+        if poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            c.registered_nodes().is_ok_and(|k| k >= n).then_some(())
+        })
+        .is_none()
+        {
+            bail!("nodes did not register\n{}", c.logs());
         }
         Ok(c)
     }
@@ -225,7 +238,15 @@ impl Cluster {
 
     /// `redis-cli` against the current master.
     pub fn redis_cli(&self, args: &[&str]) -> String {
-        super::redis::redis_cli(self.master_port(), args)
+        redis_cli(self.master_port(), args)
+    }
+
+    /// `redis-cli` against the current master, for a command that answers an integer.
+    fn redis_int(&self, args: &[&str]) -> anyhow::Result<u64> {
+        let out = self.redis_cli(args);
+        out.trim()
+            .parse()
+            .with_context(|| format!("redis-cli {args:?} answered {out:?}"))
     }
 
     /// The room mapping in Redis: (node, epoch).
@@ -235,25 +256,36 @@ impl Cluster {
         Some((v["node"].as_str()?.to_string(), v["epoch"].as_u64()?))
     }
 
-    /// How many nodes are registered and alive (reads Redis directly).
+    /// The state a node last published in its heartbeat (`serving`, `draining`, `degraded`).
+    pub fn node_state(&self, node_id: &str) -> Option<String> {
+        let raw = self.redis_cli(&["GET", &format!("{{sfu}}:node:{node_id}")]);
+        let v: serde_json::Value = serde_json::from_str(raw.trim()).ok()?;
+        Some(v["state"].as_str()?.to_string())
+    }
+
+    /// How many nodes are registered and alive: a heartbeat within [`DEAD_AFTER`] of the Redis
+    /// server's `TIME` (one script, so both come from the same clock at the same moment). A
+    /// node marked dead or silent for longer does not count.
     pub fn registered_nodes(&self) -> anyhow::Result<usize> {
-        let out = Command::new("redis-cli")
-            .args([
-                "-p",
-                &self.master_port().to_string(),
-                "ZCOUNT",
-                "{sfu}:nodes",
-            ])
-            .arg(format!("({}", 0))
-            .arg("+inf")
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse()
-                .unwrap_or(0)),
-            _ => Ok(0),
+        let window = DEAD_AFTER.as_millis().to_string();
+        let n = self.redis_int(&["EVAL", COUNT_ALIVE_LUA, "1", "{sfu}:nodes", &window])?;
+        Ok(n as usize)
+    }
+
+    /// The Redis server's clock (`TIME`) in ms, the clock heartbeats are stamped with.
+    pub fn redis_time_ms(&self) -> anyhow::Result<u64> {
+        let out = self.redis_cli(&["TIME"]);
+        let mut parts = out.split_whitespace().map(str::parse::<u64>);
+        match (parts.next(), parts.next()) {
+            (Some(Ok(secs)), Some(Ok(micros))) => Ok(secs * 1000 + micros / 1000),
+            _ => bail!("redis-cli TIME answered {out:?}"),
         }
+    }
+
+    /// How many nodes heartbeated after `ms` (Redis server time, see [`Self::redis_time_ms`]).
+    pub fn heartbeats_since(&self, ms: u64) -> anyhow::Result<usize> {
+        let n = self.redis_int(&["ZCOUNT", "{sfu}:nodes", &format!("({ms}"), "+inf"])?;
+        Ok(n as usize)
     }
 
     /// The node whose worker port is `port`.

@@ -1,14 +1,15 @@
-//! Real `redis-server` / `redis-sentinel` processes for tests: a standalone server, or a master,
-//! a replica and a sentinel (for failover tests).
+//! Real `redis-server` / `redis-sentinel` processes for tests: a standalone server (also in
+//! cluster mode, with extra arguments), or a master, a replica and a sentinel (for failover
+//! tests). The one launcher of the workspace: the registry's contract tests use it too.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::Context;
 
-use super::{Proc, free_tcp_port};
+use super::{Proc, free_tcp_port, poll, wait_until};
 
 /// `redis-cli -p <port> args…`: its output (empty if it could not run).
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
@@ -64,8 +65,10 @@ impl Redis {
         redis_cli(self.port, args)
     }
 
-    /// (Re)start on the same port; wait until it accepts connections.
+    /// (Re)start on the same port (killing the running server first, if any); wait until it
+    /// accepts connections. Without persistence it starts empty, unless a `SAVE` left a dump.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
         let mut args: Vec<String> = [
             "--port",
             &self.port.to_string(),
@@ -84,14 +87,13 @@ impl Redis {
         args.extend(self.extra.iter().cloned());
         let log = self.dir.join(format!("redis-{}.log", self.port));
         self.proc = Some(Proc::spawn("redis", Path::new("redis-server"), &args, log)?);
-        let end = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() >= end {
-                bail!("redis-server did not start on port {}", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        let port = self.port;
+        wait_until(
+            &format!("redis-server accepts connections on port {port}"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )
     }
 
     /// SIGKILL.
@@ -148,17 +150,13 @@ impl Sentinel {
             _proc: proc,
         };
         // Ready when it names the master and has seen the replica.
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            let replicas = s.sentinel_cli(&["SENTINEL", "replicas", &s.name]);
-            if s.master_port() == Some(master.port) && replicas.contains("slave") {
-                return Ok(s);
-            }
-            if Instant::now() >= end {
-                bail!("sentinel did not become ready: {replicas}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut replicas = String::new();
+        poll(Duration::from_secs(20), Duration::from_millis(100), || {
+            replicas = s.sentinel_cli(&["SENTINEL", "replicas", &s.name]);
+            (s.master_port() == Some(master.port) && replicas.contains("slave")).then_some(())
+        })
+        .with_context(|| format!("sentinel did not become ready: {replicas}"))?;
+        Ok(s)
     }
 
     fn sentinel_cli(&self, args: &[&str]) -> String {

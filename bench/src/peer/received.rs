@@ -1,0 +1,172 @@
+//! What a synthetic peer received, for assertions and reports: per received m-line packet,
+//! sequence and loss counters, one-way latency ([`LatencyHist`]) and jitter of stamped payloads,
+//! chat messages and keyframe requests.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use str0m::media::{MediaKind, Mid};
+use str0m::rtp::RtpPacket;
+
+/// Counters of one received m-line (one remote publisher's track).
+#[derive(Debug, Clone, Default)]
+pub struct RecvTrack {
+    /// The publisher's participant id (the SDP stream id of the m-line).
+    pub stream_id: String,
+    pub kind: Option<MediaKind>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seq: Option<u64>,
+    pub highest_seq: u64,
+    /// Sequence numbers missing between the first and the highest (gaps in the extended seq).
+    pub lost: u64,
+    pub ssrcs: Vec<u32>,
+    /// Payload types seen.
+    pub pts: Vec<u8>,
+    /// One-way latency (µs) of stamped payloads: receive time − send time.
+    pub latency: LatencyHist,
+    /// RFC 3550 interarrival jitter estimate, µs.
+    pub jitter_us: f64,
+    last_transit_us: Option<i64>,
+}
+
+/// A log-bucketed latency histogram (≈5 % resolution from 1 µs to ~30 s), cheap to merge.
+#[derive(Debug, Clone)]
+pub struct LatencyHist {
+    pub counts: Vec<u64>,
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; 360],
+        }
+    }
+}
+
+impl LatencyHist {
+    fn bucket(us: u64) -> usize {
+        if us <= 1 {
+            return 0;
+        }
+        ((us as f64).ln() / 1.05f64.ln()) as usize
+    }
+
+    fn value(bucket: usize) -> u64 {
+        1.05f64.powi(bucket as i32 + 1) as u64
+    }
+
+    pub fn record(&mut self, us: u64) {
+        let b = Self::bucket(us).min(self.counts.len() - 1);
+        self.counts[b] += 1;
+    }
+
+    pub fn merge(&mut self, other: &LatencyHist) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The `q`-quantile (0..=1) in µs (upper bucket bound), `None` if empty.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Some(Self::value(i));
+            }
+        }
+        None
+    }
+}
+
+/// What a synthetic peer received (for assertions and reports).
+#[derive(Debug, Default)]
+pub struct Received {
+    pub tracks: HashMap<Mid, RecvTrack>,
+    pub chat: Vec<String>,
+    pub keyframe_requests: u64,
+    /// When the first RTP packet from anyone arrived.
+    pub first_rtp: Option<Instant>,
+}
+
+impl Received {
+    /// Packets received of `kind` from publisher `stream_id`.
+    pub fn packets_from(&self, stream_id: &str, kind: MediaKind) -> u64 {
+        self.tracks
+            .values()
+            .filter(|t| t.stream_id == stream_id && t.kind == Some(kind))
+            .map(|t| t.packets)
+            .sum()
+    }
+
+    /// Total packets received of `kind`.
+    pub fn packets(&self, kind: MediaKind) -> u64 {
+        self.tracks
+            .values()
+            .filter(|t| t.kind == Some(kind))
+            .map(|t| t.packets)
+            .sum()
+    }
+
+    /// Count one RTP packet received on m-line `mid` (publisher `stream_id`, `kind`) at `now`.
+    /// `stamp` is (send time, arrival time) in µs since the shared epoch when the payload carried
+    /// a send stamp: it feeds the latency histogram and the jitter estimate.
+    pub(super) fn record_rtp(
+        &mut self,
+        mid: Mid,
+        stream_id: String,
+        kind: MediaKind,
+        pkt: &RtpPacket,
+        now: Instant,
+        stamp: Option<(u64, u64)>,
+    ) {
+        let t = self.tracks.entry(mid).or_default();
+        t.stream_id = stream_id;
+        t.kind = Some(kind);
+        t.packets += 1;
+        t.bytes += pkt.payload.len() as u64;
+        let seq = *pkt.seq_no;
+        let ssrc = *pkt.header.ssrc;
+        if !t.ssrcs.contains(&ssrc) {
+            t.ssrcs.push(ssrc);
+        }
+        let pt = *pkt.header.payload_type;
+        if !t.pts.contains(&pt) {
+            t.pts.push(pt);
+        }
+        match t.first_seq {
+            None => {
+                t.first_seq = Some(seq);
+                t.highest_seq = seq;
+            }
+            Some(_) if seq > t.highest_seq => {
+                t.lost += seq - t.highest_seq - 1;
+                t.highest_seq = seq;
+            }
+            Some(_) => t.lost = t.lost.saturating_sub(1), // a late packet fills a gap
+        }
+        if self.first_rtp.is_none() {
+            self.first_rtp = Some(now);
+        }
+        if let Some((sent, recv)) = stamp {
+            t.latency.record(recv.saturating_sub(sent));
+            // RFC 3550 §6.4.1 with wall-clock transit times.
+            let transit = recv as i64 - sent as i64;
+            if let Some(prev) = t.last_transit_us {
+                let d = (transit - prev).abs() as f64;
+                t.jitter_us += (d - t.jitter_us) / 16.0;
+            }
+            t.last_transit_us = Some(transit);
+        }
+    }
+}

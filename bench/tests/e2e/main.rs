@@ -1,0 +1,53 @@
+//! Loopback integration with the real binaries: `dataplane` + `signaling` processes, synthetic
+//! str0m peers joining over the real WebSocket protocol and sending media over real UDP.
+//!
+//! Needs the binaries built first (`cargo build --bins`; `./scripts/test` does it).
+//!
+//! One test binary; this file owns the helpers the scenarios share. The scenarios:
+//! - `calls.rs`: media and chat between peers, leaving, signaling restarts;
+//! - `front_door.rs`: what signaling accepts on its WebSocket (bad input, join tokens, floods)
+//!   and the TURN credentials it hands out;
+//! - `observability.rs`: the load generator's pipeline and the metrics endpoints.
+
+mod calls;
+mod front_door;
+mod observability;
+
+use std::time::{Duration, Instant};
+
+use bench::client::{Client, Media};
+use bench::harness::Node;
+use serde_json::Value;
+use str0m::media::MediaKind;
+
+const T: Duration = Duration::from_secs(15);
+
+fn join(
+    node: &Node,
+    sig: usize,
+    room: &str,
+    name: &str,
+    media: Option<Media>,
+    epoch: Instant,
+) -> Client {
+    Client::join(&node.ws_url(sig), room, name, media, epoch, T)
+        .unwrap_or_else(|e| panic!("{name} failed to join: {e:#}\n{}", node.logs()))
+}
+
+fn video_from(c: &Client, other: &Client) -> u64 {
+    c.peer.received.packets_from(&other.id, MediaKind::Video)
+}
+
+fn audio_from(c: &Client, other: &Client) -> u64 {
+    c.peer.received.packets_from(&other.id, MediaKind::Audio)
+}
+
+/// The chat messages `c` received, parsed.
+fn chat(c: &Client) -> Vec<Value> {
+    c.peer
+        .received
+        .chat
+        .iter()
+        .filter_map(|m| serde_json::from_str(m).ok())
+        .collect()
+}
