@@ -16,7 +16,8 @@ fn score(n: &NodeInfo, rooms: usize) -> u64 {
 
 #[derive(Debug, Default)]
 struct MemoryInner {
-    nodes: BTreeMap<String, (Instant, NodeInfo)>,
+    /// Node id → (last heartbeat, `None` once marked dead; its description).
+    nodes: BTreeMap<String, (Option<Instant>, NodeInfo)>,
     node_rooms: HashMap<String, BTreeSet<String>>,
     rooms: HashMap<String, Placement>,
     epoch: u64,
@@ -57,11 +58,16 @@ impl MemoryRegistry {
     }
 }
 
+/// A node whose last heartbeat is `t` is alive at `now`.
+fn fresh(t: Option<Instant>, now: Instant, dead_after: Duration) -> bool {
+    t.is_some_and(|t| now.saturating_duration_since(t) <= dead_after)
+}
+
 impl MemoryInner {
     fn alive(&self, id: &str, now: Instant, dead_after: Duration) -> bool {
         self.nodes
             .get(id)
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) <= dead_after)
+            .is_some_and(|(t, _)| fresh(*t, now, dead_after))
     }
 
     fn forget_node(&mut self, id: &str) {
@@ -78,7 +84,7 @@ impl Registry for MemoryRegistry {
     fn heartbeat(&mut self, node: &NodeInfo) -> Result<bool, RegistryError> {
         self.lock()
             .nodes
-            .insert(node.node_id.clone(), (self.clock.now(), node.clone()));
+            .insert(node.node_id.clone(), (Some(self.clock.now()), node.clone()));
         // Memory cannot be lost while this process lives.
         Ok(false)
     }
@@ -130,7 +136,7 @@ impl Registry for MemoryRegistry {
         let g = self.lock();
         Ok(g.nodes
             .values()
-            .filter(|(t, _)| now.saturating_duration_since(*t) <= self.timing.dead_after)
+            .filter(|(t, _)| fresh(*t, now, self.timing.dead_after))
             .map(|(_, n)| n.clone())
             .collect())
     }
@@ -152,7 +158,7 @@ impl Registry for MemoryRegistry {
             .iter()
             .filter(|(id, (t, n))| {
                 !exclude.contains(id)
-                    && now.saturating_duration_since(*t) <= dead_after
+                    && fresh(*t, now, dead_after)
                     && n.state == NodeState::Serving
                     && (n.capacity_rooms == 0
                         || g.node_rooms.get(*id).map_or(0, BTreeSet::len)
@@ -199,12 +205,9 @@ impl Registry for MemoryRegistry {
     fn mark_dead(&mut self, node_id: &str) -> Result<(), RegistryError> {
         let mut g = self.lock();
         if let Some((t, _)) = g.nodes.get_mut(node_id) {
-            // Far enough in the past to be dead under any timing.
-            *t = self
-                .clock
-                .now()
-                .checked_sub(Duration::from_secs(3600))
-                .unwrap_or(*t);
+            // Dead until its next heartbeat, whatever the clock (a backdated time could not go
+            // further back than the machine's boot).
+            *t = None;
         }
         Ok(())
     }
@@ -216,7 +219,7 @@ impl Registry for MemoryRegistry {
         let dead: Vec<String> = g
             .nodes
             .iter()
-            .filter(|(_, (t, _))| now.saturating_duration_since(*t) > dead_after)
+            .filter(|(_, (t, _))| !fresh(*t, now, dead_after))
             .map(|(id, _)| id.clone())
             .collect();
         for id in &dead {
@@ -267,5 +270,14 @@ mod tests {
         r.heartbeat(&n1).expect("hb");
         let again = r.place_room("room", &[]).expect("place");
         assert!(again.epoch > p.epoch, "{again:?} after {p:?}");
+
+        // Marked dead: at once, whatever the clock (it used to backdate the heartbeat by an
+        // hour, which does nothing on a machine up for less than that), until its next heartbeat.
+        r.mark_dead("n1").expect("mark");
+        assert_eq!(r.nodes(), Ok(vec![]), "dead once marked");
+        assert_eq!(r.place_room("room", &[]), Err(RegistryError::NoNodes));
+        assert_eq!(r.reap_dead(), Ok(vec!["n1".to_string()]));
+        r.heartbeat(&n1).expect("hb");
+        assert_eq!(r.nodes(), Ok(vec![n1]), "a heartbeat revives it");
     }
 }
