@@ -81,19 +81,19 @@ impl ControlClient {
 
 /// CPU time (user + system) a process has used, in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    Some((t(11)? + t(12)?) / 100.0)
+    let st = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .stat()
+        .ok()?;
+    Some((st.utime + st.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// Resident memory of a process, KiB; `None` if it cannot be read (no such process, or a
 /// zombie, which has no `VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .status()
+        .ok()?
+        .vmrss
 }
