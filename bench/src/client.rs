@@ -549,3 +549,26 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Video packets `c` received from `other`.
+pub fn video_from(c: &Client, other: &Client) -> u64 {
+    c.peer
+        .received
+        .packets_from(&other.id, str0m::media::MediaKind::Video)
+}
+
+/// Audio packets `c` received from `other`.
+pub fn audio_from(c: &Client, other: &Client) -> u64 {
+    c.peer
+        .received
+        .packets_from(&other.id, str0m::media::MediaKind::Audio)
+}
+
+/// Every client received at least `min` video packets from every other.
+pub fn all_flowing(cs: &[Client], min: u64) -> bool {
+    cs.iter().all(|a| {
+        cs.iter()
+            .filter(|b| b.id != a.id)
+            .all(|b| video_from(a, b) >= min)
+    })
+}

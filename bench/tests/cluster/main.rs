@@ -19,8 +19,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bench::client::{self, Client, Media};
+use bench::client::{all_flowing, video_from};
 use bench::harness::{Cluster, Redis, wait_until};
-use str0m::media::MediaKind;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -79,23 +79,14 @@ fn call(c: &Cluster, room: &str, parts: &[(usize, &str)], epoch: Instant) -> Vec
     cs
 }
 
-fn video(a: &Client, b: &Client) -> u64 {
-    a.peer.received.packets_from(&b.id, MediaKind::Video)
-}
-
-/// Every client receives video from every other.
-fn all_flowing(cs: &[Client], min: u64) -> bool {
-    cs.iter().all(|a| {
-        cs.iter()
-            .filter(|b| b.id != a.id)
-            .all(|b| video(a, b) >= min)
-    })
-}
-
 /// Video counts between every pair.
 fn counts(cs: &[Client]) -> Vec<u64> {
     cs.iter()
-        .flat_map(|a| cs.iter().filter(|b| b.id != a.id).map(move |b| video(a, b)))
+        .flat_map(|a| {
+            cs.iter()
+                .filter(|b| b.id != a.id)
+                .map(move |b| video_from(a, b))
+        })
         .collect()
 }
 

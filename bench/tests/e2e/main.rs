@@ -16,9 +16,9 @@ mod observability;
 use std::time::{Duration, Instant};
 
 use bench::client::{Client, Media};
+use bench::client::{audio_from, video_from};
 use bench::harness::Node;
 use serde_json::Value;
-use str0m::media::MediaKind;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -32,14 +32,6 @@ fn join(
 ) -> Client {
     Client::join(&node.ws_url(sig), room, name, media, epoch, T)
         .unwrap_or_else(|e| panic!("{name} failed to join: {e:#}\n{}", node.logs()))
-}
-
-fn video_from(c: &Client, other: &Client) -> u64 {
-    c.peer.received.packets_from(&other.id, MediaKind::Video)
-}
-
-fn audio_from(c: &Client, other: &Client) -> u64 {
-    c.peer.received.packets_from(&other.id, MediaKind::Audio)
 }
 
 /// The chat messages `c` received, parsed.

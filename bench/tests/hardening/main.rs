@@ -24,9 +24,9 @@ mod sessions;
 use std::time::{Duration, Instant};
 
 use bench::client::{Client, Media};
+use bench::client::{all_flowing, video_from};
 use bench::harness::{Node, Ws, metric_value, wait_until};
 use serde_json::Value;
-use str0m::media::MediaKind;
 use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
 
@@ -161,18 +161,6 @@ fn join(node: &Node, room: &str, name: &str, epoch: Instant) -> Client {
         T,
     )
     .unwrap_or_else(|e| panic!("{name} failed to join: {e:#}\n{}", node.logs()))
-}
-
-fn video(a: &Client, b: &Client) -> u64 {
-    a.peer.received.packets_from(&b.id, MediaKind::Video)
-}
-
-fn all_flowing(cs: &[Client], min: u64) -> bool {
-    cs.iter().all(|a| {
-        cs.iter()
-            .filter(|b| b.id != a.id)
-            .all(|b| video(a, b) >= min)
-    })
 }
 
 /// Every client in `cs` was told about a participant named `name` joining.

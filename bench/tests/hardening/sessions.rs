@@ -8,7 +8,7 @@ use bench::harness::{Node, mint_token};
 use serde_json::{Value, json};
 use str0m::media::MediaKind;
 
-use super::{T, connect, drain, join, raw_join, send, video, wait_type, wait_websockets};
+use super::{T, connect, drain, join, raw_join, send, video_from, wait_type, wait_websockets};
 
 /// Defect 2: a dropped WebSocket left its participant routed to its connection slot; the next
 /// client in that slot got the old participant's events, across rooms, and was closed when the
@@ -136,7 +136,7 @@ fn a_no_subscribe_token_receives_no_media() {
     ];
     // The viewer may publish (the publisher receives it) but receives nothing, also during one
     // more second of media.
-    let ok = client::run(&mut cs, T, |cs| video(&cs[0], &cs[1]) > 30).expect("run");
+    let ok = client::run(&mut cs, T, |cs| video_from(&cs[0], &cs[1]) > 30).expect("run");
     assert!(ok, "{}", node.logs());
     client::run(&mut cs, Duration::from_secs(1), |_| false).expect("run");
     assert_eq!(cs[1].peer.received.packets(MediaKind::Video), 0);

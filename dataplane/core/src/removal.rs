@@ -19,13 +19,7 @@ impl WorkerCore {
             for _ in 0..64 {
                 match catch_unwind(AssertUnwindSafe(|| p.rtc.poll_output())) {
                     Ok(Ok(RtcOutput::Transmit(t))) => {
-                        let contents: Vec<u8> = t.contents.into();
-                        self.counters.datagrams_out += 1;
-                        self.counters.bytes_out += contents.len() as u64;
-                        self.out.push_back(Output::Transmit(Transmit {
-                            destination: t.destination,
-                            contents,
-                        }));
+                        super::rtc_events::emit_transmit(&mut self.counters, &mut self.out, t)
                     }
                     Ok(Ok(RtcOutput::Event(_))) => {}
                     _ => break,

@@ -37,15 +37,7 @@ impl WorkerCore {
                     self.schedule(idx);
                     return;
                 }
-                RtcOutput::Transmit(t) => {
-                    let contents: Vec<u8> = t.contents.into();
-                    self.counters.datagrams_out += 1;
-                    self.counters.bytes_out += contents.len() as u64;
-                    self.out.push_back(Output::Transmit(Transmit {
-                        destination: t.destination,
-                        contents,
-                    }));
-                }
+                RtcOutput::Transmit(t) => emit_transmit(&mut self.counters, &mut self.out, t),
                 RtcOutput::Event(e) => self.handle_rtc_event(idx, now, e),
             }
         }
@@ -152,4 +144,20 @@ impl WorkerCore {
             _ => {}
         }
     }
+}
+
+/// A datagram an `Rtc` wants sent: counted and queued as an [`Output::Transmit`]. (Takes the two
+/// fields, not the core, so it can run while a participant is borrowed.)
+pub(super) fn emit_transmit(
+    counters: &mut Counters,
+    out: &mut VecDeque<Output>,
+    t: str0m::net::Transmit,
+) {
+    let contents: Vec<u8> = t.contents.into();
+    counters.datagrams_out += 1;
+    counters.bytes_out += contents.len() as u64;
+    out.push_back(Output::Transmit(Transmit {
+        destination: t.destination,
+        contents,
+    }));
 }
