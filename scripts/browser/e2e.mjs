@@ -13,9 +13,11 @@
 //                   base URL of a control endpoint that can kill and restart the signaling server
 //                   behind BASE_URL: `POST /kill` (SIGKILL; answers once it is dead) and
 //                   `POST /start` (same port; answers once /healthz is 200). Needed by the
-//                   `reconnect` scenario, which is skipped without it.
+//                   `reconnect` scenario.
 //   TURN_URL        non-empty when the signaling server hands out TURN credentials for a running
-//                   TURN server; the `turn` scenario is skipped without it.
+//                   TURN server; needed by the `turn` scenario.
+//   E2E_ALLOW_SKIP  set to 1 to accept scenarios skipped for a missing dependency (the two above);
+//                   without it a skipped scenario fails the run.
 //
 // Scenarios (in order): prejoin, three-party, chat, mute, leave, receive-only, errors, turn,
 // reconnect. See each scenario's comment for what it proves.
@@ -23,12 +25,12 @@
 // Drives Debian's /usr/bin/chromium through playwright-core (flags in lib.mjs). Every wait is a
 // bounded poll. Layout: lib.mjs (config, helpers, harness), scenarios/*.mjs (the scenarios, by
 // concern), this file (selection, run, summary, hard timeout).
-// Exit code 0: all selected scenarios passed (or were skipped); 1: a scenario failed; 2: setup
+// Exit code 0: all selected scenarios passed; 1: a scenario failed or was skipped; 2: setup
 // error or hard timeout. On failure each page's state, console errors and a screenshot are dumped.
 
 
 import {
-  HARD_TIMEOUT_MS, ONLY, BASE_URL, OUT_DIR, TURN_URL, SkipScenario, browserFor, browsers,
+  ALLOW_SKIP, HARD_TIMEOUT_MS, ONLY, BASE_URL, OUT_DIR, TURN_URL, SkipScenario, browserFor, browsers,
   log, makeHarness, scenarios, sleep,
 } from './lib.mjs';
 // Registration order is run order.
@@ -75,9 +77,10 @@ async function main() {
   log(`summary:\n    ${results.join('\n    ')}`);
   const skipNote = skipped ? `, ${skipped} skipped` : '';
   if (failed) log(`FAIL ${failed} of ${selected.length} scenario(s) failed${skipNote}`);
-  else if (skipped) log(`PASS ${selected.length - skipped} scenario(s) passed${skipNote}`);
+  else if (skipped && !ALLOW_SKIP) log(`FAIL ${skipped} scenario(s) skipped (a missing dependency; set E2E_ALLOW_SKIP=1 to accept)`);
+  else if (skipped) log(`PASS ${selected.length - skipped} scenario(s) passed${skipNote} (E2E_ALLOW_SKIP=1)`);
   else log(`PASS all ${selected.length} scenario(s)`);
-  return failed ? 1 : 0;
+  return failed || (skipped && !ALLOW_SKIP) ? 1 : 0;
 }
 
 async function closeBrowsers() {

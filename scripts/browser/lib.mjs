@@ -13,6 +13,7 @@ export const EXTRA_QUERY = (process.env.E2E_QUERY || '').replace(/^[?&]+/, '');
 export const HARD_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS || 240_000);
 export const RESTART_URL = (process.env.RESTART_SIGNALING_URL || '').replace(/\/+$/, '');
 export const TURN_URL = process.env.TURN_URL || '';
+export const ALLOW_SKIP = process.env.E2E_ALLOW_SKIP === '1';
 
 export const BASE_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
