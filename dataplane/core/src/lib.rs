@@ -57,19 +57,13 @@ mod track;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use slab::Slab;
-use str0m::Output as RtcOutput;
-use str0m::media::{Direction, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::media::{MediaKind, Mid};
 use str0m::rtp::RtpPacket;
-use str0m::{Event as RtcEvent, Input as RtcInput};
-use tracing::{debug, info, trace, warn};
 
 pub use api::{
     Command, CoreConfig, Counters, DropReason, Input, Output, Report, SharedCrypto, Transmit,
@@ -87,8 +81,8 @@ pub use messages::{
     Reply, RoomId, RoomStats, Stats,
 };
 pub use munger::RtpMunger;
-use participant::{MAX_ADDRS, Participant};
-use track::{OutState, TrackIn, TrackOut};
+use participant::Participant;
+use track::{TrackIn, TrackOut};
 
 /// Work discovered while draining an `Rtc`, processed after the drain.
 // `Forward` carries the packet by value on purpose: the queue is reused, so a large variant costs

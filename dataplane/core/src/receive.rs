@@ -2,7 +2,15 @@
 //! ufrag or proven source address, and handed to that participant's `Rtc`; drops are counted by
 //! reason.
 
-use super::*;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::Input as RtcInput;
+use str0m::net::{Protocol, Receive};
+use tracing::{debug, trace, warn};
+
+use super::participant::MAX_ADDRS;
+use super::{DropReason, WorkerCore, guard};
 
 impl WorkerCore {
     pub(super) fn handle_receive(

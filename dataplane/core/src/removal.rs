@@ -1,7 +1,14 @@
 //! Removing participants (any reason) and their tracks, telling the room, closing empty rooms;
 //! shutdown.
 
-use super::*;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use str0m::Output as RtcOutput;
+use tracing::info;
+
+use super::track::OutState;
+use super::{Event, LeaveReason, Output, ParticipantIdx, Report, WorkerCore, guard};
 
 impl WorkerCore {
     pub(super) fn remove_participant(

@@ -1,7 +1,19 @@
 //! Draining a participant's `Rtc` after every change (str0m's run-loop rule) and acting on its
 //! events: media added, RTP in, keyframe requests, channel data, connection state.
 
-use super::*;
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use str0m::media::Direction;
+use str0m::{Event as RtcEvent, Output as RtcOutput};
+use tracing::{debug, info, warn};
+
+use super::track::TrackIn;
+use super::{
+    Counters, DropReason, LeaveReason, MediaState, Output, ParticipantIdx, TrackInIdx, Transmit,
+    Work, WorkerCore,
+};
 
 impl WorkerCore {
     /// Drain one participant's `Rtc` until it returns a timeout (the run-loop rule).

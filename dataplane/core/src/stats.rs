@@ -1,6 +1,6 @@
 //! The periodic statistics snapshot of the worker, its rooms and participants.
 
-use super::*;
+use super::{ParticipantStats, RoomStats, Stats, WorkerCore};
 
 impl WorkerCore {
     /// A statistics snapshot of this worker.

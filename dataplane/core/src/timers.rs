@@ -1,7 +1,14 @@
 //! Timers: the heap of per-participant `Rtc` deadlines, ICE timeouts and the periodic stats
 //! report.
 
-use super::*;
+use std::cmp::Reverse;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use str0m::Input as RtcInput;
+use tracing::{info, warn};
+
+use super::{LeaveReason, Output, ParticipantIdx, Report, Work, WorkerCore};
 
 impl WorkerCore {
     pub(super) fn handle_timeout(&mut self, now: Instant) {

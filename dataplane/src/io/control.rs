@@ -25,11 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use control::{
-    BeaconKind, ErrorCode, Fault, FromDataplane, LeaveReason, NodeStats, Request, Response,
-    ToDataplane, WorkerStats,
-};
-use crossbeam_channel::{Receiver, TrySendError};
+use control::{BeaconKind, FromDataplane, LeaveReason, NodeStats, ToDataplane, WorkerStats};
+use crossbeam_channel::Receiver;
 use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use registry::{NodeInfo, NodeLoad, NodeState, Placement};
@@ -39,9 +36,8 @@ use tracing::{info, warn};
 use super::admin::{SharedAdmin, process_cpu_seconds};
 use super::cluster::{ClusterCmd, ClusterIn, ClusterLink};
 use super::metrics::Metrics;
-use super::routes::{JoinRefused, JoinRoute, PeerId, RoomGone, Routes};
-use super::translate;
-use super::worker::{FromWorker, ToWorker, WorkerHandle};
+use super::routes::{PeerId, RoomGone, Routes};
+use super::worker::{FromWorker, WorkerHandle};
 
 mod peers;
 mod pending;
@@ -50,7 +46,7 @@ mod workers;
 
 use peers::Peer;
 pub use peers::bind;
-use pending::{Pending, PendingKind, PendingRequests};
+use pending::PendingRequests;
 
 const LISTENER: Token = Token(0);
 pub const CONTROL_WAKER: Token = Token(1);

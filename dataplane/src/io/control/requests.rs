@@ -3,7 +3,18 @@
 //! per-participant requests routed to the participant's worker, stats, drain, close_room and
 //! test faults.
 
-use super::*;
+use std::sync::atomic::Ordering;
+
+use control::{ErrorCode, Fault, Request, Response, ToDataplane};
+use crossbeam_channel::TrySendError;
+use tracing::warn;
+
+use super::ControlServer;
+use super::peers::Peer;
+use super::pending::{Pending, PendingKind};
+use crate::io::routes::{JoinRefused, JoinRoute, PeerId};
+use crate::io::translate;
+use crate::io::worker::ToWorker;
 
 impl ControlServer {
     pub(super) fn handle_message(&mut self, peer: PeerId, msg: ToDataplane) {
