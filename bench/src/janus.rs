@@ -265,6 +265,11 @@ impl JanusClient {
 
     pub fn poll(&mut self, now: Instant) {
         self.session.drain();
+        self.poll_media(now);
+    }
+
+    /// [`JanusClient::poll`] without reading the WebSocket (see `Client::poll_media`).
+    pub fn poll_media(&mut self, now: Instant) {
         self.session.tick();
         self.link.poll(&mut self.peer, now);
     }

@@ -52,6 +52,17 @@ pub struct Scenario {
     /// Joins per second during the join phase (0: as fast as possible).
     pub join_rate: f64,
     pub threads: usize,
+    /// Subscribers decrypt and process every packet with str0m (the realism check) instead of
+    /// counting from RTP headers (see `peer/light.rs`).
+    #[serde(default)]
+    pub full_receivers: bool,
+    /// Light subscribers decrypt one packet in this many per stream (the latency sample).
+    #[serde(default = "default_sample_every")]
+    pub sample_every: u32,
+}
+
+fn default_sample_every() -> u32 {
+    16
 }
 
 impl Scenario {
@@ -70,6 +81,8 @@ impl Scenario {
             duration_secs: 10.0,
             join_rate: 50.0,
             threads: 1,
+            full_receivers: false,
+            sample_every: default_sample_every(),
         };
         Some(match name {
             "smoke" => Self {
@@ -155,8 +168,9 @@ impl Scenario {
 pub enum Sfu {
     /// Ours, through the signaling WebSocket protocol.
     Ours,
-    /// Janus VideoRoom through its WebSocket API; peers bind `bind_ip`.
-    Janus { bind_ip: std::net::IpAddr },
+    /// Janus VideoRoom through its WebSocket API (peers must bind a non-loopback-interface
+    /// address: [`Target::bind_ip`]).
+    Janus,
 }
 
 /// Where the service under test is.
@@ -168,6 +182,9 @@ pub struct Target {
     /// The SFU process (CPU, memory) and, for ours, its control socket (stats).
     pub dataplane_pid: Option<u32>,
     pub control_socket: Option<PathBuf>,
+    /// The address the synthetic peers' media sockets bind (127.0.0.1, or an address of the
+    /// network namespace the generator runs in).
+    pub bind_ip: std::net::IpAddr,
 }
 
 /// One sample of the time series.
@@ -214,6 +231,13 @@ pub struct Results {
     pub dataplane_rss_kib_per_participant: Option<f64>,
     pub dataplane_rss_kib_per_subscribed_stream: Option<f64>,
     pub bench_cpu_percent: f64,
+    /// `light` (header-only subscribers) or `full` (str0m decrypts every packet).
+    #[serde(default)]
+    pub receivers: String,
+    /// The load generator's own CPU per forwarded packet (it must stay well below the
+    /// dataplane's for the run to measure the dataplane).
+    #[serde(default)]
+    pub bench_cpu_us_per_forwarded_packet: Option<f64>,
     pub samples: Vec<Sample>,
 }
 
@@ -239,6 +263,8 @@ pub fn run(
             media: scenario.media(true).unwrap_or_default(),
             per_room: scenario.per_room,
             pin,
+            light_sample_every: (!scenario.full_receivers).then_some(scenario.sample_every),
+            bind_ip: target.bind_ip,
         })
         .collect();
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
@@ -443,7 +469,7 @@ pub fn run(
         scenario: scenario.name.clone(),
         sfu: match target.sfu {
             Sfu::Ours => "sfu".into(),
-            Sfu::Janus { .. } => "janus".into(),
+            Sfu::Janus => "janus".into(),
         },
         batching: None,
         participants: n,
@@ -486,6 +512,13 @@ pub fn run(
         dataplane_rss_kib_per_subscribed_stream: (dp_pid.is_some() && w1.subscribed_streams > 0)
             .then(|| rss_after.saturating_sub(rss_before) as f64 / w1.subscribed_streams as f64),
         bench_cpu_percent: delta_cpu(bench_cpu0, prev_bench) / window * 100.0,
+        receivers: if scenario.full_receivers {
+            "full".into()
+        } else {
+            "light".into()
+        },
+        bench_cpu_us_per_forwarded_packet: (fwd > 0)
+            .then(|| delta_cpu(bench_cpu0, prev_bench) * 1e6 / fwd as f64),
         samples,
     })
 }

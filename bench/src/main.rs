@@ -128,9 +128,18 @@ struct LoadArgs {
     /// publisher only, e.g. --scenario large-room).
     #[arg(long, default_value = "ours", value_parser = ["ours", "janus"])]
     sfu: String,
-    /// IP the synthetic peers bind (Janus needs one on a non-loopback interface).
+    /// IP the synthetic peers bind (Janus needs one on a non-loopback interface; a generator in
+    /// its own network namespace binds the namespace's address).
     #[arg(long, default_value = "127.0.0.1")]
     bind_ip: std::net::IpAddr,
+    /// How subscribers take media off the socket: `light` counts packets from the clear-text RTP
+    /// header and decrypts one in --sample-every (cheap: the generator can saturate the
+    /// dataplane); `full` decrypts and processes every packet with str0m (the realism check).
+    #[arg(long, default_value = "light", value_parser = ["light", "full"])]
+    receivers: String,
+    /// Light subscribers decrypt one packet in this many per stream (the latency sample).
+    #[arg(long)]
+    sample_every: Option<u32>,
     /// With --url: the dataplane's control socket and pid, for its stats, CPU and memory.
     #[arg(long)]
     control_socket: Option<std::path::PathBuf>,
@@ -220,6 +229,12 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
     if let Some(v) = a.threads {
         sc.threads = v;
     }
+    if a.receivers == "full" {
+        sc.full_receivers = true;
+    }
+    if let Some(v) = a.sample_every {
+        sc.sample_every = v;
+    }
     sc.video &= !a.no_video;
     sc.audio &= !a.no_audio;
     anyhow::ensure!(
@@ -253,12 +268,13 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
                 None,
                 Target {
                     sfu: match &a.sfu[..] {
-                        "janus" => load::Sfu::Janus { bind_ip: a.bind_ip },
+                        "janus" => load::Sfu::Janus,
                         _ => load::Sfu::Ours,
                     },
                     ws_urls: vec![url.clone()],
                     dataplane_pid: a.dataplane_pid,
                     control_socket: a.control_socket.clone(),
+                    bind_ip: a.bind_ip,
                 },
             ),
             None => {
@@ -268,6 +284,7 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
                     ws_urls: vec![n.ws_url(0)],
                     dataplane_pid: n.dataplane.pid(),
                     control_socket: Some(n.control_socket.clone()),
+                    bind_ip: a.bind_ip,
                 };
                 (Some(n), t)
             }

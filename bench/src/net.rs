@@ -1,4 +1,5 @@
-//! UDP receive with kernel receive timestamps (`SO_TIMESTAMPNS`).
+//! UDP receive with kernel receive timestamps (`SO_TIMESTAMPNS`), batched receive
+//! (`recvmmsg` + GRO, [`RecvBatch`]) and GSO send ([`send_segments`]) for the load generator.
 //!
 //! The load generator serves many peers per thread, so a datagram can wait in its socket while
 //! the thread decrypts other peers' packets. Latency measured at processing time would charge
@@ -9,13 +10,14 @@
 //! for it; datagrams that arrive before that carry the read time instead. In a load run that is
 //! only the first packets of the first peers, before the measurement window.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6,
+    SockaddrStorage, recvmmsg, recvmsg, sendmsg, setsockopt, sockopt,
 };
 use nix::sys::time::TimeSpec;
 
@@ -54,6 +56,164 @@ pub fn recv_from_stamped(
         }
     }
     Ok((len, from, at))
+}
+
+/// Let the kernel coalesce a burst of equal-size datagrams from one source into one buffer
+/// (UDP GRO); [`RecvBatch`] splits it again.
+pub fn enable_gro(sock: &UdpSocket) -> io::Result<()> {
+    setsockopt(sock, sockopt::UdpGroSegment, &true).map_err(io::Error::from)
+}
+
+/// One buffer a [`RecvBatch`] read: its length, source, GRO segment size (`None`: one
+/// datagram) and kernel receive time.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    len: usize,
+    from: SocketAddr,
+    stride: Option<usize>,
+    at: Option<Instant>,
+}
+
+/// Buffers for reading up to `n` buffers (each possibly several GRO-coalesced datagrams) with one
+/// `recvmmsg` call: one system call per socket per wake-up instead of one per datagram.
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    slots: Vec<Slot>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("buffers", &self.bufs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest GRO buffer the kernel hands out (64 KiB).
+const GRO_BUFFER: usize = 65_535;
+
+impl RecvBatch {
+    /// Room for `n` buffers of up to 64 KiB each.
+    pub fn new(n: usize) -> Self {
+        Self {
+            bufs: (0..n.max(1)).map(|_| vec![0; GRO_BUFFER]).collect(),
+            slots: Vec::with_capacity(n.max(1)),
+        }
+    }
+
+    /// Read what is queued on `sock` (never blocks). Returns the number of buffers read: 0 when
+    /// nothing was queued. Fewer than the batch size means the queue was drained (a datagram that
+    /// arrives later raises a new readiness event).
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        self.slots.clear();
+        // Fresh headers every call: nix's `recvmmsg` does not reset the lengths the kernel wrote
+        // back (control and address), so reused headers truncate the next call's GRO and
+        // timestamp messages.
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
+            self.bufs.len(),
+            Some(nix::cmsg_space!(TimeSpec, i32)),
+        );
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
+            .bufs
+            .iter_mut()
+            .map(|b| [IoSliceMut::new(&mut b[..])])
+            .collect();
+        let res = match recvmmsg(
+            sock.as_raw_fd(),
+            &mut headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(r) => r,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        for m in res {
+            let Some(from) = m.address.as_ref().and_then(to_socket_addr) else {
+                continue;
+            };
+            let mut slot = Slot {
+                len: m.bytes,
+                from,
+                stride: None,
+                at: None,
+            };
+            if let Ok(cmsgs) = m.cmsgs() {
+                for c in cmsgs {
+                    match c {
+                        ControlMessageOwned::ScmTimestampns(ts) => {
+                            slot.at = Some(realtime_to_instant(Duration::from(ts)));
+                        }
+                        ControlMessageOwned::UdpGroSegments(n) if n > 0 => {
+                            slot.stride = Some(n as usize);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            self.slots.push(slot);
+        }
+        Ok(self.slots.len())
+    }
+
+    /// Number of buffers the batch can read at once.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// The datagrams of the last [`RecvBatch::recv`]: (source, kernel receive time, bytes), GRO
+    /// buffers split back into their datagrams.
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, Option<Instant>, &[u8])> {
+        self.slots.iter().zip(&self.bufs).flat_map(|(s, b)| {
+            let data = &b[..s.len.min(b.len())];
+            let stride = s.stride.unwrap_or(data.len()).max(1);
+            data.chunks(stride).map(move |d| (s.from, s.at, d))
+        })
+    }
+}
+
+/// Send `segments` to `to` with as few `sendmsg` calls as UDP GSO allows: runs of equal-size
+/// datagrams (the last of a run may be shorter) go out as one call of up to 64 segments.
+/// Returns the number of system calls made.
+pub fn send_segments(sock: &UdpSocket, to: SocketAddr, segments: &[&[u8]]) -> io::Result<usize> {
+    let mut calls = 0;
+    let mut i = 0;
+    while i < segments.len() {
+        let size = segments[i].len();
+        let mut j = i + 1;
+        while j < segments.len() && j - i < 64 && segments[j].len() == size {
+            j += 1;
+        }
+        // A shorter datagram may end the run.
+        if j < segments.len() && j - i < 64 && segments[j].len() < size {
+            j += 1;
+        }
+        let iov: Vec<IoSlice<'_>> = segments[i..j].iter().map(|s| IoSlice::new(s)).collect();
+        let seg = size as u16;
+        let gso = [ControlMessage::UdpGsoSegments(&seg)];
+        let cmsgs: &[ControlMessage<'_>] = if j - i > 1 { &gso } else { &[] };
+        let res = match to {
+            SocketAddr::V4(a) => sendmsg(
+                sock.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::empty(),
+                Some(&SockaddrIn::from(a)),
+            ),
+            SocketAddr::V6(a) => sendmsg(
+                sock.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::empty(),
+                Some(&SockaddrIn6::from(a)),
+            ),
+        };
+        res.map_err(io::Error::from)?;
+        calls += 1;
+        i = j;
+    }
+    Ok(calls)
 }
 
 fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -125,5 +285,50 @@ mod tests {
             tries.push((to_stamp, to_read));
         }
         panic!("every stamp is the read time (send→stamp, stamp→read): {tries:?}");
+    }
+
+    #[test]
+    fn gso_runs_arrive_whole_through_a_gro_batch() {
+        let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        enable_rx_timestamps(&b).expect("SO_TIMESTAMPNS");
+        enable_gro(&b).expect("GRO");
+        let to = b.local_addr().expect("addr");
+        // Five equal datagrams and a shorter one (one GSO call), then two of another size.
+        let mut sent: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000]).collect();
+        sent.push(vec![9; 300]);
+        sent.push(vec![7; 500]);
+        sent.push(vec![8; 500]);
+        let refs: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+        let calls = send_segments(&a, to, &refs).expect("send");
+        assert_eq!(calls, 2, "one call per run of equal sizes");
+        let mut batch = RecvBatch::new(8);
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while got.len() < sent.len() && Instant::now() < deadline {
+            batch.recv(&b).expect("recv");
+            for (from, at, d) in batch.datagrams() {
+                assert_eq!(from, a.local_addr().expect("addr"));
+                assert!(at.is_some(), "kernel timestamp");
+                got.push(d.to_vec());
+            }
+        }
+        assert_eq!(
+            got, sent,
+            "same datagrams, same order, split at the GRO stride"
+        );
+        assert_eq!(batch.recv(&b).expect("recv"), 0, "drained");
+        // The next read on the same batch still sees the GRO stride and the timestamp.
+        send_segments(&a, to, &refs[..5]).expect("send");
+        got.clear();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while got.len() < 5 && Instant::now() < deadline {
+            batch.recv(&b).expect("recv");
+            for (_, at, d) in batch.datagrams() {
+                assert!(at.is_some(), "kernel timestamp on a second read");
+                got.push(d.to_vec());
+            }
+        }
+        assert_eq!(got, sent[..5].to_vec(), "second read split too");
     }
 }

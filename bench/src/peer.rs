@@ -11,8 +11,11 @@
 //! split along its seams:
 //! - `negotiation.rs`: SDP offer/answer and the payload types the peer publishes with;
 //! - `media.rs`: generating audio and video packets (with send stamps), keyframe requests;
-//! - `received.rs`: what the peer received ([`Received`], [`RecvTrack`], [`LatencyHist`]).
+//! - `received.rs`: what the peer received ([`Received`], [`RecvTrack`], [`LatencyHist`]);
+//! - `light.rs`: header-only accounting of received RTP for the load generator
+//!   ([`Peer::set_light_receive`]).
 
+mod light;
 mod media;
 mod negotiation;
 mod received;
@@ -28,6 +31,7 @@ use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
+use light::LightRx;
 pub use received::{LatencyHist, Received, RecvTrack};
 
 /// Errors of a synthetic peer.
@@ -66,6 +70,8 @@ pub struct Peer {
     pub sent_packets: u64,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     timeout: Instant,
+    /// Header-only receive accounting, if enabled ([`Peer::set_light_receive`]).
+    light: Option<LightRx>,
     pub received: Received,
     /// Set if the `Rtc` failed; the peer is dead.
     pub error: Option<String>,
@@ -117,6 +123,7 @@ impl Peer {
             sent_packets: 0,
             outbox: VecDeque::new(),
             timeout: now,
+            light: None,
             received: Received::default(),
             error: None,
         };
@@ -151,6 +158,9 @@ impl Peer {
         data: &[u8],
     ) {
         self.arrived = arrived.min(now);
+        if self.light_receive(data) {
+            return;
+        }
         let Ok(recv) = Receive::new(Protocol::Udp, source, self.local, data) else {
             return;
         };
@@ -258,6 +268,15 @@ impl Peer {
                         .as_micros() as u64;
                     (sent, recv)
                 });
+                if self.light_sampled(*pkt.header.ssrc, mid) {
+                    // Counted from its header already: only its latency stamp is new.
+                    if let (Some(t), Some((sent, recv))) =
+                        (self.received.tracks.get_mut(&mid), stamp)
+                    {
+                        t.record_stamp(sent, recv);
+                    }
+                    return;
+                }
                 self.received
                     .record_rtp(mid, stream_id, kind, &pkt, now, stamp);
             }

@@ -180,6 +180,10 @@ pub fn table(results: &[&Results]) -> String {
         opt(r.dataplane_rss_kib_per_subscribed_stream, 0)
     });
     row("bench CPU %", &|r| format!("{:.1}", r.bench_cpu_percent));
+    row("bench CPU µs / fwd packet", &|r| {
+        opt(r.bench_cpu_us_per_forwarded_packet, 2)
+    });
+    row("receivers", &|r| r.receivers.clone());
     let w0 = rows
         .iter()
         .map(|(n, _)| n.chars().count())

@@ -30,6 +30,12 @@ impl AnyClient {
             AnyClient::Janus(c) => &c.peer,
         }
     }
+    fn peer_mut(&mut self) -> &mut crate::peer::Peer {
+        match self {
+            AnyClient::Ours(c) => &mut c.peer,
+            AnyClient::Janus(c) => &mut c.peer,
+        }
+    }
     fn fds(&self) -> (RawFd, Option<RawFd>) {
         match self {
             AnyClient::Ours(c) => c.fds(),
@@ -42,6 +48,15 @@ impl AnyClient {
                 let _ = c.poll(now);
             }
             AnyClient::Janus(c) => c.poll(now),
+        }
+    }
+    /// Media socket and timers only (the WebSocket has its own readiness events).
+    fn poll_media(&mut self, now: Instant) {
+        match self {
+            AnyClient::Ours(c) => {
+                let _ = c.poll_media(now);
+            }
+            AnyClient::Janus(c) => c.poll_media(now),
         }
     }
     fn next_deadline(&self) -> Instant {
@@ -86,6 +101,24 @@ pub(super) struct WorkerPlan {
     pub(super) media: Media,
     pub(super) per_room: usize,
     pub(super) pin: Option<usize>,
+    /// Subscribers count received RTP from headers, decrypting one packet in N (`None`: every
+    /// packet through str0m).
+    pub(super) light_sample_every: Option<u32>,
+    /// The address the peers' media sockets bind.
+    pub(super) bind_ip: std::net::IpAddr,
+}
+
+/// Make `due` client `idx`'s one live heap entry (unless it already is).
+fn reschedule(
+    heap: &mut BinaryHeap<Reverse<(Instant, usize)>>,
+    scheduled: &mut [Instant],
+    idx: usize,
+    due: Instant,
+) {
+    if scheduled[idx] != due {
+        scheduled[idx] = due;
+        heap.push(Reverse((due, idx)));
+    }
 }
 
 /// One worker thread: join its clients (paced), then serve them until `stop`.
@@ -105,7 +138,12 @@ pub(super) fn worker(
     let mut poll = poll;
     let mut events = Events::with_capacity(1024);
     let mut clients: Vec<(AnyClient, bool, Instant, bool)> = Vec::new(); // (client, publisher, join start, counted join latency)
+    // Peer deadlines. A client has at most one live entry: `scheduled[idx]` is the deadline it
+    // was last pushed with, and a popped entry that does not match it is stale and dropped.
+    // (Re-pushing stale entries made the heap grow by one per socket event for the whole run,
+    // and the generator's CPU climb with time at constant load.)
     let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+    let mut scheduled: Vec<Instant> = Vec::new();
     let mut pending = plan.clients.into_iter().peekable();
     let mut next_join = Instant::now();
     let mut failed = 0;
@@ -116,7 +154,7 @@ pub(super) fn worker(
         let now = Instant::now();
         // Janus only lists a publisher (and lets subscribers join it) once its peer connection
         // is up, so subscribers wait for the publishers this thread already started.
-        let janus_wait = matches!(plan.sfu, Sfu::Janus { .. })
+        let janus_wait = matches!(plan.sfu, Sfu::Janus)
             && pending
                 .peek()
                 .is_some_and(|(_, _, _, publisher)| !publisher)
@@ -132,18 +170,24 @@ pub(super) fn worker(
                     let media = publisher.then_some(plan.media);
                     let start = Instant::now();
                     let joined = match &plan.sfu {
-                        Sfu::Ours => {
-                            Client::join(&url, &room, &name, media, epoch, Duration::from_secs(10))
-                                .map(|c| AnyClient::Ours(Box::new(c)))
-                        }
-                        Sfu::Janus { bind_ip } => {
+                        Sfu::Ours => Client::join_from(
+                            plan.bind_ip,
+                            &url,
+                            &room,
+                            &name,
+                            media,
+                            epoch,
+                            Duration::from_secs(10),
+                        )
+                        .map(|c| AnyClient::Ours(Box::new(c))),
+                        Sfu::Janus => {
                             let room: u64 = room.parse().unwrap_or(10_000);
                             JanusClient::join(
                                 &url,
                                 room,
                                 &name,
                                 media,
-                                *bind_ip,
+                                plan.bind_ip,
                                 epoch,
                                 Duration::from_secs(10),
                             )
@@ -151,7 +195,14 @@ pub(super) fn worker(
                         }
                     };
                     match joined {
-                        Ok(c) => {
+                        Ok(mut c) => {
+                            if let Some(every) = plan.light_sample_every {
+                                c.peer_mut().set_light_receive(every);
+                            }
+                            // Server messages that arrived during the (blocking) join may sit
+                            // in the WebSocket's buffer with no readiness event to come: read
+                            // them now (later, only WebSocket events read it).
+                            c.poll(Instant::now());
                             let idx = clients.len();
                             let (udp, ws) = c.fds();
                             let _ = poll.registry().register(
@@ -166,7 +217,9 @@ pub(super) fn worker(
                                     Interest::READABLE,
                                 );
                             }
-                            heap.push(Reverse((Instant::now(), idx)));
+                            let due = Instant::now();
+                            heap.push(Reverse((due, idx)));
+                            scheduled.push(due);
                             clients.push((c, publisher, start, false));
                         }
                         Err(e) => {
@@ -196,9 +249,14 @@ pub(super) fn worker(
         let now = Instant::now();
         for ev in events.iter() {
             let idx = ev.token().0 / 2;
+            let ws = ev.token().0 % 2 == 1;
             if let Some((c, ..)) = clients.get_mut(idx) {
-                c.poll(now);
-                heap.push(Reverse((c.next_deadline(), idx)));
+                if ws {
+                    c.poll(now);
+                } else {
+                    c.poll_media(now);
+                }
+                reschedule(&mut heap, &mut scheduled, idx, c.next_deadline());
             }
         }
         while let Some(Reverse((t, idx))) = heap.peek().copied() {
@@ -206,15 +264,16 @@ pub(super) fn worker(
                 break;
             }
             heap.pop();
+            if scheduled.get(idx) != Some(&t) {
+                continue; // stale: the client was rescheduled since
+            }
             if let Some((c, ..)) = clients.get_mut(idx) {
-                // A stale entry (the client was polled since) only costs a cheap extra poll.
                 if c.next_deadline() <= now {
-                    c.poll(now);
+                    c.poll_media(now);
                 }
-                heap.push(Reverse((
-                    c.next_deadline().max(now + Duration::from_micros(200)),
-                    idx,
-                )));
+                let due = c.next_deadline().max(now + Duration::from_micros(200));
+                heap.push(Reverse((due, idx)));
+                scheduled[idx] = due;
             }
         }
         if now >= next_report {

@@ -144,29 +144,58 @@ impl Received {
         if !t.pts.contains(&pt) {
             t.pts.push(pt);
         }
-        match t.first_seq {
-            None => {
-                t.first_seq = Some(seq);
-                t.highest_seq = seq;
-            }
-            Some(_) if seq > t.highest_seq => {
-                t.lost += seq - t.highest_seq - 1;
-                t.highest_seq = seq;
-            }
-            Some(_) => t.lost = t.lost.saturating_sub(1), // a late packet fills a gap
-        }
+        t.count_seq(seq);
         if self.first_rtp.is_none() {
             self.first_rtp = Some(now);
         }
         if let Some((sent, recv)) = stamp {
-            t.latency.record(recv.saturating_sub(sent));
-            // RFC 3550 §6.4.1 with wall-clock transit times.
-            let transit = recv as i64 - sent as i64;
-            if let Some(prev) = t.last_transit_us {
-                let d = (transit - prev).abs() as f64;
-                t.jitter_us += (d - t.jitter_us) / 16.0;
+            t.record_stamp(sent, recv);
+        }
+    }
+
+    /// Count one RTP packet of an already known m-line from its clear-text header only: extended
+    /// sequence number `seq` (see [`RecvTrack::extend_seq`]), `bytes` of payload.
+    pub(super) fn record_header(&mut self, mid: Mid, seq: u64, bytes: u64) {
+        let Some(t) = self.tracks.get_mut(&mid) else {
+            return;
+        };
+        t.packets += 1;
+        t.bytes += bytes;
+        t.count_seq(seq);
+    }
+}
+
+impl RecvTrack {
+    /// A received packet's send stamp and arrival (µs since the shared epoch): latency and the
+    /// RFC 3550 §6.4.1 jitter estimate with wall-clock transit times.
+    pub(super) fn record_stamp(&mut self, sent: u64, recv: u64) {
+        self.latency.record(recv.saturating_sub(sent));
+        let transit = recv as i64 - sent as i64;
+        if let Some(prev) = self.last_transit_us {
+            let d = (transit - prev).abs() as f64;
+            self.jitter_us += (d - self.jitter_us) / 16.0;
+        }
+        self.last_transit_us = Some(transit);
+    }
+
+    /// The extended sequence number of a 16-bit RTP sequence number, nearest to the highest
+    /// seen (RFC 3550 appendix A.1 style).
+    pub(super) fn extend_seq(&self, seq: u16) -> u64 {
+        let delta = seq.wrapping_sub(self.highest_seq as u16) as i16;
+        (self.highest_seq as i64 + i64::from(delta)).max(0) as u64
+    }
+
+    fn count_seq(&mut self, seq: u64) {
+        match self.first_seq {
+            None => {
+                self.first_seq = Some(seq);
+                self.highest_seq = seq;
             }
-            t.last_transit_us = Some(transit);
+            Some(_) if seq > self.highest_seq => {
+                self.lost += seq - self.highest_seq - 1;
+                self.highest_seq = seq;
+            }
+            Some(_) => self.lost = self.lost.saturating_sub(1), // a late packet fills a gap
         }
     }
 }

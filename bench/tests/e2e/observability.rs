@@ -21,6 +21,7 @@ fn load_generator_smoke_pipeline_works() {
         ws_urls: vec![node.ws_url(0)],
         dataplane_pid: node.dataplane.pid(),
         control_socket: Some(node.control_socket.clone()),
+        bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
     };
     let mut sc = Scenario::preset("smoke").expect("preset");
     sc.duration_secs = 2.0;
