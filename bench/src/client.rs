@@ -43,6 +43,10 @@ impl Default for Media {
     }
 }
 
+/// Receive buffer of a media socket: a ramped-up keyframe to one subscriber can be hundreds of
+/// datagrams that arrive while the generator's thread serves other peers.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// The media side of a synthetic participant over a real socket: its UDP socket (kernel receive
@@ -54,7 +58,15 @@ pub(crate) struct MediaLink {
     next_audio: Instant,
     next_video: Instant,
     next_keyframe: Instant,
+    /// Offered-load multiplier in percent, shared by a load run's clients (`bench load --ramp`):
+    /// video frames carry this many times their packets, audio ticks this many packets.
+    scale: Option<RateScale>,
+    /// Audio packets owed at the current scale (percent units).
+    audio_credit: u32,
 }
+
+/// A load run's offered-load multiplier in percent (100 = the scenario as written).
+pub type RateScale = std::sync::Arc<std::sync::atomic::AtomicU32>;
 
 impl MediaLink {
     /// A non-blocking UDP socket on `ip` (any port); media starts when the peer connects.
@@ -63,6 +75,8 @@ impl MediaLink {
         udp.set_nonblocking(true)?;
         crate::net::enable_rx_timestamps(&udp)?;
         crate::net::enable_gro(&udp)?;
+        crate::net::grow_receive_buffer(&udp, RECEIVE_BUFFER);
+        crate::net::grow_send_buffer(&udp, RECEIVE_BUFFER);
         Ok(Self {
             udp,
             media,
@@ -72,7 +86,19 @@ impl MediaLink {
                 + media
                     .and_then(|m| m.keyframe_interval)
                     .unwrap_or(Duration::from_secs(3600)),
+            scale: None,
+            audio_credit: 0,
         })
+    }
+
+    pub(crate) fn set_scale(&mut self, scale: RateScale) {
+        self.scale = Some(scale);
+    }
+
+    fn scale_percent(&self) -> u32 {
+        self.scale
+            .as_ref()
+            .map_or(100, |s| s.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -128,7 +154,11 @@ impl MediaLink {
                 if self.next_audio < now {
                     self.next_audio = now + Duration::from_millis(20);
                 }
-                peer.send_audio(now, m.audio_size);
+                self.audio_credit += self.scale_percent();
+                while self.audio_credit >= 100 {
+                    self.audio_credit -= 100;
+                    peer.send_audio(now, m.audio_size);
+                }
             }
             if m.video && now >= self.next_video {
                 let frame = Duration::from_micros(1_000_000 / u64::from(m.fps.max(1)));
@@ -147,6 +177,9 @@ impl MediaLink {
                 } else {
                     m.packets_per_frame
                 };
+                let packets = (packets * self.scale_percent() as usize)
+                    .div_ceil(100)
+                    .max(1);
                 peer.send_video_frame(now, forced, packets, m.packet_size, m.fps);
             }
         }
@@ -579,6 +612,11 @@ impl Client {
         }
         self.link.poll(&mut self.peer, now);
         Ok(())
+    }
+
+    /// Share a load run's offered-load multiplier (see [`RateScale`]).
+    pub fn set_rate_scale(&mut self, scale: RateScale) {
+        self.link.set_scale(scale);
     }
 
     fn ws_lost(&mut self) {

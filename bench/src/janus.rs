@@ -268,6 +268,11 @@ impl JanusClient {
         self.poll_media(now);
     }
 
+    /// Share a load run's offered-load multiplier (see [`crate::client::RateScale`]).
+    pub fn set_rate_scale(&mut self, scale: crate::client::RateScale) {
+        self.link.set_scale(scale);
+    }
+
     /// [`JanusClient::poll`] without reading the WebSocket (see `Client::poll_media`).
     pub fn poll_media(&mut self, now: Instant) {
         self.session.tick();

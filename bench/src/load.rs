@@ -22,16 +22,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Media;
-use crate::stats::{ControlClient, cpu_seconds, rss_kib};
+use crate::stats::{ControlClient, rss_kib};
 
+mod capacity;
+mod meter;
 mod report;
 mod worker;
-pub use report::{table, write_outputs};
-use worker::{WorkerPlan, WorkerReport, worker};
+pub use capacity::{Capacity, CapacityStep, Ramp};
+use meter::{Delta, Meter, Snapshot};
+pub use report::{capacity_table, table, write_outputs};
+use worker::{WorkerPlan, worker};
 
 /// What to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +62,10 @@ pub struct Scenario {
     /// Light subscribers decrypt one packet in this many per stream (the latency sample).
     #[serde(default = "default_sample_every")]
     pub sample_every: u32,
+    /// Ramp the offered load up in steps until the SFU fails (`bench load --ramp`) instead of
+    /// one window at the scenario's rate.
+    #[serde(default)]
+    pub ramp: Option<Ramp>,
 }
 
 fn default_sample_every() -> u32 {
@@ -83,6 +90,7 @@ impl Scenario {
             threads: 1,
             full_receivers: false,
             sample_every: default_sample_every(),
+            ramp: None,
         };
         Some(match name {
             "smoke" => Self {
@@ -185,6 +193,9 @@ pub struct Target {
     /// The address the synthetic peers' media sockets bind (127.0.0.1, or an address of the
     /// network namespace the generator runs in).
     pub bind_ip: std::net::IpAddr,
+    /// The CPU the dataplane is pinned to alone, if it is: its busy time (including interrupt
+    /// and softirq work the kernel does there) is reported next to the process's CPU.
+    pub dataplane_cpu: Option<usize>,
 }
 
 /// One sample of the time series.
@@ -194,6 +205,8 @@ pub struct Sample {
     pub forwarded_pps: f64,
     pub egress_mbps: f64,
     pub dataplane_cpu_percent: f64,
+    #[serde(default)]
+    pub dataplane_core_busy_percent: Option<f64>,
     pub bench_cpu_percent: f64,
     pub latency_p50_us: Option<u64>,
     pub latency_p99_us: Option<u64>,
@@ -227,6 +240,12 @@ pub struct Results {
     pub egress_mbps: f64,
     pub dataplane_cpu_percent: f64,
     pub dataplane_cpu_us_per_forwarded_packet: Option<f64>,
+    /// Busy time of the dataplane's CPU (see [`Target::dataplane_cpu`]) in percent and per
+    /// forwarded packet.
+    #[serde(default)]
+    pub dataplane_core_busy_percent: Option<f64>,
+    #[serde(default)]
+    pub dataplane_core_us_per_forwarded_packet: Option<f64>,
     pub syscalls_per_forwarded_packet: Option<f64>,
     pub dataplane_rss_kib_per_participant: Option<f64>,
     pub dataplane_rss_kib_per_subscribed_stream: Option<f64>,
@@ -238,6 +257,17 @@ pub struct Results {
     /// dataplane's for the run to measure the dataplane).
     #[serde(default)]
     pub bench_cpu_us_per_forwarded_packet: Option<f64>,
+    /// RTP packets the SFU received from the publishers in the window (its own counter), and
+    /// datagrams it failed to send or dropped from its send backlog: where loss happened.
+    #[serde(default)]
+    pub sfu_rtp_in: Option<u64>,
+    #[serde(default)]
+    pub sfu_send_errors: Option<u64>,
+    #[serde(default)]
+    pub sfu_backlog_drops: Option<u64>,
+    /// The capacity ramp's steps and verdict (`--ramp` runs only).
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
     pub samples: Vec<Sample>,
 }
 
@@ -251,6 +281,7 @@ pub fn run(
     let epoch = Instant::now();
     let n = scenario.participants();
     let threads = scenario.threads.max(1);
+    let scale: crate::client::RateScale = Arc::new(std::sync::atomic::AtomicU32::new(100));
     let mut plans: Vec<WorkerPlan> = (0..threads)
         .map(|_| WorkerPlan {
             sfu: target.sfu.clone(),
@@ -264,6 +295,7 @@ pub fn run(
             per_room: scenario.per_room,
             pin,
             light_sample_every: (!scenario.full_receivers).then_some(scenario.sample_every),
+            scale: scale.clone(),
             bind_ip: target.bind_ip,
         })
         .collect();
@@ -295,40 +327,14 @@ pub fn run(
         .collect::<Result<_, _>>()?;
     drop(report_tx);
 
-    let mut control = target
+    let control = target
         .control_socket
         .as_deref()
         .map(ControlClient::connect)
         .transpose()?;
     let dp_pid = target.dataplane_pid;
     let rss_before = dp_pid.and_then(rss_kib).unwrap_or(0);
-    let mut latest: Vec<WorkerReport> = vec![WorkerReport::default(); threads];
-    let absorb = |latest: &mut Vec<WorkerReport>, rx: &Receiver<WorkerReport>| {
-        while let Ok(r) = rx.try_recv() {
-            let w = r.worker;
-            latest[w] = r;
-        }
-    };
-    let sum = |latest: &[WorkerReport]| -> WorkerReport {
-        let mut s = WorkerReport::default();
-        for r in latest {
-            s.joined += r.joined;
-            s.connected += r.connected;
-            s.failed_joins += r.failed_joins;
-            s.sent += r.sent;
-            s.expected += r.expected;
-            s.received += r.received;
-            s.received_bytes += r.received_bytes;
-            s.lost += r.lost;
-            s.hist.merge(&r.hist);
-            s.jitter_sum += r.jitter_sum;
-            s.jitter_n += r.jitter_n;
-            s.join_latencies_ms
-                .extend(r.join_latencies_ms.iter().copied());
-            s.subscribed_streams += r.subscribed_streams;
-        }
-        s
-    };
+    let mut meter = Meter::new(control, dp_pid, target.dataplane_cpu, report_rx, threads);
 
     // Join phase: until everyone joined and connected (bounded).
     let join_start = Instant::now();
@@ -341,8 +347,7 @@ pub fn run(
         });
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        absorb(&mut latest, &report_rx);
-        let s = sum(&latest);
+        let s = meter.workers();
         if progress {
             eprint!(
                 "\rjoining: {}/{n} joined, {} connected, {} failed   ",
@@ -359,107 +364,43 @@ pub fn run(
     let join_secs = join_start.elapsed().as_secs_f64();
     // Let subscriptions settle (renegotiation, first keyframes).
     std::thread::sleep(Duration::from_secs(2));
-    absorb(&mut latest, &report_rx);
     if progress {
         eprintln!();
     }
 
-    // Measurement window.
-    let bench_pid = std::process::id();
-    let w0 = sum(&latest);
-    let t0 = Instant::now();
-    let node0 = control.as_mut().and_then(|c| c.stats().ok());
-    let cpu0 = dp_pid.and_then(cpu_seconds);
-    let bench_cpu0 = cpu_seconds(bench_pid);
+    // Measurement window (or the capacity ramp, whose steps are windows of their own).
     let mut samples = Vec::new();
-    let (mut prev_node, mut prev_cpu, mut prev_bench, mut prev_w, mut prev_t) =
-        (node0.clone(), cpu0, bench_cpu0, w0.clone(), t0);
-    while t0.elapsed().as_secs_f64() < scenario.duration_secs {
-        std::thread::sleep(Duration::from_secs(1).min(Duration::from_secs_f64(
-            (scenario.duration_secs - t0.elapsed().as_secs_f64()).max(0.05),
-        )));
-        absorb(&mut latest, &report_rx);
-        let now = Instant::now();
-        let dt = now.duration_since(prev_t).as_secs_f64().max(1e-3);
-        let node = control.as_mut().and_then(|c| c.stats().ok());
-        let cpu = dp_pid.and_then(cpu_seconds);
-        let bench_cpu = cpu_seconds(bench_pid);
-        let w = sum(&latest);
-        let mut interval = w.hist.clone();
-        for (a, b) in interval.counts.iter_mut().zip(&prev_w.hist.counts) {
-            *a = a.saturating_sub(*b);
-        }
-        let (fwd, bytes) = node_delta(prev_node.as_ref(), node.as_ref());
-        let (fwd, bytes) = if node.is_some() {
-            (fwd, bytes)
-        } else {
-            (
-                w.received.saturating_sub(prev_w.received),
-                w.received_bytes.saturating_sub(prev_w.received_bytes),
-            )
-        };
-        let sample = Sample {
-            t: now.duration_since(t0).as_secs_f64(),
-            forwarded_pps: fwd as f64 / dt,
-            egress_mbps: bytes as f64 * 8.0 / dt / 1e6,
-            dataplane_cpu_percent: delta_cpu(prev_cpu, cpu) / dt * 100.0,
-            bench_cpu_percent: delta_cpu(prev_bench, bench_cpu) / dt * 100.0,
-            latency_p50_us: interval.quantile(0.5),
-            latency_p99_us: interval.quantile(0.99),
-            received_pps: (w.received.saturating_sub(prev_w.received)) as f64 / dt,
-        };
-        if progress {
-            eprintln!(
-                "t={:5.1}s  fwd {:8.0} pps  {:7.1} Mb/s  dataplane CPU {:5.1}%  bench CPU {:5.1}%  rx {:8.0} pps  latency p50 {:>6} p99 {:>6} µs",
-                sample.t,
-                sample.forwarded_pps,
-                sample.egress_mbps,
-                sample.dataplane_cpu_percent,
-                sample.bench_cpu_percent,
-                sample.received_pps,
-                sample.latency_p50_us.map_or("-".into(), |v| v.to_string()),
-                sample.latency_p99_us.map_or("-".into(), |v| v.to_string()),
+    let first = meter.snapshot();
+    let capacity = match &scenario.ramp {
+        Some(r) => Some(capacity::ramp(
+            &mut meter,
+            &scale,
+            r,
+            threads,
+            progress,
+            &mut samples,
+        )),
+        None => {
+            window(
+                &mut meter,
+                &first,
+                scenario.duration_secs,
+                first.at,
+                progress,
+                &mut samples,
             );
+            None
         }
-        samples.push(sample);
-        (prev_node, prev_cpu, prev_bench, prev_w, prev_t) = (node, cpu, bench_cpu, w, now);
-    }
-    let window = t0.elapsed().as_secs_f64();
-    let w1 = prev_w.clone();
-    let node1 = prev_node.clone();
+    };
+    let last = meter.snapshot();
+    let d = Delta::between(&first, &last);
     let rss_after = dp_pid.and_then(rss_kib).unwrap_or(0);
     stop.store(true, Ordering::SeqCst);
     for h in handles {
         let _ = h.join();
     }
 
-    let received = w1.received.saturating_sub(w0.received);
-    let expected = w1.expected.saturating_sub(w0.expected);
-    let lost = w1.lost.saturating_sub(w0.lost);
-    let (mut fwd, mut bytes) = node_delta(node0.as_ref(), node1.as_ref());
-    if node0.is_none() {
-        // No SFU stats (Janus): what the subscribers received is what was forwarded (plus loss),
-        // and egress is their RTP payload bytes (a slight undercount: no RTP/SRTP overhead).
-        fwd = received + lost;
-        bytes = w1.received_bytes.saturating_sub(w0.received_bytes);
-    }
-    let syscalls = match (&node0, &node1) {
-        (Some(a), Some(b)) => {
-            let calls = |n: &control::NodeStats| {
-                n.workers
-                    .iter()
-                    .map(|w| w.udp_recv_calls + w.udp_send_calls)
-                    .sum::<u64>()
-            };
-            Some(calls(b).saturating_sub(calls(a)))
-        }
-        _ => None,
-    };
-    let mut hist = w1.hist.clone();
-    for (a, b) in hist.counts.iter_mut().zip(&w0.hist.counts) {
-        *a = a.saturating_sub(*b);
-    }
-    let dp_cpu = delta_cpu(cpu0, prev_cpu);
+    let w1 = &last.w;
     let mut jl = w1.join_latencies_ms.clone();
     jl.sort_by(f64::total_cmp);
     let pct = |v: &[f64], q: f64| {
@@ -479,69 +420,88 @@ pub fn run(
         joins_per_sec: w1.joined as f64 / join_secs.max(1e-3),
         join_to_first_rtp_p50_ms: pct(&jl, 0.5),
         join_to_first_rtp_p99_ms: pct(&jl, 0.99),
-        window_secs: window,
-        sent_packets: w1.sent.saturating_sub(w0.sent),
-        expected_packets: expected,
-        received_packets: received,
-        delivery_ratio: if expected > 0 {
-            received as f64 / expected as f64
+        window_secs: d.secs,
+        sent_packets: d.sent,
+        expected_packets: d.expected,
+        received_packets: d.received,
+        delivery_ratio: if d.expected > 0 {
+            d.received as f64 / d.expected as f64
         } else {
             0.0
         },
-        lost_packets: lost,
-        loss_percent: if received + lost > 0 {
-            lost as f64 * 100.0 / (received + lost) as f64
-        } else {
-            0.0
-        },
+        lost_packets: d.lost,
+        loss_percent: d.loss_percent(),
         jitter_mean_us: if w1.jitter_n > 0 {
             w1.jitter_sum / w1.jitter_n as f64
         } else {
             0.0
         },
-        latency_p50_us: hist.quantile(0.5),
-        latency_p99_us: hist.quantile(0.99),
-        forwarded_pps: fwd as f64 / window,
-        egress_mbps: bytes as f64 * 8.0 / window / 1e6,
-        dataplane_cpu_percent: dp_cpu / window * 100.0,
-        dataplane_cpu_us_per_forwarded_packet: (fwd > 0 && cpu0.is_some())
-            .then(|| dp_cpu * 1e6 / fwd as f64),
-        syscalls_per_forwarded_packet: syscalls.filter(|_| fwd > 0).map(|s| s as f64 / fwd as f64),
+        latency_p50_us: d.hist.quantile(0.5),
+        latency_p99_us: d.hist.quantile(0.99),
+        forwarded_pps: d.forwarded_pps(),
+        egress_mbps: d.bytes_out as f64 * 8.0 / d.secs / 1e6,
+        dataplane_cpu_percent: d.dp_cpu_secs / d.secs * 100.0,
+        dataplane_cpu_us_per_forwarded_packet: dp_pid.and_then(|_| d.per_packet_us(d.dp_cpu_secs)),
+        dataplane_core_busy_percent: d.dp_core_secs.map(|c| c / d.secs * 100.0),
+        dataplane_core_us_per_forwarded_packet: d.dp_core_secs.and_then(|c| d.per_packet_us(c)),
+        syscalls_per_forwarded_packet: d
+            .syscalls
+            .filter(|_| d.forwarded > 0)
+            .map(|s| s as f64 / d.forwarded as f64),
         dataplane_rss_kib_per_participant: (dp_pid.is_some() && w1.joined > 0)
             .then(|| rss_after.saturating_sub(rss_before) as f64 / w1.joined as f64),
         dataplane_rss_kib_per_subscribed_stream: (dp_pid.is_some() && w1.subscribed_streams > 0)
             .then(|| rss_after.saturating_sub(rss_before) as f64 / w1.subscribed_streams as f64),
-        bench_cpu_percent: delta_cpu(bench_cpu0, prev_bench) / window * 100.0,
+        bench_cpu_percent: d.bench_cpu_secs / d.secs * 100.0,
         receivers: if scenario.full_receivers {
             "full".into()
         } else {
             "light".into()
         },
-        bench_cpu_us_per_forwarded_packet: (fwd > 0)
-            .then(|| delta_cpu(bench_cpu0, prev_bench) * 1e6 / fwd as f64),
+        bench_cpu_us_per_forwarded_packet: d.per_packet_us(d.bench_cpu_secs),
+        sfu_rtp_in: d.sfu_rtp_in,
+        sfu_send_errors: d.sfu_send_errors,
+        sfu_backlog_drops: d.sfu_backlog_drops,
+        capacity,
         samples,
     })
 }
 
-fn delta_cpu(a: Option<f64>, b: Option<f64>) -> f64 {
-    match (a, b) {
-        (Some(a), Some(b)) => (b - a).max(0.0),
-        _ => 0.0,
+/// Sample once a second for `secs` after `start`, pushing the samples (and printing them).
+fn window(
+    meter: &mut Meter,
+    start: &Snapshot,
+    secs: f64,
+    origin: Instant,
+    progress: bool,
+    samples: &mut Vec<Sample>,
+) -> Snapshot {
+    let t0 = start.at;
+    let mut prev = start.clone();
+    while t0.elapsed().as_secs_f64() < secs {
+        let left = (secs - t0.elapsed().as_secs_f64()).max(0.05);
+        std::thread::sleep(Duration::from_secs(1).min(Duration::from_secs_f64(left)));
+        let cur = meter.snapshot();
+        let sample =
+            Delta::between(&prev, &cur).sample(cur.at.duration_since(origin).as_secs_f64());
+        if progress {
+            eprintln!(
+                "t={:5.1}s  fwd {:8.0} pps  {:7.1} Mb/s  dataplane CPU {:5.1}%{}  bench CPU {:5.1}%  rx {:8.0} pps  latency p50 {:>6} p99 {:>6} µs",
+                sample.t,
+                sample.forwarded_pps,
+                sample.egress_mbps,
+                sample.dataplane_cpu_percent,
+                sample
+                    .dataplane_core_busy_percent
+                    .map_or(String::new(), |c| format!(" (core {c:5.1}%)")),
+                sample.bench_cpu_percent,
+                sample.received_pps,
+                sample.latency_p50_us.map_or("-".into(), |v| v.to_string()),
+                sample.latency_p99_us.map_or("-".into(), |v| v.to_string()),
+            );
+        }
+        samples.push(sample);
+        prev = cur;
     }
-}
-
-/// (forwarded RTP packets, bytes out) between two node snapshots.
-fn node_delta(a: Option<&control::NodeStats>, b: Option<&control::NodeStats>) -> (u64, u64) {
-    let (Some(a), Some(b)) = (a, b) else {
-        return (0, 0);
-    };
-    let f = |n: &control::NodeStats| {
-        (
-            n.workers.iter().map(|w| w.rtp_forwarded).sum::<u64>(),
-            n.workers.iter().map(|w| w.bytes_out).sum::<u64>(),
-        )
-    };
-    let (fa, ba) = f(a);
-    let (fb, bb) = f(b);
-    (fb.saturating_sub(fa), bb.saturating_sub(ba))
+    prev
 }

@@ -140,6 +140,21 @@ struct LoadArgs {
     /// Light subscribers decrypt one packet in this many per stream (the latency sample).
     #[arg(long)]
     sample_every: Option<u32>,
+    /// Capacity ramp: after the joins, raise the offered load ×--ramp-factor per step until loss
+    /// > 0.1 %, SFU-added latency p99 > 20 ms or the dataplane's CPU saturates; report the
+    /// steps and the last that passed.
+    #[arg(long)]
+    ramp: bool,
+    /// Seconds measured per ramp step.
+    #[arg(long, default_value_t = 5.0)]
+    ramp_step_secs: f64,
+    /// Offered-load multiplier between ramp steps.
+    #[arg(long, default_value_t = 1.5)]
+    ramp_factor: f64,
+    /// With --url: the CPU the dataplane is pinned to alone (its busy time, softirq included,
+    /// is reported next to the process CPU). With --pin it is CPU 1.
+    #[arg(long)]
+    dataplane_cpu: Option<usize>,
     /// With --url: the dataplane's control socket and pid, for its stats, CPU and memory.
     #[arg(long)]
     control_socket: Option<std::path::PathBuf>,
@@ -229,6 +244,13 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
     if let Some(v) = a.threads {
         sc.threads = v;
     }
+    if a.ramp {
+        sc.ramp = Some(load::Ramp {
+            step_secs: a.ramp_step_secs,
+            factor: a.ramp_factor.max(1.05),
+            ..load::Ramp::default()
+        });
+    }
     if a.receivers == "full" {
         sc.full_receivers = true;
     }
@@ -275,6 +297,7 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
                     dataplane_pid: a.dataplane_pid,
                     control_socket: a.control_socket.clone(),
                     bind_ip: a.bind_ip,
+                    dataplane_cpu: a.dataplane_cpu,
                 },
             ),
             None => {
@@ -285,6 +308,7 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
                     dataplane_pid: n.dataplane.pid(),
                     control_socket: Some(n.control_socket.clone()),
                     bind_ip: a.bind_ip,
+                    dataplane_cpu: a.pin.then_some(1),
                 };
                 (Some(n), t)
             }
@@ -311,6 +335,9 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
             if !batching {
                 r.sfu = "sfu-nobatch".into();
             }
+        }
+        if let Some(t) = load::capacity_table(&r) {
+            println!("{t}");
         }
         for f in load::write_outputs(&a.out, &r)? {
             eprintln!("wrote {}", f.display());

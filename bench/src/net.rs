@@ -58,6 +58,22 @@ pub fn recv_from_stamped(
     Ok((len, from, at))
 }
 
+/// Ask for a `bytes` receive buffer: beyond `net.core.rmem_max` with `SO_RCVBUFFORCE` when
+/// privileged, else as much as the limit allows (best effort; the default is ~200 KiB).
+pub fn grow_receive_buffer(sock: &UdpSocket, bytes: usize) {
+    if setsockopt(sock, sockopt::RcvBufForce, &bytes).is_err() {
+        let _ = setsockopt(sock, sockopt::RcvBuf, &bytes);
+    }
+}
+
+/// [`grow_receive_buffer`] for the send buffer: a nonblocking UDP send fails (the datagrams are
+/// lost) while the socket's earlier datagrams still sit in the kernel's queues.
+pub fn grow_send_buffer(sock: &UdpSocket, bytes: usize) {
+    if setsockopt(sock, sockopt::SndBufForce, &bytes).is_err() {
+        let _ = setsockopt(sock, sockopt::SndBuf, &bytes);
+    }
+}
+
 /// Let the kernel coalesce a burst of equal-size datagrams from one source into one buffer
 /// (UDP GRO); [`RecvBatch`] splits it again.
 pub fn enable_gro(sock: &UdpSocket) -> io::Result<()> {
@@ -173,20 +189,27 @@ impl RecvBatch {
     }
 }
 
+const MAX_GSO_SEGMENTS: usize = 64;
+const MAX_GSO_BYTES: usize = 64_000;
+
 /// Send `segments` to `to` with as few `sendmsg` calls as UDP GSO allows: runs of equal-size
-/// datagrams (the last of a run may be shorter) go out as one call of up to 64 segments.
+/// datagrams (the last of a run may be shorter) go out as one call of up to 64 segments and
+/// 64 000 bytes.
 /// Returns the number of system calls made.
 pub fn send_segments(sock: &UdpSocket, to: SocketAddr, segments: &[&[u8]]) -> io::Result<usize> {
     let mut calls = 0;
     let mut i = 0;
     while i < segments.len() {
         let size = segments[i].len();
+        // At most 64 segments and 64 000 bytes in one call (a UDP datagram's limit: a larger
+        // GSO send fails whole).
+        let fits = |j: usize| j - i < MAX_GSO_SEGMENTS && (j - i + 1) * size <= MAX_GSO_BYTES;
         let mut j = i + 1;
-        while j < segments.len() && j - i < 64 && segments[j].len() == size {
+        while j < segments.len() && fits(j) && segments[j].len() == size {
             j += 1;
         }
         // A shorter datagram may end the run.
-        if j < segments.len() && j - i < 64 && segments[j].len() < size {
+        if j < segments.len() && fits(j) && segments[j].len() < size {
             j += 1;
         }
         let iov: Vec<IoSlice<'_>> = segments[i..j].iter().map(|s| IoSlice::new(s)).collect();
@@ -330,5 +353,16 @@ mod tests {
             }
         }
         assert_eq!(got, sent[..5].to_vec(), "second read split too");
+        // A keyframe-sized run (60 × 1200 bytes) exceeds one datagram's 64 KiB: split, not lost.
+        let big: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; 1200]).collect();
+        let refs: Vec<&[u8]> = big.iter().map(Vec::as_slice).collect();
+        assert_eq!(send_segments(&a, to, &refs).expect("send"), 2);
+        got.clear();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while got.len() < 60 && Instant::now() < deadline {
+            batch.recv(&b).expect("recv");
+            got.extend(batch.datagrams().map(|(_, _, d)| d.to_vec()));
+        }
+        assert_eq!(got, big);
     }
 }

@@ -88,6 +88,17 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((st.utime + st.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
+/// Busy time of one CPU (user, nice, system, irq and softirq: everything but idle, iowait and
+/// steal), in seconds. With the dataplane pinned alone on that CPU this charges it the kernel's
+/// interrupt and softirq work done there too, which per-process accounting may leave out.
+pub fn cpu_busy_seconds(cpu: usize) -> Option<f64> {
+    use procfs::CurrentSI;
+    let ks = procfs::KernelStats::current().ok()?;
+    let c = ks.cpu_time.get(cpu)?;
+    let ticks = c.user + c.nice + c.system + c.irq.unwrap_or(0) + c.softirq.unwrap_or(0);
+    Some(ticks as f64 / procfs::ticks_per_second() as f64)
+}
+
 /// Resident memory of a process, KiB; `None` if it cannot be read (no such process, or a
 /// zombie, which has no `VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<u64> {

@@ -160,6 +160,12 @@ pub fn table(results: &[&Results]) -> String {
     row("dataplane CPU µs / fwd packet", &|r| {
         opt(r.dataplane_cpu_us_per_forwarded_packet, 2)
     });
+    row("dataplane core busy % (softirq incl.)", &|r| {
+        opt(r.dataplane_core_busy_percent, 1)
+    });
+    row("dataplane core µs / fwd packet", &|r| {
+        opt(r.dataplane_core_us_per_forwarded_packet, 2)
+    });
     row("syscalls / fwd packet", &|r| {
         opt(r.syscalls_per_forwarded_packet, 3)
     });
@@ -206,4 +212,52 @@ pub fn table(results: &[&Results]) -> String {
         );
     }
     out
+}
+
+/// The capacity ramp of a `--ramp` run as a table (one row per step), `None` for other runs.
+pub fn capacity_table(r: &Results) -> Option<String> {
+    let c = r.capacity.as_ref()?;
+    let f = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |v| format!("{v:.d$}"));
+    let mut out = format!(
+        "capacity ramp ({} {}): {:>6} {:>10} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>15} {:>7}\n",
+        r.sfu,
+        r.scenario,
+        "scale",
+        "offered",
+        "fwd pps",
+        "CPU %",
+        "core %",
+        "µs/pkt",
+        "core µs",
+        "loss %",
+        "p50/p99 µs",
+        "bench %"
+    );
+    for s in &c.steps {
+        out += &format!(
+            "{:>6.2} {:>10.0} {:>10.0} {:>7.1} {:>7} {:>8} {:>8} {:>8.3} {:>15} {:>7.1} {}\n",
+            s.scale,
+            s.offered_pps,
+            s.forwarded_pps,
+            s.dataplane_cpu_percent,
+            f(s.dataplane_core_busy_percent, 1),
+            f(s.cpu_us_per_forwarded_packet, 2),
+            f(s.core_us_per_forwarded_packet, 2),
+            s.loss_percent,
+            format!(
+                "{}/{}",
+                s.latency_p50_us.map_or("-".into(), |v| v.to_string()),
+                s.latency_p99_us.map_or("-".into(), |v| v.to_string())
+            ),
+            s.bench_cpu_percent,
+            if s.passed { "pass" } else { "FAIL" }
+        );
+    }
+    out += &format!(
+        "max forwarded {:.0} pps (≈ {} pps per dataplane core at 100 %); stopped: {}\n",
+        c.max_forwarded_pps,
+        f(c.per_core_pps, 0),
+        c.stopped_because
+    );
+    Some(out)
 }

@@ -65,6 +65,12 @@ impl AnyClient {
             AnyClient::Janus(c) => c.next_deadline(),
         }
     }
+    fn set_rate_scale(&mut self, scale: crate::client::RateScale) {
+        match self {
+            AnyClient::Ours(c) => c.set_rate_scale(scale),
+            AnyClient::Janus(c) => c.set_rate_scale(scale),
+        }
+    }
     fn leave(&mut self) {
         if let AnyClient::Ours(c) = self {
             let _ = c.leave();
@@ -106,6 +112,8 @@ pub(super) struct WorkerPlan {
     pub(super) light_sample_every: Option<u32>,
     /// The address the peers' media sockets bind.
     pub(super) bind_ip: std::net::IpAddr,
+    /// The run's offered-load multiplier (the capacity ramp turns it up).
+    pub(super) scale: crate::client::RateScale,
 }
 
 /// Make `due` client `idx`'s one live heap entry (unless it already is).
@@ -199,6 +207,7 @@ pub(super) fn worker(
                             if let Some(every) = plan.light_sample_every {
                                 c.peer_mut().set_light_receive(every);
                             }
+                            c.set_rate_scale(plan.scale.clone());
                             // Server messages that arrived during the (blocking) join may sit
                             // in the WebSocket's buffer with no readiness event to come: read
                             // them now (later, only WebSocket events read it).

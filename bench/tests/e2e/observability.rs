@@ -22,20 +22,35 @@ fn load_generator_smoke_pipeline_works() {
         dataplane_pid: node.dataplane.pid(),
         control_socket: Some(node.control_socket.clone()),
         bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        dataplane_cpu: None,
     };
-    let mut sc = Scenario::preset("smoke").expect("preset");
-    sc.duration_secs = 2.0;
-    let r = load::run(&target, &sc, None, false).expect("run");
-    assert_eq!((r.joined, r.connected), (6, 6), "{r:?}");
-    // Not a speed test: the pipeline delivers, counts and measures.
-    assert!(
-        r.delivery_ratio > 0.9,
-        "delivery ratio {} ({r:?})",
-        r.delivery_ratio
-    );
-    assert!(r.forwarded_pps > 100.0 && r.received_packets > 0);
-    assert!(r.latency_p50_us.is_some() && r.dataplane_cpu_us_per_forwarded_packet.is_some());
-    assert!(r.join_to_first_rtp_p50_ms.is_some());
+    // Light subscribers (the default: RTP counted from headers, 1 in N decrypted) and full
+    // str0m subscribers must agree: everything delivered, nothing lost, latency measured.
+    let mut runs = Vec::new();
+    for full in [false, true] {
+        let mut sc = Scenario::preset("smoke").expect("preset");
+        sc.duration_secs = 2.0;
+        sc.full_receivers = full;
+        sc.sample_every = 4;
+        let r = load::run(&target, &sc, None, false).expect("run");
+        assert_eq!((r.joined, r.connected), (6, 6), "{r:?}");
+        assert_eq!(r.receivers, if full { "full" } else { "light" });
+        // Not a speed test: the pipeline delivers, counts and measures.
+        assert!(
+            (0.95..=1.05).contains(&r.delivery_ratio),
+            "delivery ratio {} with {} receivers ({r:?})",
+            r.delivery_ratio,
+            r.receivers
+        );
+        assert_eq!(r.lost_packets, 0, "{} receivers: {r:?}", r.receivers);
+        assert!(r.forwarded_pps > 100.0 && r.received_packets > 0);
+        assert!(r.latency_p50_us.is_some() && r.dataplane_cpu_us_per_forwarded_packet.is_some());
+        assert!(r.join_to_first_rtp_p50_ms.is_some());
+        assert!(r.bench_cpu_us_per_forwarded_packet.is_some());
+        assert_eq!(r.sfu_rtp_in.map(|n| n > 0), Some(true));
+        runs.push(r);
+    }
+    let r = runs.remove(0);
     let dir = bench::harness::TempDir::new("sfu-load-smoke").expect("dir");
     let files = load::write_outputs(&dir.0, &r).expect("outputs");
     assert_eq!(files.len(), 3);
