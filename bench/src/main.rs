@@ -141,8 +141,8 @@ struct LoadArgs {
     #[arg(long)]
     sample_every: Option<u32>,
     /// Capacity ramp: after the joins, raise the offered load ×--ramp-factor per step until loss
-    /// > 0.1 %, SFU-added latency p99 > 20 ms or the dataplane's CPU saturates; report the
-    /// steps and the last that passed.
+    /// is above 0.1 %, SFU-added latency p99 above 20 ms or the dataplane's CPU saturated;
+    /// report the steps and the last that passed.
     #[arg(long)]
     ramp: bool,
     /// Seconds measured per ramp step.
