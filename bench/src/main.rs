@@ -151,6 +151,9 @@ struct LoadArgs {
     /// Offered-load multiplier between ramp steps.
     #[arg(long, default_value_t = 1.5)]
     ramp_factor: f64,
+    /// The first ramp step's multiple of the scenario's load (below 1 thins audio only).
+    #[arg(long, default_value_t = 1.0)]
+    ramp_start: f64,
     /// With --url: the CPU the dataplane is pinned to alone (its busy time, softirq included,
     /// is reported next to the process CPU). With --pin it is CPU 1.
     #[arg(long)]
@@ -248,6 +251,7 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
         sc.ramp = Some(load::Ramp {
             step_secs: a.ramp_step_secs,
             factor: a.ramp_factor.max(1.05),
+            start: a.ramp_start,
             ..load::Ramp::default()
         });
     }

@@ -23,6 +23,13 @@ pub struct Ramp {
     pub factor: f64,
     /// Stop after this multiple of the scenario's load.
     pub max_scale: f64,
+    /// The first step's multiple (below 1 only thins audio: video frames keep ≥ 1 packet).
+    #[serde(default = "one")]
+    pub start: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for Ramp {
@@ -31,6 +38,7 @@ impl Default for Ramp {
             step_secs: 5.0,
             factor: 1.5,
             max_scale: 64.0,
+            start: 1.0,
         }
     }
 }
@@ -113,7 +121,7 @@ pub(super) fn ramp(
 ) -> Capacity {
     let origin = Instant::now();
     let mut cap = Capacity::default();
-    let mut s = 1.0f64;
+    let mut s = plan.start.max(0.01);
     loop {
         scale.store((s * 100.0).round() as u32, Ordering::Relaxed);
         std::thread::sleep(Duration::from_secs(1));
