@@ -1,11 +1,14 @@
-//! The UDP socket of one worker: batched receive (recvmmsg + GRO, split by stride) and batched
-//! send (consecutive datagrams to one destination coalesced into one GSO `sendmsg`), both through
-//! quinn-udp. With batching off, plain `recv_from`/`send_to` per datagram (for benchmarks, and
-//! the fallback a kernel without GSO/GRO gets anyway: quinn-udp reports 1 segment there).
+//! The UDP socket of one worker: batched receive (recvmmsg + GRO, split by stride, through
+//! quinn-udp) and batched send (consecutive datagrams to one destination coalesced into one GSO
+//! `sendmsg`). A run is sent straight from the datagrams' own buffers (one iovec each), so a
+//! forwarded datagram is not copied again on its way out. With batching off, plain
+//! `recv_from`/`send_to` per datagram (for benchmarks, and the fallback a kernel without GSO/GRO
+//! gets anyway: quinn-udp reports 1 segment there).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use mio::net::UdpSocket;
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
@@ -32,14 +35,16 @@ pub struct UdpStats {
     pub backlog_drops: u64,
 }
 
-/// A coalesced run of datagrams to one destination.
-struct Batch {
-    destination: SocketAddr,
+/// A coalesced run of datagrams to one destination (empty: no destination). The datagrams keep
+/// their own buffers; `parts` is reused from run to run.
+#[derive(Default)]
+struct Run {
+    destination: Option<SocketAddr>,
     segment: usize,
-    count: usize,
+    bytes: usize,
     /// A datagram shorter than `segment` ended the run: GSO allows only the last to be short.
     closed: bool,
-    buf: Vec<u8>,
+    parts: Vec<Vec<u8>>,
 }
 
 /// One worker's UDP socket. See the module docs.
@@ -50,7 +55,7 @@ pub struct UdpShell {
     recv_buf: Vec<u8>,
     slot: usize,
     metas: Vec<RecvMeta>,
-    batch: Option<Batch>,
+    run: Run,
     /// Sends that hit `WouldBlock`, in order: (destination, contents, segment size).
     backlog: VecDeque<(SocketAddr, Vec<u8>, Option<usize>)>,
     pub stats: UdpStats,
@@ -81,7 +86,7 @@ impl UdpShell {
             recv_buf: vec![0; slot * slots],
             slot,
             metas: vec![RecvMeta::default(); slots],
-            batch: None,
+            run: Run::default(),
             backlog: VecDeque::new(),
             stats: UdpStats::default(),
         })
@@ -144,42 +149,92 @@ impl UdpShell {
 
     /// Queue one datagram. Consecutive datagrams to the same destination are coalesced into one
     /// GSO send while all but the last have the same size; anything else flushes the run.
-    pub fn send(&mut self, destination: SocketAddr, contents: &[u8]) {
+    pub fn send(&mut self, destination: SocketAddr, contents: Vec<u8>) {
         if self.state.is_none() || self.max_segments <= 1 {
-            self.send_now(destination, contents.to_vec(), None);
+            self.send_now(destination, contents, None);
             return;
         }
-        if let Some(b) = &mut self.batch {
-            let fits = b.destination == destination
-                && !b.closed
-                && contents.len() <= b.segment
-                && b.count < self.max_segments
-                && b.buf.len() + contents.len() <= MAX_GSO_BYTES;
-            if fits {
-                b.buf.extend_from_slice(contents);
-                b.count += 1;
-                b.closed = contents.len() < b.segment;
-                return;
+        let len = contents.len();
+        if let Some(d) = self.run.destination {
+            let r = &self.run;
+            let fits = d == destination
+                && !r.closed
+                && len <= r.segment
+                && r.parts.len() < self.max_segments
+                && r.bytes + len <= MAX_GSO_BYTES;
+            if !fits {
+                self.flush();
             }
-            self.flush();
         }
-        let mut buf = Vec::with_capacity(MAX_GSO_BYTES.min(contents.len() * self.max_segments));
-        buf.extend_from_slice(contents);
-        self.batch = Some(Batch {
-            destination,
-            segment: contents.len(),
-            count: 1,
-            closed: false,
-            buf,
-        });
+        let r = &mut self.run;
+        if r.destination.is_none() {
+            r.destination = Some(destination);
+            r.segment = len;
+            r.bytes = 0;
+            r.closed = false;
+        }
+        r.bytes += len;
+        r.closed = len < r.segment;
+        r.parts.push(contents);
     }
 
     /// Send the current run. Call at the end of every loop turn.
     pub fn flush(&mut self) {
-        if let Some(b) = self.batch.take() {
-            let seg = (b.count > 1).then_some(b.segment);
-            self.send_now(b.destination, b.buf, seg);
+        let Some(dest) = self.run.destination.take() else {
+            return;
+        };
+        let seg = (self.run.parts.len() > 1).then_some(self.run.segment);
+        let result = if self.backlog.is_empty() {
+            self.send_parts(dest, seg)
+        } else {
+            // Keep order: nothing overtakes the backlog.
+            Err(io::ErrorKind::WouldBlock.into())
+        };
+        match result {
+            Ok(()) => self.count_sent(self.run.bytes, seg),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let buf = self.run.parts.concat();
+                self.push_backlog(dest, buf, seg);
+            }
+            Err(e) if seg.is_some() && matches!(e.raw_os_error(), Some(5 | 22)) => {
+                // EIO/EINVAL: this path cannot do GSO after all (as quinn-udp concludes on the
+                // same errors). Stop batching and send the run's datagrams one by one.
+                self.max_segments = 1;
+                tracing::debug!(%dest, error = %e, "GSO send failed; batching off");
+                for part in std::mem::take(&mut self.run.parts) {
+                    self.send_now(dest, part, None);
+                }
+            }
+            Err(e) => self.send_failed(&e, dest),
         }
+        self.run.parts.clear();
+    }
+
+    /// One `sendmsg` of the run's datagrams from their own buffers (GSO when `seg` is set).
+    fn send_parts(&self, dest: SocketAddr, seg: Option<usize>) -> io::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, SockaddrIn6, sendmsg};
+        let iov: Vec<IoSlice<'_>> = self.run.parts.iter().map(|p| IoSlice::new(p)).collect();
+        let seg16 = seg.map_or(0, |s| s as u16);
+        let gso = [ControlMessage::UdpGsoSegments(&seg16)];
+        let cmsgs: &[ControlMessage<'_>] = if seg.is_some() { &gso } else { &[] };
+        let fd = self.socket.as_raw_fd();
+        let sent = match dest {
+            SocketAddr::V4(a) => sendmsg(
+                fd,
+                &iov,
+                cmsgs,
+                MsgFlags::empty(),
+                Some(&SockaddrIn::from(a)),
+            ),
+            SocketAddr::V6(a) => sendmsg(
+                fd,
+                &iov,
+                cmsgs,
+                MsgFlags::empty(),
+                Some(&SockaddrIn6::from(a)),
+            ),
+        };
+        sent.map(|_| ()).map_err(io::Error::from)
     }
 
     /// Whether sends are waiting for the socket to become writable.
@@ -191,7 +246,7 @@ impl UdpShell {
     pub fn retry_backlog(&mut self) -> bool {
         while let Some((dest, buf, seg)) = self.backlog.pop_front() {
             match self.try_send(dest, &buf, seg) {
-                Ok(()) => self.count_sent(&buf, seg),
+                Ok(()) => self.count_sent(buf.len(), seg),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.backlog.push_front((dest, buf, seg));
                     return false;
@@ -209,7 +264,7 @@ impl UdpShell {
             return;
         }
         match self.try_send(dest, &buf, seg) {
-            Ok(()) => self.count_sent(&buf, seg),
+            Ok(()) => self.count_sent(buf.len(), seg),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.push_backlog(dest, buf, seg),
             Err(e) => self.send_failed(&e, dest),
         }
@@ -239,12 +294,12 @@ impl UdpShell {
         self.backlog.push_back((dest, buf, seg));
     }
 
-    fn count_sent(&mut self, buf: &[u8], seg: Option<usize>) {
+    fn count_sent(&mut self, bytes: usize, seg: Option<usize>) {
         self.stats.send_calls += 1;
         match seg {
             Some(s) => {
                 self.stats.gso_sends += 1;
-                self.stats.datagrams_out += buf.len().div_ceil(s) as u64;
+                self.stats.datagrams_out += bytes.div_ceil(s) as u64;
             }
             None => self.stats.datagrams_out += 1,
         }
@@ -334,7 +389,7 @@ mod tests {
             .chain([vec![99u8; 300]])
             .collect();
         for d in &sent {
-            tx.send(to, d);
+            tx.send(to, d.clone());
         }
         tx.flush();
         let got = recv_all(&mut rx, sent.len());
@@ -355,7 +410,7 @@ mod tests {
             .chain([vec![7u8; 10]])
             .collect();
         for d in &sent {
-            tx.send(to, d);
+            tx.send(to, d.clone());
         }
         tx.flush();
         let got = recv_all(&mut rx, sent.len());
@@ -387,7 +442,7 @@ mod tests {
             (to, 1300),
         ];
         for (i, (dest, len)) in plan.iter().enumerate() {
-            tx.send(*dest, &vec![i as u8; *len]);
+            tx.send(*dest, vec![i as u8; *len]);
         }
         tx.flush();
         let a = recv_all(&mut rx, 5);
@@ -410,7 +465,7 @@ mod tests {
         let (mut tx, mut rx, to) = pair(false, false);
         assert!(!tx.batching());
         for i in 0..5u8 {
-            tx.send(to, &[i; 100]);
+            tx.send(to, vec![i; 100]);
         }
         tx.flush();
         assert_eq!(recv_all(&mut rx, 5).len(), 5);
@@ -422,7 +477,7 @@ mod tests {
     fn send_errors_are_counted_not_fatal() {
         let (mut tx, _rx, _) = pair(true, false);
         // An IPv6 destination from an IPv4 socket fails immediately.
-        tx.send("[::1]:9".parse().expect("addr"), &[1; 10]);
+        tx.send("[::1]:9".parse().expect("addr"), vec![1; 10]);
         tx.flush();
         assert_eq!(tx.stats.send_errors, 1);
     }
