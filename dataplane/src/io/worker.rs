@@ -345,7 +345,11 @@ impl Worker<'_> {
             more_to_read = false;
             if readable {
                 let mut drained = false;
-                for _ in 0..MAX_RECV_CALLS_PER_TURN {
+                let mut now = now;
+                for call in 0..MAX_RECV_CALLS_PER_TURN {
+                    if call > 0 {
+                        now = Instant::now();
+                    }
                     let core = &mut self.core;
                     let dst = self.advertised;
                     let n = match self.udp.recv(|source, data| {
@@ -363,6 +367,13 @@ impl Worker<'_> {
                             1
                         }
                     };
+                    // Release what this batch forwarded now, not after the whole receive loop:
+                    // str0m sends written RTP on its next time input, so without this a packet
+                    // read early in a long loop waited for every later batch (the SFU-added
+                    // latency grew with load).
+                    if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                        self.core.handle_input(Input::Timeout(now));
+                    }
                     self.flush_output();
                     if n == 0 {
                         drained = true;
@@ -400,7 +411,7 @@ impl Worker<'_> {
         let mut reported = false;
         while let Some(o) = self.core.poll_output() {
             match o {
-                Output::Transmit(t) => self.udp.send(t.destination, &t.contents),
+                Output::Transmit(t) => self.udp.send(t.destination, t.contents),
                 Output::Report(r) => {
                     let mut r = translate::report(r);
                     if let WireReport::Stats(ws) = &mut r {
