@@ -125,6 +125,10 @@ pub struct WorkerCore {
     tracks_out: Slab<TrackOut>,
     demux: Demux,
     timers: BinaryHeap<Reverse<(Instant, ParticipantIdx)>>,
+    /// A timeout pass in progress (see `timers.rs`): due participants are served one per
+    /// [`WorkerCore::poll_output`] step, so each one's datagrams can leave before the next one
+    /// is encrypted.
+    timeout_pass: Option<Instant>,
     next_stats: Option<Instant>,
     work: VecDeque<Work>,
     out: VecDeque<Output>,
@@ -151,6 +155,7 @@ impl WorkerCore {
             tracks_out: Slab::with_capacity(4096),
             demux: Demux::with_capacity(256),
             timers: BinaryHeap::with_capacity(256),
+            timeout_pass: None,
             next_stats: None,
             work: VecDeque::with_capacity(64),
             out: VecDeque::with_capacity(1024),
@@ -190,13 +195,23 @@ impl WorkerCore {
         }
     }
 
-    /// Next output, `None` when drained.
+    /// Next output, `None` when drained. A timeout pass advances here, one due participant at
+    /// a time, whenever the queued output runs out.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        loop {
+            if let Some(o) = self.out.pop_front() {
+                return Some(o);
+            }
+            let now = self.timeout_pass?;
+            self.timeout_step(now);
+        }
     }
 
     /// When the core next needs an [`Input::Timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.timeout_pass.is_some() {
+            return self.timeout_pass;
+        }
         let timer = self.timers.peek().map(|Reverse((t, _))| *t);
         match (timer, self.next_stats) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -11,50 +11,31 @@ use tracing::{info, warn};
 use super::{LeaveReason, Output, ParticipantIdx, Report, Work, WorkerCore};
 
 impl WorkerCore {
+    /// Start (or move forward) a timeout pass; [`WorkerCore::poll_output`] carries it out.
     pub(super) fn handle_timeout(&mut self, now: Instant) {
+        self.timeout_pass = Some(self.timeout_pass.map_or(now, |t| t.max(now)));
+    }
+
+    /// One step of the timeout pass at `now`: serve the next due participant (its `Rtc` timeout,
+    /// pending keyframe requests, the drain, the work it queued) and return, so its datagrams are
+    /// output before the next participant is encrypted. With none due, finish the pass: the
+    /// periodic stats report, queued work.
+    ///
+    /// Serving participants one per step rather than all at once does not change what is sent,
+    /// only when: in a fan-out, the first subscriber's copy of a frame used to wait until every
+    /// subscriber's copy was encrypted.
+    pub(super) fn timeout_step(&mut self, now: Instant) {
         while let Some(Reverse((t, idx))) = self.timers.peek().copied() {
             if t > now {
                 break;
             }
             self.timers.pop();
-            let Some(p) = self.participants.get_mut(idx.0) else {
-                continue;
-            };
-            if p.scheduled != Some(t) {
-                continue; // stale heap entry
+            if self.participant_timeout(idx, t, now) {
+                self.run_work(now);
+                return;
             }
-            p.scheduled = None;
-            if now.saturating_duration_since(p.last_rx) >= self.cfg.ice_timeout {
-                info!(participant = %p.id, "no packets for {:?}: removing", self.cfg.ice_timeout);
-                self.work.push_back(Work::Remove(idx, LeaveReason::Timeout));
-                continue;
-            }
-            if now >= p.rtc_deadline {
-                match catch_unwind(AssertUnwindSafe(|| {
-                    p.rtc.handle_input(RtcInput::Timeout(now))
-                })) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        warn!(participant = %p.id, error = %e, "rtc timeout failed");
-                        p.failed = true;
-                    }
-                    Err(_) => p.failed = true,
-                }
-            }
-            for (_, ti) in &p.tracks_in {
-                if let Some(t) = self.tracks_in.get_mut(ti.0)
-                    && t.keyframe_pending
-                    && t.last_keyframe_request
-                        .is_none_or(|l| now >= l + self.cfg.keyframe_interval)
-                {
-                    // Cleared here so the deadline is not re-armed in the past before the
-                    // queued request runs.
-                    t.keyframe_pending = false;
-                    self.work.push_back(Work::Keyframe(*ti));
-                }
-            }
-            self.drain(idx, now);
         }
+        self.timeout_pass = None;
         if self.next_stats.is_none_or(|t| now >= t) {
             if self.next_stats.is_some() {
                 let mut stats = self.stats();
@@ -64,6 +45,48 @@ impl WorkerCore {
             self.next_stats = Some(now + self.cfg.stats_interval);
         }
         self.run_work(now);
+    }
+
+    /// Serve participant `idx` for its heap entry due at `t`; false if the entry was stale.
+    fn participant_timeout(&mut self, idx: ParticipantIdx, t: Instant, now: Instant) -> bool {
+        let Some(p) = self.participants.get_mut(idx.0) else {
+            return false;
+        };
+        if p.scheduled != Some(t) {
+            return false; // stale heap entry
+        }
+        p.scheduled = None;
+        if now.saturating_duration_since(p.last_rx) >= self.cfg.ice_timeout {
+            info!(participant = %p.id, "no packets for {:?}: removing", self.cfg.ice_timeout);
+            self.work.push_back(Work::Remove(idx, LeaveReason::Timeout));
+            return true;
+        }
+        if now >= p.rtc_deadline {
+            match catch_unwind(AssertUnwindSafe(|| {
+                p.rtc.handle_input(RtcInput::Timeout(now))
+            })) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(participant = %p.id, error = %e, "rtc timeout failed");
+                    p.failed = true;
+                }
+                Err(_) => p.failed = true,
+            }
+        }
+        for (_, ti) in &p.tracks_in {
+            if let Some(t) = self.tracks_in.get_mut(ti.0)
+                && t.keyframe_pending
+                && t.last_keyframe_request
+                    .is_none_or(|l| now >= l + self.cfg.keyframe_interval)
+            {
+                // Cleared here so the deadline is not re-armed in the past before the
+                // queued request runs.
+                t.keyframe_pending = false;
+                self.work.push_back(Work::Keyframe(*ti));
+            }
+        }
+        self.drain(idx, now);
+        true
     }
 
     /// Keep the earliest deadline of a participant in the timer heap.

@@ -54,6 +54,10 @@ fn the_same_seed_gives_an_identical_event_log() {
     assert!(first.iter().filter(|l| l.contains(" rtp ")).count() > 1000);
     assert!(has("Timeout"), "d did not time out");
     if first != second {
+        if let Ok(dir) = std::env::var("SFU_DETERMINISM_DUMP") {
+            let _ = std::fs::write(format!("{dir}/first.log"), first.join("\n"));
+            let _ = std::fs::write(format!("{dir}/second.log"), second.join("\n"));
+        }
         let at = first
             .iter()
             .zip(&second)

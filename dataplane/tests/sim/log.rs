@@ -16,20 +16,28 @@ impl Sim {
         let t = self.now.duration_since(self.start).as_millis();
         match o {
             Output::Transmit(tx) => {
-                let kind = match tx.contents.first() {
-                    Some(0..=3) => "stun".to_string(),
+                let kind = match (tx.contents.first(), tx.contents.get(1)) {
+                    (Some(0..=3), _) => "stun".to_string(),
                     // DTLS record sizes vary with the handshake's random signatures.
-                    Some(20..=63) => "dtls".to_string(),
-                    Some(128..=191) => format!("rtp {}", tx.contents.len()),
+                    (Some(20..=63), _) => "dtls".to_string(),
+                    // RTCP is str0m's own (reports, feedback): its content follows str0m's
+                    // internal state, which the peers' own randomness (str0m picks their SSRCs and
+                    // report timing) shifts within a millisecond. Logged without its length.
+                    (Some(128..=191), Some(192..=223)) => "rtcp".to_string(),
+                    (Some(128..=191), _) => format!("rtp {}", tx.contents.len()),
                     _ => "other".to_string(),
                 };
                 format!("{t} tx {} {kind}", tx.destination)
             }
             // Byte totals include DTLS records, whose length varies with random signatures.
+            // Datagrams in counts what the peers sent, RTCP and keepalives included: the
+            // peers' str0m schedules those with its own randomness (an input, not a decision
+            // of the core).
             Output::Report(Report::Stats(st)) => {
                 let mut st = st.clone();
                 st.counters.bytes_in = 0;
                 st.counters.bytes_out = 0;
+                st.counters.datagrams_in = 0;
                 format!("{t} {st:?}")
             }
             Output::Report(r) => format!("{t} {}", mask_sdp(&format!("{r:?}"))),
