@@ -16,8 +16,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6,
-    SockaddrStorage, recvmmsg, recvmsg, sendmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
+    recvmsg, sendmsg, setsockopt, sockopt,
 };
 use nix::sys::time::TimeSpec;
 
@@ -216,22 +216,13 @@ pub fn send_segments(sock: &UdpSocket, to: SocketAddr, segments: &[&[u8]]) -> io
         let seg = size as u16;
         let gso = [ControlMessage::UdpGsoSegments(&seg)];
         let cmsgs: &[ControlMessage<'_>] = if j - i > 1 { &gso } else { &[] };
-        let res = match to {
-            SocketAddr::V4(a) => sendmsg(
-                sock.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::empty(),
-                Some(&SockaddrIn::from(a)),
-            ),
-            SocketAddr::V6(a) => sendmsg(
-                sock.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::empty(),
-                Some(&SockaddrIn6::from(a)),
-            ),
-        };
+        let res = sendmsg(
+            sock.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::empty(),
+            Some(&SockaddrStorage::from(to)),
+        );
         res.map_err(io::Error::from)?;
         calls += 1;
         i = j;

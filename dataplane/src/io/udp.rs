@@ -212,28 +212,19 @@ impl UdpShell {
 
     /// One `sendmsg` of the run's datagrams from their own buffers (GSO when `seg` is set).
     fn send_parts(&self, dest: SocketAddr, seg: Option<usize>) -> io::Result<()> {
-        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, SockaddrIn6, sendmsg};
+        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
         let iov: Vec<IoSlice<'_>> = self.run.parts.iter().map(|p| IoSlice::new(p)).collect();
         let seg16 = seg.map_or(0, |s| s as u16);
         let gso = [ControlMessage::UdpGsoSegments(&seg16)];
         let cmsgs: &[ControlMessage<'_>] = if seg.is_some() { &gso } else { &[] };
-        let fd = self.socket.as_raw_fd();
-        let sent = match dest {
-            SocketAddr::V4(a) => sendmsg(
-                fd,
-                &iov,
-                cmsgs,
-                MsgFlags::empty(),
-                Some(&SockaddrIn::from(a)),
-            ),
-            SocketAddr::V6(a) => sendmsg(
-                fd,
-                &iov,
-                cmsgs,
-                MsgFlags::empty(),
-                Some(&SockaddrIn6::from(a)),
-            ),
-        };
+        let to = SockaddrStorage::from(dest);
+        let sent = sendmsg(
+            self.socket.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::empty(),
+            Some(&to),
+        );
         sent.map(|_| ()).map_err(io::Error::from)
     }
 
