@@ -20,8 +20,10 @@ use sim::{Publish, Sim};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A room with one connected video publisher and `n` connected subscribers.
-fn room(n: usize) -> Sim {
+/// A room with one connected video publisher and `n` connected subscribers; with `mesh`, the
+/// subscribers publish video too (a full mesh: each of them receives `n` video tracks, so its
+/// `Rtc` holds `n` send streams).
+fn room(n: usize, mesh: bool) -> Sim {
     // Long timeouts: the measured loop advances virtual time much faster than peers send keepalives.
     let mut sim = Sim::with_config(7, |c| {
         c.ice_timeout = Duration::from_secs(86_400);
@@ -37,9 +39,9 @@ fn room(n: usize) -> Sim {
     };
     sim.join("pub", "bench", Some(video_only));
     for i in 0..n {
-        sim.join(&format!("s{i}"), "bench", None);
+        sim.join(&format!("s{i}"), "bench", mesh.then_some(video_only));
     }
-    sim.run_for(Duration::from_secs(3));
+    sim.run_for(Duration::from_secs(if mesh { 5 } else { 3 }));
     let subscribed = (0..n).all(|i| {
         sim.peer(&format!("s{i}"))
             .peer
@@ -51,8 +53,12 @@ fn room(n: usize) -> Sim {
         subscribed,
         "every subscriber receives video before measuring"
     );
-    // From now on the benchmark, not the simulation, produces the publisher's packets.
+    // From now on the benchmark, not the simulation, produces the publisher's packets (and
+    // in a mesh nobody else publishes during the measurement).
     sim.peer_mut("pub").publish = None;
+    for i in 0..n {
+        sim.peer_mut(&format!("s{i}")).publish = None;
+    }
     sim
 }
 
@@ -91,62 +97,70 @@ fn forward(c: &mut Criterion) {
     // packet at a time; 4 is one video frame per event-loop turn, as the worker sees it when
     // a GRO read returns a frame's packets together.
     for batch in [1usize, 4] {
-        let mut group = c.benchmark_group(format!("forward_1200B_batch{batch}"));
-        group
-            .sample_size(20)
-            .measurement_time(Duration::from_secs(4))
-            .warm_up_time(Duration::from_secs(1));
-        for n in [1usize, 10, 50] {
-            let mut sim = room(n);
-            let from = sim.peer("pub").peer.local_addr();
-            let server = sim.server;
-            group.throughput(Throughput::Elements(n as u64));
-            group.bench_with_input(BenchmarkId::new("subscribers", n), &n, |b, _| {
-                b.iter_custom(|iters| {
-                    let mut measured = Duration::ZERO;
-                    let mut left = iters;
-                    let mut sent = 0u64;
-                    while left > 0 {
-                        let chunk = left.min(500);
-                        left -= chunk;
-                        // Untimed: let the peers exchange keepalives and RTCP with the core.
-                        sim.run_for(Duration::from_millis(20));
-                        let input = packets(&mut sim, chunk);
-                        let t0 = Instant::now();
-                        for turn in input.chunks(batch) {
-                            sim.now += Duration::from_micros(1100);
-                            let now = sim.now;
-                            for d in turn {
-                                sim.core.handle_input(Input::Receive {
-                                    now,
-                                    source: from,
-                                    destination: server,
-                                    data: d,
-                                });
-                            }
-                            if sim.core.poll_timeout().is_some_and(|t| t <= now) {
-                                sim.core.handle_input(Input::Timeout(now));
-                            }
-                            while let Some(o) = sim.core.poll_output() {
-                                if let Output::Transmit(t) = o {
-                                    sent += t.contents.len() as u64;
-                                }
+        let name = format!("forward_1200B_batch{batch}");
+        measure(c, &name, batch, &[1, 10, 50], false);
+    }
+    // Full mesh: every subscriber also publishes, so each holds one send stream per other
+    // participant (the per-write stream lookup is over all of them).
+    measure(c, "forward_1200B_mesh_batch4", 4, &[10, 25], true);
+}
+
+fn measure(c: &mut Criterion, name: &str, batch: usize, sizes: &[usize], mesh: bool) {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
+    for &n in sizes {
+        let mut sim = room(n, mesh);
+        let from = sim.peer("pub").peer.local_addr();
+        let server = sim.server;
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("subscribers", n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut measured = Duration::ZERO;
+                let mut left = iters;
+                let mut sent = 0u64;
+                while left > 0 {
+                    let chunk = left.min(500);
+                    left -= chunk;
+                    // Untimed: let the peers exchange keepalives and RTCP with the core.
+                    sim.run_for(Duration::from_millis(20));
+                    let input = packets(&mut sim, chunk);
+                    let t0 = Instant::now();
+                    for turn in input.chunks(batch) {
+                        sim.now += Duration::from_micros(1100);
+                        let now = sim.now;
+                        for d in turn {
+                            sim.core.handle_input(Input::Receive {
+                                now,
+                                source: from,
+                                destination: server,
+                                data: d,
+                            });
+                        }
+                        if sim.core.poll_timeout().is_some_and(|t| t <= now) {
+                            sim.core.handle_input(Input::Timeout(now));
+                        }
+                        while let Some(o) = sim.core.poll_output() {
+                            if let Output::Transmit(t) = o {
+                                sent += t.contents.len() as u64;
                             }
                         }
-                        measured += t0.elapsed();
                     }
-                    std::hint::black_box(sent);
-                    measured
-                });
+                    measured += t0.elapsed();
+                }
+                std::hint::black_box(sent);
+                measured
             });
-            let c = sim.core.counters();
-            eprintln!(
-                "batch={batch} subscribers={n}: forwarded {} rtp, {} datagrams out, drops {:?}",
-                c.rtp_forwarded, c.datagrams_out, c.drops
-            );
-        }
-        group.finish();
+        });
+        let c = sim.core.counters();
+        eprintln!(
+            "{name} subscribers={n}: forwarded {} rtp, {} datagrams out, drops {:?}",
+            c.rtp_forwarded, c.datagrams_out, c.drops
+        );
     }
+    group.finish();
 }
 
 criterion_group!(benches, forward);
