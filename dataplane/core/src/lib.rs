@@ -207,6 +207,13 @@ impl WorkerCore {
         }
     }
 
+    /// Outputs already produced and waiting in the queue (not counting what a timeout pass in
+    /// progress will still produce). For tests of how output is interleaved.
+    #[doc(hidden)]
+    pub fn queued_outputs(&self) -> usize {
+        self.out.len()
+    }
+
     /// When the core next needs an [`Input::Timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.timeout_pass.is_some() {

@@ -2,6 +2,7 @@
 //! mapping between codecs, and the subscribe grant.
 
 use super::*;
+use sfu_core::{Input, Output};
 
 #[test]
 fn one_to_one_call_forwards_audio_and_video_both_ways() {
@@ -202,4 +203,89 @@ fn a_participant_without_the_subscribe_grant_receives_no_media() {
         );
     }
     assert!(sim.core.invariant_violations().is_empty());
+}
+
+/// A timeout pass hands out one subscriber's datagrams before it encrypts the next subscriber's
+/// (so in a fan-out the first copy of a frame does not wait for every other copy): after the
+/// first datagram of the pass comes out, at most the rest of that subscriber's frame is queued.
+#[test]
+fn a_fan_out_is_released_one_subscriber_at_a_time() {
+    let mut sim = Sim::new(21);
+    let video_only = Publish {
+        audio: false,
+        video: true,
+        fps: 30,
+        packets_per_frame: 4,
+        packet_size: 1000,
+        ..Publish::default()
+    };
+    sim.join("pub", "r", Some(video_only));
+    for i in 0..3 {
+        sim.join(&format!("s{i}"), "r", None);
+    }
+    sim.run_for(secs(3));
+    for i in 0..3 {
+        assert!(
+            sim.peer(&format!("s{i}"))
+                .peer
+                .received
+                .packets(MediaKind::Video)
+                > 0
+        );
+    }
+    sim.peer_mut("pub").publish = None;
+    // Let every timer settle, then one frame of 4 datagrams from the publisher.
+    sim.run_for(Duration::from_millis(50));
+    let now = sim.now;
+    let from = sim.peer("pub").peer.local_addr();
+    let frame: Vec<Vec<u8>> = {
+        let p = &mut sim.peer_mut("pub").peer;
+        p.send_video_frame(now, false, 4, 1000, 30);
+        p.handle_timeout(now);
+        std::iter::from_fn(|| p.poll_transmit())
+            .map(|(_, d)| d)
+            .filter(|d| d.get(1).is_some_and(|b| !(200..=206).contains(b)))
+            .collect()
+    };
+    assert_eq!(frame.len(), 4, "one frame of RTP");
+    let server = sim.server;
+    for d in &frame {
+        sim.core.handle_input(Input::Receive {
+            now,
+            source: from,
+            destination: server,
+            data: d,
+        });
+    }
+    // Whatever the publisher's input produced (its RTCP, none of the forwarded RTP: str0m
+    // releases written RTP on a time input).
+    while sim.core.queued_outputs() > 0 {
+        sim.core.poll_output();
+    }
+    sim.core.handle_input(Input::Timeout(now));
+    let mut per_subscriber: Vec<(std::net::SocketAddr, usize)> = Vec::new();
+    let mut max_queued_after_first = 0;
+    while let Some(o) = sim.core.poll_output() {
+        let Output::Transmit(t) = o else { continue };
+        if t.contents.len() < 900 {
+            continue; // RTCP or keepalives due at the same instant
+        }
+        match per_subscriber.last_mut() {
+            Some((to, n)) if *to == t.destination => *n += 1,
+            _ => {
+                per_subscriber.push((t.destination, 1));
+                max_queued_after_first = max_queued_after_first.max(sim.core.queued_outputs());
+            }
+        }
+    }
+    assert_eq!(
+        per_subscriber.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        vec![4, 4, 4],
+        "each subscriber's copy of the frame comes out together: {per_subscriber:?}"
+    );
+    // Eagerly, all 12 datagrams would be queued before the first came out (11 left then).
+    assert!(
+        max_queued_after_first <= 3 + 2,
+        "{max_queued_after_first} outputs queued behind a subscriber's first datagram"
+    );
 }
