@@ -43,9 +43,9 @@ impl Default for Media {
     }
 }
 
-/// Receive buffer of a media socket: a ramped-up keyframe to one subscriber can be hundreds of
-/// datagrams that arrive while the generator's thread serves other peers.
-const RECEIVE_BUFFER: usize = 4 << 20;
+/// Receive and send buffer of a media socket: a ramped-up keyframe to one subscriber can be
+/// hundreds of datagrams that arrive (or leave) while the generator's thread serves other peers.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -75,8 +75,8 @@ impl MediaLink {
         udp.set_nonblocking(true)?;
         crate::net::enable_rx_timestamps(&udp)?;
         crate::net::enable_gro(&udp)?;
-        crate::net::grow_receive_buffer(&udp, RECEIVE_BUFFER);
-        crate::net::grow_send_buffer(&udp, RECEIVE_BUFFER);
+        crate::net::grow_receive_buffer(&udp, SOCKET_BUFFER);
+        crate::net::grow_send_buffer(&udp, SOCKET_BUFFER);
         Ok(Self {
             udp,
             media,

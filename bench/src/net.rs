@@ -17,45 +17,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
-    recvmsg, sendmsg, setsockopt, sockopt,
+    sendmsg, setsockopt, sockopt,
 };
 use nix::sys::time::TimeSpec;
 
 /// Ask the kernel to stamp every datagram received on `sock`.
 pub fn enable_rx_timestamps(sock: &UdpSocket) -> io::Result<()> {
     setsockopt(sock, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
-}
-
-/// One datagram: its length, source, and when the kernel received it (mapped onto the
-/// monotonic clock; `None` if the socket has no timestamps enabled).
-pub fn recv_from_stamped(
-    sock: &UdpSocket,
-    buf: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Option<Instant>)> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!(TimeSpec);
-    let msg = recvmsg::<SockaddrStorage>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .map_err(io::Error::from)?;
-    let len = msg.bytes;
-    let from = msg
-        .address
-        .as_ref()
-        .and_then(to_socket_addr)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram without source"))?;
-    let mut at = None;
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                at = Some(realtime_to_instant(Duration::from(ts)));
-            }
-        }
-    }
-    Ok((len, from, at))
 }
 
 /// Ask for a `bytes` receive buffer: beyond `net.core.rmem_max` with `SO_RCVBUFFORCE` when
@@ -259,10 +227,11 @@ mod tests {
         a.send_to(b"hello", b.local_addr().expect("addr"))
             .expect("send");
         std::thread::sleep(Duration::from_millis(30));
-        let mut buf = [0u8; 64];
-        let (n, from, at) = recv_from_stamped(b, &mut buf).expect("recv");
+        let mut batch = RecvBatch::new(1);
+        assert_eq!(batch.recv(b).expect("recv"), 1);
         let after = Instant::now();
-        assert_eq!(&buf[..n], b"hello");
+        let (from, at, data) = batch.datagrams().next().expect("one datagram");
+        assert_eq!(data, b"hello");
         assert_eq!(from, a.local_addr().expect("addr"));
         let at = at.expect("a kernel timestamp");
         (

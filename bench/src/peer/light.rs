@@ -61,11 +61,6 @@ impl Peer {
         });
     }
 
-    /// Whether received RTP is counted from headers.
-    pub fn light_receive_enabled(&self) -> bool {
-        self.light.is_some()
-    }
-
     /// A datagram for header-only accounting: true if it was consumed (counted, not a sample),
     /// false if it must go through the `Rtc`.
     pub(super) fn light_receive(&mut self, data: &[u8]) -> bool {
@@ -82,10 +77,7 @@ impl Peer {
         let sample = *seen % light.sample_every == 0;
         let mid = *mid;
         let bytes = data.len().saturating_sub(hdr + SRTP_TAG) as u64;
-        if let Some(t) = self.received.tracks.get(&mid) {
-            let ext = t.extend_seq(seq);
-            self.received.record_header(mid, ext, bytes);
-        }
+        self.received.record_header(mid, seq, bytes);
         !sample
     }
 

@@ -153,14 +153,16 @@ impl Received {
         }
     }
 
-    /// Count one RTP packet of an already known m-line from its clear-text header only: extended
-    /// sequence number `seq` (see [`RecvTrack::extend_seq`]), `bytes` of payload.
-    pub(super) fn record_header(&mut self, mid: Mid, seq: u64, bytes: u64) {
+    /// Count one RTP packet of an already known m-line from its clear-text header only: its
+    /// 16-bit sequence number `seq` (extended against the highest seen, see
+    /// [`RecvTrack::extend_seq`]), `bytes` of payload.
+    pub(super) fn record_header(&mut self, mid: Mid, seq: u16, bytes: u64) {
         let Some(t) = self.tracks.get_mut(&mid) else {
             return;
         };
         t.packets += 1;
         t.bytes += bytes;
+        let seq = t.extend_seq(seq);
         t.count_seq(seq);
     }
 }
@@ -180,7 +182,7 @@ impl RecvTrack {
 
     /// The extended sequence number of a 16-bit RTP sequence number, nearest to the highest
     /// seen (RFC 3550 appendix A.1 style).
-    pub(super) fn extend_seq(&self, seq: u16) -> u64 {
+    fn extend_seq(&self, seq: u16) -> u64 {
         let delta = seq.wrapping_sub(self.highest_seq as u16) as i16;
         (self.highest_seq as i64 + i64::from(delta)).max(0) as u64
     }
