@@ -16,6 +16,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Largest UDP payload (and GRO buffer).
 const MAX_DATAGRAM: usize = 65_535;
+/// The kernel's limit of segments in one GSO send (`UDP_MAX_SEGMENTS`).
+const MAX_GSO_SEGMENTS: usize = 64;
 /// A GSO send may not exceed this many bytes in total.
 const MAX_GSO_BYTES: usize = 64_000;
 /// Datagrams held while the socket would block; beyond this new sends are dropped and counted.
@@ -160,7 +162,7 @@ impl UdpShell {
             let fits = d == destination
                 && !r.closed
                 && len <= r.segment
-                && r.parts.len() < self.max_segments
+                && r.parts.len() < self.max_segments.min(MAX_GSO_SEGMENTS)
                 && r.bytes + len <= MAX_GSO_BYTES;
             if !fits {
                 self.flush();
@@ -213,14 +215,20 @@ impl UdpShell {
     /// One `sendmsg` of the run's datagrams from their own buffers (GSO when `seg` is set).
     fn send_parts(&self, dest: SocketAddr, seg: Option<usize>) -> io::Result<()> {
         use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
-        let iov: Vec<IoSlice<'_>> = self.run.parts.iter().map(|p| IoSlice::new(p)).collect();
+        // On the stack: this runs once per destination per loop turn.
+        let mut iov = [IoSlice::new(&[]); MAX_GSO_SEGMENTS];
+        let n = self.run.parts.len().min(MAX_GSO_SEGMENTS);
+        for (slot, part) in iov.iter_mut().zip(&self.run.parts) {
+            *slot = IoSlice::new(part);
+        }
+        let iov = &iov[..n];
         let seg16 = seg.map_or(0, |s| s as u16);
         let gso = [ControlMessage::UdpGsoSegments(&seg16)];
         let cmsgs: &[ControlMessage<'_>] = if seg.is_some() { &gso } else { &[] };
         let to = SockaddrStorage::from(dest);
         let sent = sendmsg(
             self.socket.as_raw_fd(),
-            &iov,
+            iov,
             cmsgs,
             MsgFlags::empty(),
             Some(&to),
@@ -448,6 +456,20 @@ mod tests {
         );
         if tx.max_segments() > 1 {
             assert_eq!(tx.stats.send_calls, 4, "runs: [0,1,2] [3] [4,5] [6]");
+        }
+    }
+
+    #[test]
+    fn a_run_longer_than_the_segment_limit_is_split_not_lost() {
+        let (mut tx, mut rx, to) = pair(true, false);
+        let sent: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 500]).collect();
+        for d in &sent {
+            tx.send(to, d.clone());
+        }
+        tx.flush();
+        assert_eq!(recv_all(&mut rx, sent.len()), sent);
+        if tx.max_segments() >= 64 {
+            assert_eq!(tx.stats.send_calls, 2, "64 + 36 segments");
         }
     }
 
