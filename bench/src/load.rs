@@ -400,6 +400,7 @@ pub fn run(
         let _ = h.join();
     }
 
+    let whole = d.sample(d.secs);
     let w1 = &last.w;
     let mut jl = w1.join_latencies_ms.clone();
     jl.sort_by(f64::total_cmp);
@@ -436,13 +437,13 @@ pub fn run(
         } else {
             0.0
         },
-        latency_p50_us: d.hist.quantile(0.5),
-        latency_p99_us: d.hist.quantile(0.99),
-        forwarded_pps: d.forwarded_pps(),
-        egress_mbps: d.bytes_out as f64 * 8.0 / d.secs / 1e6,
-        dataplane_cpu_percent: d.dp_cpu_secs / d.secs * 100.0,
+        latency_p50_us: whole.latency_p50_us,
+        latency_p99_us: whole.latency_p99_us,
+        forwarded_pps: whole.forwarded_pps,
+        egress_mbps: whole.egress_mbps,
+        dataplane_cpu_percent: whole.dataplane_cpu_percent,
         dataplane_cpu_us_per_forwarded_packet: dp_pid.and_then(|_| d.per_packet_us(d.dp_cpu_secs)),
-        dataplane_core_busy_percent: d.dp_core_secs.map(|c| c / d.secs * 100.0),
+        dataplane_core_busy_percent: whole.dataplane_core_busy_percent,
         dataplane_core_us_per_forwarded_packet: d.dp_core_secs.and_then(|c| d.per_packet_us(c)),
         syscalls_per_forwarded_packet: d
             .syscalls
@@ -452,7 +453,7 @@ pub fn run(
             .then(|| rss_after.saturating_sub(rss_before) as f64 / w1.joined as f64),
         dataplane_rss_kib_per_subscribed_stream: (dp_pid.is_some() && w1.subscribed_streams > 0)
             .then(|| rss_after.saturating_sub(rss_before) as f64 / w1.subscribed_streams as f64),
-        bench_cpu_percent: d.bench_cpu_secs / d.secs * 100.0,
+        bench_cpu_percent: whole.bench_cpu_percent,
         receivers: if scenario.full_receivers {
             "full".into()
         } else {

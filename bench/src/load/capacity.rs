@@ -83,22 +83,22 @@ const MAX_P99_US: u64 = 20_000;
 
 impl CapacityStep {
     fn from_delta(scale: f64, d: &Delta) -> Self {
-        let offered_pps = d.expected as f64 / d.secs;
+        let sample = d.sample(0.0);
         let loss = d.loss_percent();
-        let p99 = d.hist.quantile(0.99);
         Self {
             scale,
-            offered_pps,
-            forwarded_pps: d.forwarded_pps(),
-            dataplane_cpu_percent: d.dp_cpu_secs / d.secs * 100.0,
-            dataplane_core_busy_percent: d.dp_core_secs.map(|c| c / d.secs * 100.0),
+            offered_pps: d.expected as f64 / d.secs,
+            forwarded_pps: sample.forwarded_pps,
+            dataplane_cpu_percent: sample.dataplane_cpu_percent,
+            dataplane_core_busy_percent: sample.dataplane_core_busy_percent,
             cpu_us_per_forwarded_packet: d.per_packet_us(d.dp_cpu_secs),
             core_us_per_forwarded_packet: d.dp_core_secs.and_then(|c| d.per_packet_us(c)),
             loss_percent: loss,
-            latency_p50_us: d.hist.quantile(0.5),
-            latency_p99_us: p99,
-            bench_cpu_percent: d.bench_cpu_secs / d.secs * 100.0,
-            passed: loss <= MAX_LOSS_PERCENT && p99.is_none_or(|p| p <= MAX_P99_US),
+            latency_p50_us: sample.latency_p50_us,
+            latency_p99_us: sample.latency_p99_us,
+            bench_cpu_percent: sample.bench_cpu_percent,
+            passed: loss <= MAX_LOSS_PERCENT
+                && sample.latency_p99_us.is_none_or(|p| p <= MAX_P99_US),
         }
     }
 
@@ -145,26 +145,7 @@ pub(super) fn ramp(
                 if step.passed { "pass" } else { "FAIL" },
             );
         }
-        let passed = step.passed;
-        let saturated = step.load_percent() >= 97.0;
-        let generator_bound = step.bench_cpu_percent >= 95.0 * threads as f64;
-        if passed {
-            cap.max_forwarded_pps = step.forwarded_pps;
-            cap.per_core_pps = (step.load_percent() > 1.0)
-                .then(|| step.forwarded_pps * 100.0 / step.load_percent().min(100.0));
-        }
-        cap.steps.push(step);
-        let why = if !passed {
-            Some("loss above 0.1 % or p99 above 20 ms")
-        } else if saturated {
-            Some("dataplane CPU saturated")
-        } else if generator_bound {
-            Some("load generator saturated before the dataplane")
-        } else if s * plan.factor > plan.max_scale {
-            Some("maximum scale reached")
-        } else {
-            None
-        };
+        let why = cap.record(step, threads, s * plan.factor <= plan.max_scale);
         if let Some(why) = why {
             cap.stopped_because = why.into();
             break;
@@ -172,18 +153,114 @@ pub(super) fn ramp(
         s *= plan.factor;
     }
     scale.store(100, Ordering::Relaxed);
-    let nearest = |target: f64| {
-        cap.steps
-            .iter()
-            .enumerate()
-            .min_by(|a, b| {
-                (a.1.load_percent() - target)
-                    .abs()
-                    .total_cmp(&(b.1.load_percent() - target).abs())
-            })
-            .map(|(i, _)| i)
-    };
-    cap.at_50_percent = nearest(50.0);
-    cap.at_80_percent = nearest(80.0);
+    cap.finish();
     cap
+}
+
+impl Capacity {
+    /// Add a measured step; the reason to stop the ramp after it, if any. `threads` is the
+    /// generator's thread count, `more` whether the next step is within the maximum scale.
+    fn record(&mut self, step: CapacityStep, threads: usize, more: bool) -> Option<&'static str> {
+        let load = step.load_percent();
+        let why = if !step.passed {
+            Some("loss above 0.1 % or p99 above 20 ms")
+        } else if load >= 97.0 {
+            Some("dataplane CPU saturated")
+        } else if step.bench_cpu_percent >= 95.0 * threads as f64 {
+            Some("load generator saturated before the dataplane")
+        } else if !more {
+            Some("maximum scale reached")
+        } else {
+            None
+        };
+        if step.passed {
+            self.max_forwarded_pps = step.forwarded_pps;
+            self.per_core_pps = (load > 1.0).then(|| step.forwarded_pps * 100.0 / load.min(100.0));
+        }
+        self.steps.push(step);
+        why
+    }
+
+    /// Mark the steps nearest 50 % and 80 % dataplane load.
+    fn finish(&mut self) {
+        let nearest = |target: f64| {
+            self.steps
+                .iter()
+                .enumerate()
+                .min_by(|a, b| {
+                    (a.1.load_percent() - target)
+                        .abs()
+                        .total_cmp(&(b.1.load_percent() - target).abs())
+                })
+                .map(|(i, _)| i)
+        };
+        self.at_50_percent = nearest(50.0);
+        self.at_80_percent = nearest(80.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(load: f64, fwd: f64, loss: f64, p99_us: u64, bench: f64) -> CapacityStep {
+        CapacityStep {
+            forwarded_pps: fwd,
+            dataplane_cpu_percent: load + 5.0,
+            dataplane_core_busy_percent: Some(load),
+            loss_percent: loss,
+            latency_p99_us: Some(p99_us),
+            bench_cpu_percent: bench,
+            passed: loss <= MAX_LOSS_PERCENT && p99_us <= MAX_P99_US,
+            ..CapacityStep::default()
+        }
+    }
+
+    #[test]
+    fn the_ramp_keeps_the_last_passing_step_and_says_why_it_stopped() {
+        let mut cap = Capacity::default();
+        assert_eq!(
+            cap.record(step(20.0, 10_000.0, 0.0, 2_000, 10.0), 1, true),
+            None
+        );
+        assert_eq!(
+            cap.record(step(48.0, 30_000.0, 0.0, 5_000, 20.0), 1, true),
+            None
+        );
+        assert_eq!(
+            cap.record(step(79.0, 50_000.0, 0.05, 9_000, 30.0), 1, true),
+            None
+        );
+        // Latency over the limit: the step fails and the capacity stays the previous step's.
+        let why = cap.record(step(90.0, 60_000.0, 0.0, 25_000, 35.0), 1, true);
+        assert_eq!(why, Some("loss above 0.1 % or p99 above 20 ms"));
+        assert_eq!(cap.max_forwarded_pps, 50_000.0);
+        // Per core: that rate over the core's busy share (79 %), not the process's (84 %).
+        assert!((cap.per_core_pps.expect("per core") - 50_000.0 / 0.79).abs() < 1.0);
+        cap.finish();
+        assert_eq!((cap.at_50_percent, cap.at_80_percent), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn saturation_of_either_side_or_the_scale_limit_ends_a_passing_ramp() {
+        let mut cap = Capacity::default();
+        assert_eq!(
+            cap.record(step(98.0, 1.0, 0.0, 1_000, 10.0), 1, true),
+            Some("dataplane CPU saturated")
+        );
+        assert_eq!(
+            cap.record(step(50.0, 1.0, 0.0, 1_000, 96.0), 1, true),
+            Some("load generator saturated before the dataplane")
+        );
+        assert_eq!(cap.record(step(50.0, 1.0, 0.0, 1_000, 96.0), 2, true), None);
+        assert_eq!(
+            cap.record(step(50.0, 1.0, 0.0, 1_000, 10.0), 1, false),
+            Some("maximum scale reached")
+        );
+        // Loss alone fails a step too.
+        assert_eq!(
+            cap.record(step(50.0, 1.0, 0.2, 1_000, 10.0), 1, true),
+            Some("loss above 0.1 % or p99 above 20 ms")
+        );
+    }
 }
