@@ -33,7 +33,28 @@ impl Node {
     }
 
     /// Like [`Node::start`], with extra signaling arguments.
+    ///
+    /// Free ports are found by binding port 0 and closing again, so a test running in parallel
+    /// can take one before the service binds it; a start that failed on "Address already in
+    /// use" is retried (twice) with fresh ports.
     pub fn start_with(
+        workers: u16,
+        dataplane_args: &[&str],
+        signaling_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(workers, dataplane_args, signaling_args) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    tracing::warn!(attempt, "a port was taken between probe and bind; retrying");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn try_start(
         workers: u16,
         dataplane_args: &[&str],
         signaling_args: &[&str],
