@@ -1749,6 +1749,8 @@ impl Rtc {
                 }
                 DtlsOutput::ApplicationData(data) => {
                     self.sctp.handle_input(self.last_now, data);
+                    // PATCH(sctp-poll-guard)
+                    self.readiness.set_sctp();
                 }
                 DtlsOutput::Timeout(t) => {
                     self.next_dtls_timeout = Some(t);
@@ -1770,13 +1772,17 @@ impl Rtc {
             return Ok(Some(Output::Event(Event::Connected)));
         }
 
-        while let Some(e) = self.sctp.poll() {
+        // PATCH(sctp-poll-guard): walk SCTP only when something may have changed it
+        // since it last drained (see `Readiness::sctp`).
+        let mut poll_sctp = self.readiness.wants_sctp();
+        while let Some(e) = poll_sctp.then(|| self.sctp.poll()).flatten() {
             match e {
                 SctpEvent::Transmit { mut packets } => {
                     if let Some(v) = packets.front() {
                         if let Err(e) = self.dtls.handle_input(v) {
                             if is_would_block(&e) {
                                 self.sctp.push_back_transmit(packets);
+                                poll_sctp = false;
                                 break;
                             } else if self.state == RtcState::Closing {
                                 debug!(
@@ -1848,6 +1854,10 @@ impl Rtc {
                     return Ok(Some(Output::Event(Event::ChannelBufferedAmountLow(id))));
                 }
             }
+        }
+        if poll_sctp {
+            // Drained to `None` (not stopped by a would-block).
+            self.readiness.clear_sctp();
         }
 
         if let Some(ev) = self.session.poll_event() {

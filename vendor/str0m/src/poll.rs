@@ -151,6 +151,10 @@ impl Drop for Mutation<'_> {
 pub(crate) struct Readiness {
     events: bool,
     timeout: bool,
+    // PATCH(sctp-poll-guard): SCTP may have output. Set by every `wake()` (any input,
+    // any API mutation), cleared once `RtcSctp::poll` has drained to `None`, so an
+    // `Rtc` sending media does not walk the SCTP association once per datagram.
+    sctp: bool,
 }
 
 impl Readiness {
@@ -159,7 +163,20 @@ impl Readiness {
         Readiness {
             events: true,
             timeout: true,
+            sctp: true,
         }
+    }
+
+    pub(crate) fn wants_sctp(&self) -> bool {
+        self.sctp
+    }
+
+    pub(crate) fn set_sctp(&mut self) {
+        self.sctp = true;
+    }
+
+    pub(crate) fn clear_sctp(&mut self) {
+        self.sctp = false;
     }
 
     pub(crate) fn wants_events(&self) -> bool {
@@ -180,6 +197,7 @@ impl Readiness {
 
     /// Hand out an armed guard for a mutable descent into the tree.
     pub(crate) fn wake(&mut self) -> Wake<'_> {
+        self.sctp = true;
         Wake {
             readiness: self,
             events: true,
@@ -228,6 +246,7 @@ impl Readiness {
         Self {
             events: false,
             timeout: false,
+            sctp: false,
         }
     }
 }
@@ -327,7 +346,11 @@ mod tests {
     fn narrowing_preserves_other_operations() {
         for events in [false, true] {
             for timeout in [false, true] {
-                let mut readiness = Readiness { events, timeout };
+                let mut readiness = Readiness {
+                    events,
+                    timeout,
+                    sctp: false,
+                };
                 {
                     let mut wake = readiness.wake();
                     wake.no_events();
