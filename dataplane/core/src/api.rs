@@ -235,6 +235,11 @@ pub struct Counters {
     pub keyframe_requests: u64,
     pub chat_messages: u64,
     pub nacks_received: u64,
+    /// Full `Rtc` time inputs (every timer of that `Rtc`: ICE, SCTP, RTCP, NACK, stats).
+    pub rtc_timeouts: u64,
+    /// Cheap releases of written RTP (`Rtc::handle_written_rtp`) when the `Rtc`'s own timers
+    /// were not due.
+    pub rtc_releases: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 

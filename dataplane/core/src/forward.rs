@@ -119,10 +119,11 @@ impl WorkerCore {
             self.counters.rtp_forwarded += 1;
             // str0m sends written RTP on its next time input (its pacer takes a snapshot of the
             // queues then), so polling it now would only return `Timeout(now)`. Arm the
-            // subscriber's timer instead: `handle_timeout` feeds the time and drains once for
-            // all packets written to it by this batch of input — one poll cycle per subscriber
-            // per batch instead of one per packet.
-            sp.rtc_deadline = now;
+            // subscriber's timer instead: the timeout pass releases (`handle_written_rtp`, or
+            // a full time input when the `Rtc`'s own timers are due) and drains once for all
+            // packets written to it by this batch of input — one poll cycle per subscriber per
+            // batch instead of one per packet.
+            sp.written_at = Some(now);
             // Only the first packet of a turn for this subscriber needs the heap entry.
             if sp.scheduled.is_none_or(|s| s > now) {
                 self.schedule(sub);

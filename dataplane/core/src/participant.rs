@@ -60,6 +60,9 @@ pub struct Participant {
     pub last_rx: Instant,
     /// Deadline of this participant's `Rtc` (from `Output::Timeout`).
     pub rtc_deadline: Instant,
+    /// RTP was written to its `Rtc` at this time and waits for the release (a time input;
+    /// `Rtc::handle_written_rtp` when the `Rtc`'s own deadline is not due).
+    pub written_at: Option<Instant>,
     /// Earliest deadline currently in the worker's timer heap for this participant.
     pub scheduled: Option<Instant>,
     pub rtp_in: u64,
@@ -139,6 +142,7 @@ impl Participant {
             chat_backlog: VecDeque::new(),
             last_rx: now,
             rtc_deadline: now,
+            written_at: None,
             scheduled: None,
             rtp_in: 0,
             rtp_out: 0,

@@ -61,9 +61,22 @@ impl WorkerCore {
             self.work.push_back(Work::Remove(idx, LeaveReason::Timeout));
             return true;
         }
-        if now >= p.rtc_deadline {
+        let written = p.written_at.take().is_some();
+        if now >= p.rtc_deadline || written {
+            // Written RTP alone needs only the send-queue release, not the `Rtc`'s timers
+            // (ICE, SCTP, RTCP, NACK, stats): the cheap path when they are not due.
+            let full = now >= p.rtc_deadline;
+            if full {
+                self.counters.rtc_timeouts += 1;
+            } else {
+                self.counters.rtc_releases += 1;
+            }
             match catch_unwind(AssertUnwindSafe(|| {
-                p.rtc.handle_input(RtcInput::Timeout(now))
+                if full {
+                    p.rtc.handle_input(RtcInput::Timeout(now))
+                } else {
+                    p.rtc.handle_written_rtp(now)
+                }
             })) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -95,6 +108,9 @@ impl WorkerCore {
             return;
         };
         let mut deadline = p.rtc_deadline.min(p.last_rx + self.cfg.ice_timeout);
+        if let Some(w) = p.written_at {
+            deadline = deadline.min(w);
+        }
         for (_, ti) in &p.tracks_in {
             if let Some(t) = self.tracks_in.get(ti.0)
                 && t.keyframe_pending

@@ -2052,6 +2052,35 @@ impl Rtc {
         Ok(())
     }
 
+    /// Make RTP written through the direct API since the last time input sendable at `now`,
+    /// as [`Input::Timeout`] would, without running the timers that are not due.
+    ///
+    /// An SFU writes a forwarded packet to many `Rtc`s per receive; str0m's pacer only takes
+    /// its snapshot of the send queues on a time input, and a full timeout walks ICE, SCTP,
+    /// data channels, every stream's RTCP/NACK state and stats. This only updates the send
+    /// queue snapshot (and the `Rtc`'s clock). Call it when the `Rtc`'s own timeout (from
+    /// [`Rtc::poll_output`]) is still in the future; when it is due, feed [`Input::Timeout`],
+    /// which also releases written RTP. With bandwidth estimation enabled (a pacing pacer),
+    /// or when `now` is before the last time input, this is exactly an [`Input::Timeout`].
+    ///
+    /// PATCH(release-written-rtp): not in upstream str0m; see vendor/PATCHES.md.
+    pub fn handle_written_rtp(&mut self, now: Instant) -> Result<(), RtcError> {
+        if self.state == RtcState::Closed {
+            return Ok(());
+        }
+        if self.need_init_time || now < self.last_now {
+            return self.do_handle_timeout(now);
+        }
+        self.last_now = now;
+        let Rtc {
+            session, readiness, ..
+        } = self;
+        if !session.release_written_rtp(now, &mut readiness.wake()) {
+            return self.do_handle_timeout(now);
+        }
+        Ok(())
+    }
+
     /// Starts local shutdown.
     ///
     /// The `Rtc` instance schedules RTCP BYE, requests SCTP shutdown, and sends

@@ -351,6 +351,22 @@ impl Session {
         Ok(())
     }
 
+    /// PATCH(release-written-rtp): make RTP written since the last time input sendable,
+    /// without the rest of [`Self::handle_timeout`] (feedback, NACK, RTCP reports, BWE).
+    /// Returns `false`, doing nothing, when the pacer needs the full timeout (BWE on: the
+    /// leaky-bucket pacer schedules sends and padding there) or the session is closing.
+    pub fn release_written_rtp(&mut self, now: Instant, wake: &mut Wake) -> bool {
+        if self.rtp_closing || self.bwe.is_some() {
+            wake.no_events();
+            wake.no_timeout();
+            return false;
+        }
+        self.streams
+            .timestamp_send_queues(now, &self.medias, &self.codec_config);
+        self.update_queue_state(now, None);
+        true
+    }
+
     fn handle_timeout_bwe(&mut self, now: Instant) -> Option<(Mid, Pt)> {
         self.bwe.as_ref()?;
 

@@ -490,6 +490,20 @@ impl Streams {
         }
     }
 
+    /// PATCH(release-written-rtp): only the send-stream part of [`Self::handle_timeout`]:
+    /// timestamp packets written since the last time input, so the pacer can hand them out.
+    pub(crate) fn timestamp_send_queues(&mut self, now: Instant, medias: &[Media], codecs: &CodecConfig) {
+        for stream in self.streams_tx.values_mut() {
+            if !stream.need_timeout() {
+                continue;
+            }
+            let mid = stream.mid();
+            // As in `handle_timeout`: a StreamTx always has its Media.
+            let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
+            stream.handle_timeout(now, get_media);
+        }
+    }
+
     pub(crate) fn poll_keyframe_request(&mut self) -> Option<KeyframeRequest> {
         self.streams_tx.values_mut().find_map(|s| {
             let kind = s.poll_keyframe_request()?;
