@@ -78,6 +78,12 @@ struct Args {
     /// are dropped with a `rate_limited` error on the channel.
     #[arg(long, env = "SFU_CHAT_RATE", default_value_t = 5.0)]
     chat_rate: f64,
+    /// Public chat messages a room keeps and replays to participants who join later (0 = none).
+    #[arg(long, env = "SFU_CHAT_HISTORY", default_value_t = 50)]
+    chat_history: usize,
+    /// Bound on a room's chat history in bytes (texts, names, ids); the oldest go first.
+    #[arg(long, env = "SFU_CHAT_HISTORY_BYTES", default_value_t = 64 * 1024)]
+    chat_history_bytes: usize,
     /// Client SDP with more media sections (m-lines) than this is refused with `bad_request`.
     #[arg(long, env = "SFU_MAX_MEDIA_PER_OFFER", default_value_t = 1024)]
     max_media_per_offer: usize,
@@ -155,6 +161,8 @@ fn main() -> anyhow::Result<()> {
         core.max_chat_text = args.max_chat_bytes;
         core.chat_rate = args.chat_rate;
         core.chat_burst = (args.chat_rate * 4.0).max(1.0);
+        core.chat_history = args.chat_history;
+        core.chat_history_bytes = args.chat_history_bytes;
         core.max_media_per_offer = args.max_media_per_offer;
         let cpu = if args.no_pin {
             None

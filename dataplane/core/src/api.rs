@@ -44,6 +44,10 @@ pub struct CoreConfig {
     /// up to `chat_burst`. Beyond it messages are dropped with a `rate_limited` error.
     pub chat_rate: f64,
     pub chat_burst: f64,
+    /// Public chat messages a room keeps for participants who join later (0 = none).
+    pub chat_history: usize,
+    /// Bound on the bytes of a room's chat history (texts, names, ids); the oldest go first.
+    pub chat_history_bytes: usize,
 }
 
 impl CoreConfig {
@@ -62,6 +66,8 @@ impl CoreConfig {
             max_media_per_offer: 1024,
             chat_rate: 5.0,
             chat_burst: 20.0,
+            chat_history: 50,
+            chat_history_bytes: 64 * 1024,
         }
     }
 }

@@ -166,6 +166,13 @@ pub struct ChatDelivery {
     pub to: Option<String>,
     pub text: String,
     pub ts: u64,
+    /// Per-room sequence number of chat messages (whispers included), from 1: a client shows each
+    /// message once by it and in its order.
+    #[serde(default)]
+    pub seq: u64,
+    /// Replayed from the room's history (sent before this participant joined), not live.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub history: bool,
 }
 
 impl ChatDelivery {
@@ -177,7 +184,14 @@ impl ChatDelivery {
             to: to.map(Into::into),
             text: text.into(),
             ts,
+            seq: 0,
+            history: false,
         }
+    }
+
+    /// Bytes this message holds in a room's history (for the history's byte bound).
+    pub fn weight(&self) -> usize {
+        self.from.len() + self.name.len() + self.text.len() + 64
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -252,11 +266,12 @@ mod tests {
 
     #[test]
     fn delivery_escapes_text_as_json() {
-        let d = ChatDelivery::new("a", "<b>", Some("c"), "\"quoted\"\n", 5);
+        let mut d = ChatDelivery::new("a", "<b>", Some("c"), "\"quoted\"\n", 5);
+        d.seq = 3;
         let json = String::from_utf8(d.to_json()).expect("utf8");
         assert_eq!(
             json,
-            r#"{"type":"chat","from":"a","name":"<b>","to":"c","text":"\"quoted\"\n","ts":5}"#
+            r#"{"type":"chat","from":"a","name":"<b>","to":"c","text":"\"quoted\"\n","ts":5,"seq":3}"#
         );
         let back: ChatDelivery = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, d);

@@ -10,8 +10,8 @@ use tracing::{debug, warn};
 
 use super::participant::MAX_CHAT_BACKLOG;
 use super::{
-    ChannelRequest, ChatDelivery, ChatError, ChatRequest, DropReason, MediaState, ParticipantIdx,
-    Room, WorkerCore, guard, parse_request,
+    ChannelRequest, ChatDelivery, ChatError, ChatRequest, CoreConfig, DropReason, MediaState,
+    ParticipantIdx, Room, WorkerCore, guard, parse_request,
 };
 
 impl WorkerCore {
@@ -65,14 +65,21 @@ impl WorkerCore {
             }
         };
         self.counters.chat_messages += 1;
-        let delivery = ChatDelivery::new(
+        let mut delivery = ChatDelivery::new(
             &p.id,
             &p.name,
             req.to.as_deref(),
             &req.text,
             self.clock.unix_ms(now),
-        )
-        .to_json();
+        );
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.chat_seq += 1;
+            delivery.seq = room.chat_seq;
+            if req.to.is_none() {
+                Self::remember(room, &delivery, &self.cfg);
+            }
+        }
+        let delivery = delivery.to_json();
         let recipients: Vec<ParticipantIdx> = match &req.to {
             // A whisper goes to its target and back to its sender as confirmation.
             Some(to) => {
@@ -90,6 +97,37 @@ impl WorkerCore {
             self.send_chat(r, &delivery);
             self.drain(r, now);
         }
+    }
+
+    /// Keep a public message in the room's history, dropping the oldest beyond the configured
+    /// count or bytes.
+    fn remember(room: &mut Room, msg: &ChatDelivery, cfg: &CoreConfig) {
+        if cfg.chat_history == 0 || msg.weight() > cfg.chat_history_bytes {
+            return;
+        }
+        room.chat_history_bytes += msg.weight();
+        room.chat_history.push_back(msg.clone());
+        while room.chat_history.len() > cfg.chat_history
+            || room.chat_history_bytes > cfg.chat_history_bytes
+        {
+            match room.chat_history.pop_front() {
+                Some(old) => room.chat_history_bytes -= old.weight(),
+                None => break,
+            }
+        }
+    }
+
+    /// A room's kept public messages as delivered to a participant who joins now (marked
+    /// `history`), oldest first.
+    pub(super) fn history(room: &Room) -> Vec<Vec<u8>> {
+        room.chat_history
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                m.history = true;
+                m.to_json()
+            })
+            .collect()
     }
 
     /// Everyone in `room` but `except` (over `rooms` alone, so a participant may be borrowed).

@@ -110,6 +110,12 @@ enum Work {
 #[derive(Debug, Default)]
 struct Room {
     participants: Vec<ParticipantIdx>,
+    /// Sequence number of the last chat message relayed in this room.
+    chat_seq: u64,
+    /// The last public chat messages (at most `CoreConfig::chat_history` and
+    /// `chat_history_bytes`), replayed to a participant who joins later.
+    chat_history: VecDeque<ChatDelivery>,
+    chat_history_bytes: usize,
 }
 
 /// The SFU state of one worker. See the module docs.

@@ -175,11 +175,14 @@ impl WorkerCore {
         let idx = ParticipantIdx(self.participants.insert(p));
         self.by_id.insert(id.clone(), idx);
         self.demux.insert_ufrag(ufrag, idx);
-        self.rooms
-            .entry(room.clone())
-            .or_default()
-            .participants
-            .push(idx);
+        let r = self.rooms.entry(room.clone()).or_default();
+        r.participants.push(idx);
+        // The room's earlier public messages, held (like anything sent before its chat channel
+        // opens) and delivered first, once.
+        let history = Self::history(r);
+        if let Some(p) = self.participants.get_mut(idx.0) {
+            p.chat_backlog.extend(history);
+        }
         info!(participant = %id, %room, worker = self.cfg.worker, "joined");
 
         let peers: Vec<PeerInfo> = others

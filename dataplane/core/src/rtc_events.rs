@@ -115,6 +115,7 @@ impl WorkerCore {
             }
             RtcEvent::ChannelOpen(id, label) if label == "chat" => {
                 p.chat = Some(id);
+                // The room's history (queued at join), then what arrived since, in order.
                 let mut backlog: Vec<Vec<u8>> = p.chat_backlog.drain(..).collect();
                 // The current mute state of everyone else who announced one.
                 let room = p.room.clone();

@@ -171,3 +171,87 @@ fn chat_floods_are_rate_limited_per_sender() {
     sim.run_for(secs(1));
     assert!(sim.chat_of("b").iter().any(|m| m["text"] == "calm now"));
 }
+
+/// A late joiner gets the room's earlier public messages once, in order, marked `history`, then
+/// live messages; never anyone's whispers. Sequence numbers are per room and increase by one per
+/// relayed message (whispers included). The history keeps only the last `chat_history`.
+#[test]
+fn a_late_joiner_gets_the_rooms_public_history_once_and_no_whispers() {
+    let mut sim = Sim::with_config(31, |c| c.chat_history = 3);
+    for id in ["a", "b"] {
+        sim.join(id, "r", pub_av());
+    }
+    assert!(sim.run_until(secs(5), |s| {
+        ["a", "b"].iter().all(|i| s.peer(i).peer.chat_open())
+    }));
+    for text in ["one", "two", "three", "four"] {
+        assert!(sim.peer_mut("a").peer.send_chat(None, text));
+        sim.run_for(Duration::from_millis(50));
+    }
+    assert!(sim.peer_mut("b").peer.send_chat(Some("a"), "secret"));
+    sim.run_for(Duration::from_millis(200));
+    // Another room's chat never leaks into this one's history.
+    sim.join("x", "other", pub_av());
+    assert!(sim.run_until(secs(5), |s| s.peer("x").peer.chat_open()));
+    assert!(sim.peer_mut("x").peer.send_chat(None, "elsewhere"));
+    sim.run_for(Duration::from_millis(200));
+
+    sim.join("c", "r", pub_av());
+    // Sent after c joined, before its channel is open: delivered live after the history.
+    assert!(sim.peer_mut("b").peer.send_chat(None, "five"));
+    assert!(sim.run_until(secs(5), |s| s.peer("c").peer.chat_open()));
+    sim.run_for(secs(1));
+    assert!(sim.peer_mut("a").peer.send_chat(None, "six"));
+    sim.run_for(secs(1));
+
+    let c: Vec<_> = sim
+        .chat_of("c")
+        .into_iter()
+        .filter(|m| m["type"] == "chat")
+        .collect();
+    let texts: Vec<&str> = c.iter().filter_map(|m| m["text"].as_str()).collect();
+    // The last 3 public messages before the join, then "five" and "six" live.
+    assert_eq!(texts, ["two", "three", "four", "five", "six"], "{c:?}");
+    let history: Vec<bool> = c.iter().map(|m| m["history"] == true).collect();
+    assert_eq!(history, [true, true, true, false, false]);
+    let seqs: Vec<u64> = c.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    // one..four are 1..4, the whisper 5, "five" 6, "six" 7.
+    assert_eq!(seqs, [2, 3, 4, 6, 7]);
+    // The members who were there see live messages only, with the same numbers.
+    let b: Vec<u64> = sim
+        .chat_of("b")
+        .iter()
+        .filter(|m| m["type"] == "chat")
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert_eq!(b, [1, 2, 3, 4, 5, 7], "b: one..four, its whisper echo, six");
+    assert!(sim.chat_of("b").iter().all(|m| m["history"].is_null()));
+    let x: Vec<_> = sim.chat_of("x");
+    assert!(x.iter().all(|m| m["text"] != "one"), "{x:?}");
+}
+
+/// The history is bounded in bytes as well as in count: big messages push the oldest out.
+#[test]
+fn chat_history_is_bounded_in_bytes() {
+    let mut sim = Sim::with_config(32, |c| {
+        c.chat_history = 50;
+        c.chat_history_bytes = 3_000;
+    });
+    sim.join("a", "r", pub_av());
+    assert!(sim.run_until(secs(5), |s| s.peer("a").peer.chat_open()));
+    for i in 0..5 {
+        let text = format!("{i}{}", "x".repeat(1000));
+        assert!(sim.peer_mut("a").peer.send_chat(None, &text));
+        sim.run_for(Duration::from_millis(50));
+    }
+    sim.join("b", "r", pub_av());
+    assert!(sim.run_until(secs(5), |s| s.peer("b").peer.chat_open()));
+    sim.run_for(secs(1));
+    let firsts: Vec<char> = sim
+        .chat_of("b")
+        .iter()
+        .filter_map(|m| m["text"].as_str().and_then(|t| t.chars().next()))
+        .collect();
+    // ~1 070 bytes each against 3 000: the last two.
+    assert_eq!(firsts, ['3', '4']);
+}

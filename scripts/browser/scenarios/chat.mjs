@@ -18,8 +18,8 @@ import {
 } from '../lib.mjs';
 
 // Chat: broadcast, whisper (private on both ends; the third participant's page AND DataChannel
-// never see it), unread badge, over-long message, XSS-shaped names and messages. Saves
-// chat-whisper.png.
+// never see it), unread badge, over-long message, XSS-shaped names and messages, history for a
+// late joiner (earlier public messages once, in order, no whisper). Saves chat-whisper.png.
 scenario('chat', async (t) => {
   const room = randomRoom('e2e-chat');
   log(`  room ${room}`);
@@ -173,7 +173,39 @@ scenario('chat', async (t) => {
     assert(!leaked, 'bob never received the over-long message');
   });
 
-  await step('no console errors', async () => assertNoConsoleErrors(all));
+  // History: a late joiner gets the room's earlier public messages once, in order, never the
+  // whisper; then live messages as usual.
+  const dave = await step('dave joins late', () => t.join(room, 'Dave'));
+  await step('dave connected', () => t.waitConnected(dave));
+  await t.waitChatOpen(dave);
+  await step('dave sees the earlier public messages once, in order, and never the whisper', async () => {
+    await waitFor(dave.page, hasMessage, 10_000, 'dave: the first broadcast, from history', [alice.id, hello, 'false']);
+    await waitFor(dave.page, hasMessage, 10_000, 'dave: a later broadcast, from history', [alice.id, after, 'false']);
+    const info = await dave.page.evaluate(([texts, secretText]) => {
+      const shown = Array.from(document.querySelectorAll('.chat-message .chat-text')).map((m) => m.textContent);
+      return {
+        counts: texts.map((x) => shown.filter((y) => y === x).length),
+        order: texts.map((x) => shown.indexOf(x)),
+        secretShown: document.body.textContent.includes(secretText),
+        secretRaw: (window.sfu.dcLog || []).filter((m) => m.includes(secretText)).length,
+        history: (window.sfu.dcLog || []).filter((m) => m.includes('"history":true')).length,
+      };
+    }, [[hello, after, xssText], secret]);
+    assert(info.counts.every((c) => c === 1), `each earlier message shown exactly once (${JSON.stringify(info)})`);
+    assert(info.order.every((i, k) => k === 0 || i > info.order[k - 1]), `in the order they were sent (${JSON.stringify(info)})`);
+    assert(!info.secretShown && info.secretRaw === 0, `the whisper never reached dave (${JSON.stringify(info)})`);
+    assert(info.history >= 3, `replayed messages are marked history (${JSON.stringify(info)})`);
+  });
+  const live = randomText('live after dave joined');
+  await step('a live broadcast after the join reaches dave once', async () => {
+    await bob.page.fill('#chat-input', live);
+    await bob.page.press('#chat-input', 'Enter');
+    await waitFor(dave.page, hasMessage, 10_000, 'dave: the live broadcast', [bob.id, live, 'false']);
+    const n = await dave.page.evaluate((x) => Array.from(document.querySelectorAll('.chat-message .chat-text')).filter((m) => m.textContent === x).length, live);
+    assert(n === 1, `shown once (${n})`);
+  });
+
+  await step('no console errors', async () => assertNoConsoleErrors([...all, dave]));
   await t.screenshot(bob, 'chat-whisper.png', { fullPage: true });
 });
 

@@ -25,6 +25,9 @@ let dc = null; // the current chat DataChannel
 // The last DC_LOG_MAX raw messages received on the chat DataChannel (debugging, tests: window.sfu.dcLog).
 export const dcLog = [];
 let onPeerState = () => {};
+// Keys of the chat messages shown (see handleChannelMessage), oldest first, bounded.
+const seenChat = new Set();
+const SEEN_CHAT_MAX = 5000;
 
 export function currentChannel() {
   return dc;
@@ -99,6 +102,15 @@ function handleChannelMessage(msg) {
     return;
   }
   if (msg.type !== 'chat' || typeof msg.from !== 'string' || typeof msg.text !== 'string') return;
+  // Each message once: a rejoin (a new session in the same room) replays the room's history,
+  // which this log may already show. The SFU numbers a room's messages (`seq`); with the sender
+  // and time the key stays unique across rooms and room restarts.
+  if (typeof msg.seq === 'number') {
+    const key = `${msg.seq}|${msg.from}|${msg.ts}`;
+    if (seenChat.has(key)) return;
+    seenChat.add(key);
+    if (seenChat.size > SEEN_CHAT_MAX) seenChat.delete(seenChat.values().next().value);
+  }
   const isPrivate = msg.to !== null && msg.to !== undefined;
   // Broadcasts are not echoed by the SFU; our own copy was shown when sending.
   if (!isPrivate && call.self && msg.from === call.self.id) return;
