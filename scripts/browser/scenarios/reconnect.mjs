@@ -94,6 +94,19 @@ scenario('reconnect', async (t) => {
       }
     });
 
+    // Chat does not pass through signaling: messages sent while it is down (a broadcast and a
+    // whisper) reach the other page over the DataChannel, each once.
+    const outageText = `during the outage ${Math.random().toString(36).slice(2, 8)}`;
+    const outageWhisper = `whisper during the outage ${Math.random().toString(36).slice(2, 8)}`;
+    await step('alice sends a broadcast and a whisper to bob while signaling is down', async () => {
+      await alice.page.fill('#chat-input', outageText);
+      await alice.page.press('#chat-input', 'Enter');
+      await alice.page.selectOption('#chat-to', bob.id);
+      await alice.page.fill('#chat-input', outageWhisper);
+      await alice.page.press('#chat-input', 'Enter');
+      await alice.page.selectOption('#chat-to', '');
+    });
+
     const restarted = Date.now();
     await step('restart signaling (POST /start)', async () => {
       await control('start');
@@ -148,6 +161,16 @@ scenario('reconnect', async (t) => {
     await step('bob receives it', () => waitFor(bob.page, ([from, want]) => Array.from(document.querySelectorAll('.chat-message'))
       .some((m) => m.dataset.from === from && (m.querySelector('.chat-text')?.textContent ?? '').includes(want)),
     10_000, `bob: .chat-message[data-from="${alice.id}"] with "${text}"`, [alice.id, text]));
+
+    await step('bob has what alice sent during the outage, each once', async () => {
+      for (const want of [outageText, outageWhisper]) {
+        await waitFor(bob.page, (x) => Array.from(document.querySelectorAll('.chat-message .chat-text')).some((m) => m.textContent === x),
+          10_000, `bob: "${want}"`, want);
+      }
+      const n = await bob.page.evaluate((xs) => xs.map((x) => Array.from(document.querySelectorAll('.chat-message .chat-text'))
+        .filter((m) => m.textContent === x).length), [outageText, outageWhisper]);
+      assert(n[0] === 1 && n[1] === 1, `shown once each (${JSON.stringify(n)})`);
+    });
 
     await t.screenshot(alice, 'reconnected.png');
 
