@@ -172,7 +172,8 @@ impl WorkerCore {
             return;
         };
         let Some(id) = p.chat else {
-            if p.chat_backlog.len() < MAX_CHAT_BACKLOG {
+            // Room for MAX_CHAT_BACKLOG live messages on top of the history seeded at join.
+            if p.chat_backlog.len() < MAX_CHAT_BACKLOG + self.cfg.chat_history {
                 p.chat_backlog.push_back(msg.to_vec());
             } else {
                 self.counters.drop(DropReason::ChatBackpressure);

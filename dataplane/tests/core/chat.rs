@@ -255,3 +255,36 @@ fn chat_history_is_bounded_in_bytes() {
     // ~1 070 bytes each against 3 000: the last two.
     assert_eq!(firsts, ['3', '4']);
 }
+
+/// A long history does not crowd out live messages waiting for a joiner's channel to open.
+#[test]
+fn a_long_history_leaves_room_for_live_messages_before_the_channel_opens() {
+    let mut sim = Sim::with_config(33, |c| {
+        c.chat_history = 100;
+        c.chat_rate = 1000.0;
+        c.chat_burst = 1000.0;
+    });
+    sim.join("a", "r", pub_av());
+    assert!(sim.run_until(secs(5), |s| s.peer("a").peer.chat_open()));
+    for i in 0..100 {
+        assert!(sim.peer_mut("a").peer.send_chat(None, &format!("m{i}")));
+        if i % 10 == 9 {
+            sim.run_for(Duration::from_millis(20));
+        }
+    }
+    sim.run_for(Duration::from_millis(200));
+    sim.join("b", "r", pub_av());
+    assert!(sim.peer_mut("a").peer.send_chat(None, "live"));
+    assert!(sim.run_until(secs(5), |s| s.peer("b").peer.chat_open()));
+    sim.run_for(secs(1));
+    let texts: Vec<String> = sim
+        .chat_of("b")
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(String::from))
+        .collect();
+    assert_eq!(texts.len(), 101, "{texts:?}");
+    assert_eq!(texts[0], "m0");
+    assert_eq!(texts[99], "m99");
+    assert_eq!(texts[100], "live");
+    assert_eq!(sim.core.counters().dropped(DropReason::ChatBackpressure), 0);
+}
