@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sfu_core::{Input, Output};
-use sim::{Publish, Sim};
+use sim::Sim;
 
 // Same allocator as the dataplane binary.
 #[global_allocator]
@@ -29,14 +29,7 @@ fn room(n: usize, mesh: bool) -> Sim {
         c.ice_timeout = Duration::from_secs(86_400);
         c.max_participants_per_room = 1000;
     });
-    let video_only = Publish {
-        audio: false,
-        video: true,
-        fps: 30,
-        packets_per_frame: 4,
-        packet_size: 1200,
-        ..Publish::default()
-    };
+    let video_only = sim::video_only(4, 1200);
     sim.join("pub", "bench", Some(video_only));
     for i in 0..n {
         sim.join(&format!("s{i}"), "bench", mesh.then_some(video_only));

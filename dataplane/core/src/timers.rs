@@ -61,11 +61,12 @@ impl WorkerCore {
             self.work.push_back(Work::Remove(idx, LeaveReason::Timeout));
             return true;
         }
+        // Taken in every case: a full time input releases written RTP too.
         let written = p.written_at.take().is_some();
-        if now >= p.rtc_deadline || written {
+        let full = now >= p.rtc_deadline;
+        if full || written {
             // Written RTP alone needs only the send-queue release, not the `Rtc`'s timers
             // (ICE, SCTP, RTCP, NACK, stats): the cheap path when they are not due.
-            let full = now >= p.rtc_deadline;
             if full {
                 self.counters.rtc_timeouts += 1;
             } else {

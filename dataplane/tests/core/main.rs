@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use control::{ErrorCode, Event, Grants, LeaveReason, Request, Response};
 use sfu_core::DropReason;
-use sim::{Publish, Sim};
+use sim::{Publish, Sim, video_only};
 use str0m::media::MediaKind;
 
 fn secs(s: u64) -> Duration {

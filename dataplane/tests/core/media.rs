@@ -211,15 +211,7 @@ fn a_participant_without_the_subscribe_grant_receives_no_media() {
 #[test]
 fn a_fan_out_is_released_one_subscriber_at_a_time() {
     let mut sim = Sim::new(21);
-    let video_only = Publish {
-        audio: false,
-        video: true,
-        fps: 30,
-        packets_per_frame: 4,
-        packet_size: 1000,
-        ..Publish::default()
-    };
-    sim.join("pub", "r", Some(video_only));
+    sim.join("pub", "r", Some(video_only(4, 1000)));
     for i in 0..3 {
         sim.join(&format!("s{i}"), "r", None);
     }

@@ -51,6 +51,18 @@ impl Ord for InFlight {
 /// What a simulated peer publishes: the same media profile the load generator's clients use.
 pub type Publish = bench::client::Media;
 
+/// Video only, 30 fps, frames of `packets_per_frame` RTP packets of `packet_size` bytes.
+pub fn video_only(packets_per_frame: usize, packet_size: usize) -> Publish {
+    Publish {
+        audio: false,
+        video: true,
+        fps: 30,
+        packets_per_frame,
+        packet_size,
+        ..Publish::default()
+    }
+}
+
 pub struct SimPeer {
     pub peer: Peer,
     pub id: String,
