@@ -26,6 +26,8 @@ pub struct Media {
     pub keyframe_interval: Option<Duration>,
     /// Keyframes are this many times the packets of a delta frame.
     pub keyframe_factor: usize,
+    /// Video as three simulcast layers (q, h, f); `packets_per_frame` is the top layer's.
+    pub simulcast: bool,
 }
 
 impl Default for Media {
@@ -39,6 +41,7 @@ impl Default for Media {
             audio_size: 120,
             keyframe_interval: None,
             keyframe_factor: 4,
+            simulcast: false,
         }
     }
 }

@@ -66,6 +66,11 @@ pub struct Scenario {
     /// one window at the scenario's rate.
     #[serde(default)]
     pub ramp: Option<Ramp>,
+    /// Publishers send video as three simulcast layers (q, h, f): `video_kbps` is the top
+    /// layer's, the middle one has a third of its packets, the lowest one quarter-size packet
+    /// per frame. Each subscriber gets the layer its bandwidth estimate allows.
+    #[serde(default)]
+    pub simulcast: bool,
 }
 
 fn default_sample_every() -> u32 {
@@ -91,6 +96,7 @@ impl Scenario {
             full_receivers: false,
             sample_every: default_sample_every(),
             ramp: None,
+            simulcast: false,
         };
         Some(match name {
             "smoke" => Self {
@@ -167,6 +173,7 @@ impl Scenario {
             keyframe_interval: (self.keyframe_secs > 0.0)
                 .then(|| Duration::from_secs_f64(self.keyframe_secs)),
             keyframe_factor: 4,
+            simulcast: self.simulcast,
         })
     }
 }

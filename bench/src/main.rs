@@ -97,6 +97,9 @@ struct LoadArgs {
     /// Publish no video (audio only).
     #[arg(long)]
     no_video: bool,
+    /// Publish video as three simulcast layers (q, h, f) instead of one stream.
+    #[arg(long)]
+    simulcast: bool,
     /// Publish no audio.
     #[arg(long)]
     no_audio: bool,
@@ -237,6 +240,9 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.fps {
         sc.fps = v;
+    }
+    if a.simulcast {
+        sc.simulcast = true;
     }
     if let Some(v) = a.duration {
         sc.duration_secs = v;

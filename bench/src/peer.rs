@@ -12,6 +12,7 @@
 //! - `negotiation.rs`: SDP offer/answer and the payload types the peer publishes with;
 //! - `media.rs`: generating audio and video packets (with send stamps), keyframe requests;
 //! - `received.rs`: what the peer received ([`Received`], [`RecvTrack`], [`LatencyHist`]);
+//! - `simulcast.rs`: publishing video as three simulcast layers;
 //! - `light.rs`: header-only accounting of received RTP for the load generator
 //!   ([`Peer::set_light_receive`]).
 
@@ -19,6 +20,7 @@ mod light;
 mod media;
 mod negotiation;
 mod received;
+mod simulcast;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -32,7 +34,9 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use light::LightRx;
-pub use received::{LatencyHist, Received, RecvTrack};
+pub use received::{LatencyHist, Received, RecvTrack, VideoPacket};
+use simulcast::LayerTx;
+pub use simulcast::{SIMULCAST_RIDS, read_layer};
 
 /// Errors of a synthetic peer.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,8 @@ pub struct Peer {
     audio_ts: u32,
     video_ts: u32,
     keyframe_wanted: bool,
+    /// Simulcast layers published (empty: one video stream).
+    simulcast: Vec<LayerTx>,
     video_codec: Codec,
     /// RTP packets published (audio + video).
     pub sent_packets: u64,
@@ -119,6 +125,7 @@ impl Peer {
             audio_ts: 1_000_000,
             video_ts: 2_000_000,
             keyframe_wanted: true,
+            simulcast: Vec::new(),
             video_codec: Codec::Vp8,
             sent_packets: 0,
             outbox: VecDeque::new(),
@@ -241,10 +248,7 @@ impl Peer {
                     .chat
                     .push(String::from_utf8_lossy(&d.data).into_owned());
             }
-            Event::KeyframeRequest(_) => {
-                self.received.keyframe_requests += 1;
-                self.keyframe_wanted = true;
-            }
+            Event::KeyframeRequest(req) => self.keyframe_requested(&req),
             Event::RtpPacket(pkt) => {
                 let mid = self
                     .rtc

@@ -23,11 +23,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A room with one connected video publisher and `n` connected subscribers; with `mesh`, the
 /// subscribers publish video too (a full mesh: each of them receives `n` video tracks, so its
 /// `Rtc` holds `n` send streams).
-fn room(n: usize, mesh: bool) -> Sim {
+fn room(n: usize, mesh: bool, bwe: bool) -> Sim {
     // Long timeouts: the measured loop advances virtual time much faster than peers send keepalives.
     let mut sim = Sim::with_config(7, |c| {
         c.ice_timeout = Duration::from_secs(86_400);
         c.max_participants_per_room = 1000;
+        // With BWE the leaky-bucket pacer sends at twice the estimate: start it far above what
+        // the loop offers, so the timed region still sends everything it forwards (a paced
+        // packet left for later would be work moved out of the measurement).
+        c.bwe_initial = bwe.then_some(10_000_000_000);
     });
     let video_only = sim::video_only(4, 1200);
     sim.join("pub", "bench", Some(video_only));
@@ -91,21 +95,31 @@ fn forward(c: &mut Criterion) {
     // a GRO read returns a frame's packets together.
     for batch in [1usize, 4] {
         let name = format!("forward_1200B_batch{batch}");
-        measure(c, &name, batch, &[1, 10, 50], false);
+        measure(c, &name, batch, &[1, 10, 50], false, true);
     }
+    // The cost of send-side bandwidth estimation (on by default: simulcast layer selection
+    // needs it), in the same run: the groups above run with it, this one without.
+    measure(
+        c,
+        "forward_1200B_batch4_bwe_off",
+        4,
+        &[10, 50],
+        false,
+        false,
+    );
     // Full mesh: every subscriber also publishes, so each holds one send stream per other
     // participant (the per-write stream lookup is over all of them).
-    measure(c, "forward_1200B_mesh_batch4", 4, &[10, 25], true);
+    measure(c, "forward_1200B_mesh_batch4", 4, &[10, 25], true, true);
 }
 
-fn measure(c: &mut Criterion, name: &str, batch: usize, sizes: &[usize], mesh: bool) {
+fn measure(c: &mut Criterion, name: &str, batch: usize, sizes: &[usize], mesh: bool, bwe: bool) {
     let mut group = c.benchmark_group(name);
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(4))
         .warm_up_time(Duration::from_secs(1));
     for &n in sizes {
-        let mut sim = room(n, mesh);
+        let mut sim = room(n, mesh, bwe);
         let from = sim.peer("pub").peer.local_addr();
         let server = sim.server;
         group.throughput(Throughput::Elements(n as u64));

@@ -79,6 +79,9 @@ impl Peer {
         size: usize,
         fps: u32,
     ) -> bool {
+        if self.simulcast() {
+            return self.send_simulcast_frame(now, keyframe, packets, size, fps);
+        }
         let Some((mid, Some(pt))) = self.video else {
             return false;
         };
@@ -113,13 +116,13 @@ impl Peer {
 
     /// str0m sends written RTP on its next time input: give it one now, so the packets are in
     /// the outbox when this returns (their latency stamps are "now", so they must leave now).
-    fn release(&mut self, now: Instant) {
+    pub(super) fn release(&mut self, now: Instant) {
         self.handle_timeout(now);
     }
 
     /// A payload that looks like VP8 (payload descriptor + keyframe header on frame starts) and
     /// carries the send time for latency measurement.
-    fn stamped_payload(
+    pub(super) fn stamped_payload(
         &self,
         now: Instant,
         size: usize,

@@ -5,7 +5,7 @@
 use str0m::Rtc;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Simulcast, SimulcastLayer};
 
 use super::{Peer, PeerError};
 
@@ -54,12 +54,19 @@ impl Peer {
             self.audio = Some((mid, None));
         }
         if video {
+            let simulcast = (!self.simulcast.is_empty()).then(|| {
+                let mut s = Simulcast::new();
+                for l in &self.simulcast {
+                    s.add_send_layer(SimulcastLayer::new(&l.rid));
+                }
+                s
+            });
             let mid = api.add_media(
                 MediaKind::Video,
                 Direction::SendOnly,
                 Some(self.name.clone()),
                 None,
-                None,
+                simulcast,
             );
             self.video = Some((mid, None));
         }

@@ -28,6 +28,46 @@ pub struct RecvTrack {
     /// RFC 3550 interarrival jitter estimate, µs.
     pub jitter_us: f64,
     last_transit_us: Option<i64>,
+    /// Every video packet in arrival order, when the peer records detail
+    /// ([`Received::record_detail`]; bounded to [`MAX_DETAIL`]).
+    pub detail: Vec<VideoPacket>,
+}
+
+/// Packets of detail kept per track.
+pub const MAX_DETAIL: usize = 200_000;
+
+/// One received video packet as a decoder would see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoPacket {
+    pub seq: u64,
+    pub ts: u32,
+    /// VP8 picture id and TL0PICIDX, when the payload descriptor has them.
+    pub picture_id: Option<u16>,
+    pub tl0: Option<u8>,
+    /// The first packet of a frame (VP8 S bit, partition 0).
+    pub frame_start: bool,
+    /// The first packet of a keyframe.
+    pub keyframe: bool,
+    /// The simulcast layer the synthetic publisher sent it on (see `read_layer`).
+    pub layer: Option<u8>,
+    pub ssrc: u32,
+}
+
+impl VideoPacket {
+    fn parse(pkt: &RtpPacket) -> Self {
+        let payload = &pkt.payload;
+        let d = str0m::rtp::Vp8Descriptor::parse(payload).ok();
+        Self {
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            picture_id: d.and_then(|d| d.picture_id()),
+            tl0: d.and_then(|d| d.tl0_pic_idx()),
+            frame_start: payload.first().is_some_and(|b| b & 0x17 == 0x10),
+            keyframe: d.is_some_and(|d| d.starts_keyframe(payload)),
+            layer: super::read_layer(payload),
+            ssrc: *pkt.header.ssrc,
+        }
+    }
 }
 
 /// A log-bucketed latency histogram (≈5 % resolution from 1 µs to ~30 s), cheap to merge.
@@ -97,6 +137,10 @@ pub struct Received {
     pub keyframe_requests: u64,
     /// When the first RTP packet from anyone arrived.
     pub first_rtp: Option<Instant>,
+    /// Keyframe requests received per simulcast rid.
+    pub keyframe_requests_by_rid: HashMap<String, u64>,
+    /// Keep every received video packet's [`VideoPacket`] (tests of what a decoder sees).
+    pub record_detail: bool,
 }
 
 impl Received {
@@ -145,6 +189,9 @@ impl Received {
             t.pts.push(pt);
         }
         t.count_seq(seq);
+        if self.record_detail && kind == MediaKind::Video && t.detail.len() < MAX_DETAIL {
+            t.detail.push(VideoPacket::parse(pkt));
+        }
         if self.first_rtp.is_none() {
             self.first_rtp = Some(now);
         }

@@ -48,6 +48,12 @@ pub struct CoreConfig {
     pub chat_history: usize,
     /// Bound on the bytes of a room's chat history (texts, names, ids); the oldest go first.
     pub chat_history_bytes: usize,
+    /// Send-side bandwidth estimation (TWCC) toward every participant, starting at this many
+    /// bits per second; `None` turns it off (simulcast subscribers then get the best layer).
+    pub bwe_initial: Option<u64>,
+    /// A subscriber's simulcast layer goes up only after the higher layer has fitted its
+    /// estimate for this long (down is immediate).
+    pub layer_up_hold: Duration,
 }
 
 impl CoreConfig {
@@ -68,6 +74,8 @@ impl CoreConfig {
             chat_burst: 20.0,
             chat_history: 50,
             chat_history_bytes: 64 * 1024,
+            bwe_initial: Some(1_000_000),
+            layer_up_hold: Duration::from_millis(1500),
         }
     }
 }
@@ -183,10 +191,12 @@ pub enum DropReason {
     ChatBackpressure,
     /// A participant sent chat faster than its rate limit.
     ChatRateLimited,
+    /// RTP of a simulcast layer (rid) the publisher did not declare in its SDP.
+    UndeclaredLayer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::UnknownUfrag,
         DropReason::UnknownSource,
@@ -199,6 +209,7 @@ impl DropReason {
         DropReason::ChatInvalid,
         DropReason::ChatBackpressure,
         DropReason::ChatRateLimited,
+        DropReason::UndeclaredLayer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -215,6 +226,7 @@ impl DropReason {
             DropReason::ChatInvalid => "chat_invalid",
             DropReason::ChatBackpressure => "chat_backpressure",
             DropReason::ChatRateLimited => "chat_rate_limited",
+            DropReason::UndeclaredLayer => "undeclared_layer",
         }
     }
 }
@@ -246,6 +258,8 @@ pub struct Counters {
     /// Cheap releases of written RTP (`Rtc::handle_written_rtp`) when the `Rtc`'s own timers
     /// were not due.
     pub rtc_releases: u64,
+    /// Simulcast layer switches done for subscribers (each on a keyframe of the new layer).
+    pub layer_switches: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 

@@ -4,19 +4,25 @@
 use std::time::Instant;
 
 use crate::messages::LeaveReason;
-use str0m::media::{KeyframeRequestKind, MediaKind};
-use str0m::rtp::{RtpPacket, RtpWrite};
+use slab::Slab;
+use str0m::format::Codec;
+use str0m::media::{KeyframeRequestKind, MediaKind, Pt};
+use str0m::rtp::{RtpPacket, RtpWrite, Vp8Descriptor, Vp8Patch};
 use tracing::{trace, warn};
 
-use super::track::OutState;
+use super::layers::starts_keyframe;
+use super::participant::Participant;
+use super::selector::Verdict;
+use super::track::{OutState, TrackIn};
 use super::{DropReason, ParticipantIdx, TrackInIdx, Work, WorkerCore, guard, map_payload_type};
 
 impl WorkerCore {
     pub(super) fn run_work(&mut self, now: Instant) {
         while let Some(w) = self.work.pop_front() {
             match w {
-                Work::Forward(ti, pkt) => self.forward(ti, &pkt, now),
-                Work::Keyframe(ti) => self.request_keyframe(ti, now),
+                Work::Forward(ti, layer, pkt) => self.forward(ti, layer, &pkt, now),
+                Work::Keyframe(ti, layer) => self.request_keyframe(ti, layer, now, true),
+                Work::Allocate(idx) => self.allocate(idx, now),
                 Work::TrackAdded(ti) => self.track_added(ti),
                 Work::Chat(idx, data) => self.handle_chat(idx, &data, now),
                 Work::Negotiate(idx) => self.negotiate(idx, now),
@@ -26,8 +32,8 @@ impl WorkerCore {
         }
     }
 
-    pub(super) fn forward(&mut self, ti: TrackInIdx, pkt: &RtpPacket, now: Instant) {
-        let Some(tin) = self.tracks_in.get(ti.0) else {
+    pub(super) fn forward(&mut self, ti: TrackInIdx, layer: u8, pkt: &RtpPacket, now: Instant) {
+        let Some(tin) = self.tracks_in.get_mut(ti.0) else {
             return;
         };
         let publisher = tin.publisher;
@@ -37,13 +43,26 @@ impl WorkerCore {
         } else {
             48_000
         };
+        let pt_in = pkt.header.payload_type;
+        // Simulcast: which layer each subscriber gets (switching on keyframes only) and VP8
+        // picture ids made continuous across switches. A track without simulcast skips it all.
+        let simulcast = tin.simulcast();
+        let codec = if simulcast {
+            codec_of(tin, &self.participants, pt_in)
+        } else {
+            None
+        };
+        let vp8 = match codec {
+            Some(Codec::Vp8) => Vp8Descriptor::parse(&pkt.payload).ok(),
+            _ => None,
+        };
+        let mut keyframe: Option<bool> = None;
         let mut ext = pkt.header.ext_vals.clone();
         // Identification extensions are per m-line: never leak the publisher's onto a subscriber.
         ext.mid = None;
         ext.rid = None;
         ext.rid_repair = None;
         ext.transport_cc = None;
-        let pt_in = pkt.header.payload_type;
         for i in 0..tin.subscribers.len() {
             let Some(to) = self
                 .tracks_in
@@ -69,6 +88,25 @@ impl WorkerCore {
                 .is_some_and(|p| p.connected && !p.failed)
             {
                 continue;
+            }
+            if simulcast {
+                if !tout.selector.allocated() {
+                    self.work.push_back(Work::Allocate(sub));
+                    continue;
+                }
+                let is_key = || {
+                    *keyframe.get_or_insert_with(|| {
+                        codec.is_some_and(|c| starts_keyframe(c, &pkt.payload))
+                    })
+                };
+                match tout.selector.accept(layer, is_key) {
+                    Verdict::Drop => continue,
+                    Verdict::Switch => {
+                        self.counters.layer_switches += 1;
+                        trace!(?sub, layer, "simulcast layer switch");
+                    }
+                    Verdict::Forward => {}
+                }
             }
             // Publisher PT → subscriber PT, cached per track.
             let pt_out = match tout.pt_map.iter().find(|(i, _)| *i == pt_in) {
@@ -98,6 +136,15 @@ impl WorkerCore {
                 continue;
             };
             tout.last_arrival = Some(pkt.timestamp);
+            let patch = vp8.and_then(|d| {
+                let (pid, tl0) =
+                    tout.vp8
+                        .rewrite(*pkt.header.ssrc, d.picture_id(), d.tl0_pic_idx());
+                tout.vp8
+                    .shifted()
+                    .then(|| vp8_patch(&d, pid, tl0))
+                    .flatten()
+            });
             let Some(sp) = self.participants.get_mut(sub.0) else {
                 continue;
             };
@@ -105,10 +152,14 @@ impl WorkerCore {
             let Some(stream) = api.stream_tx_by_mid(mid, None) else {
                 continue;
             };
-            let write = RtpWrite::new(pt_out, seq.into(), ts, pkt.timestamp, pkt.payload.clone())
-                .marker(pkt.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(nackable);
+            let mut write =
+                RtpWrite::new(pt_out, seq.into(), ts, pkt.timestamp, pkt.payload.clone())
+                    .marker(pkt.header.marker)
+                    .ext_vals(ext.clone())
+                    .nackable(nackable);
+            if let Some(patch) = patch {
+                write = write.vp8_patch(patch);
+            }
             if guard(|| stream.write_rtp(write)).is_none() {
                 warn!(participant = %sp.id, "rtc panicked on write_rtp; closing participant");
                 sp.failed = true;
@@ -131,31 +182,45 @@ impl WorkerCore {
         }
     }
 
-    pub(super) fn request_keyframe(&mut self, ti: TrackInIdx, now: Instant) {
+    /// Ask the publisher of track `ti` for a keyframe of `layer`, at most once per
+    /// `keyframe_interval` per layer. A request inside the interval is sent when it ends if
+    /// `defer` (a subscriber that cannot decode), dropped otherwise (the caller asks again).
+    pub(super) fn request_keyframe(
+        &mut self,
+        ti: TrackInIdx,
+        layer: u8,
+        now: Instant,
+        defer: bool,
+    ) {
         let Some(tin) = self.tracks_in.get_mut(ti.0) else {
             return;
         };
         if tin.kind != MediaKind::Video {
             return;
         }
-        if let Some(last) = tin.last_keyframe_request
+        let (publisher, mid) = (tin.publisher, tin.mid);
+        let Some(l) = tin.layers.get_mut(usize::from(layer)) else {
+            return;
+        };
+        if let Some(last) = l.last_keyframe_request
             && now < last + self.cfg.keyframe_interval
         {
-            tin.keyframe_pending = true;
-            let publisher = tin.publisher;
-            self.schedule(publisher);
+            if defer {
+                l.keyframe_pending = true;
+                self.schedule(publisher);
+            }
             return;
         }
-        tin.keyframe_pending = false;
-        tin.last_keyframe_request = Some(now);
-        let (publisher, mid) = (tin.publisher, tin.mid);
+        l.keyframe_pending = false;
+        l.last_keyframe_request = Some(now);
+        let rid = l.rid;
         let Some(p) = self.participants.get_mut(publisher.0) else {
             return;
         };
-        if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, None) {
+        if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
             self.counters.keyframe_requests += 1;
-            trace!(publisher = %p.id, %mid, "keyframe request");
+            trace!(publisher = %p.id, %mid, ?rid, "keyframe request");
         }
         self.drain(publisher, now);
     }
@@ -170,9 +235,46 @@ impl WorkerCore {
             {
                 t.wants_keyframe = false;
                 if let Some(ti) = t.source {
-                    self.work.push_back(Work::Keyframe(ti));
+                    if self.tracks_in.get(ti.0).is_some_and(|t| t.simulcast()) {
+                        // The allocation picks its layer and asks for that layer's keyframe.
+                        self.work.push_back(Work::Allocate(idx));
+                    } else {
+                        self.work.push_back(Work::Keyframe(ti, 0));
+                    }
                 }
             }
         }
     }
+}
+
+/// The codec of a publisher payload type (cached on the track).
+fn codec_of(tin: &mut TrackIn, participants: &Slab<Participant>, pt: Pt) -> Option<Codec> {
+    if let Some((_, c)) = tin.codecs.iter().find(|(p, _)| *p == pt) {
+        return *c;
+    }
+    let codec = participants
+        .get(tin.publisher.0)?
+        .rtc
+        .codec_config()
+        .find(|p| p.pt() == pt)
+        .map(|p| p.spec().codec);
+    if tin.codecs.len() < 16 {
+        tin.codecs.push((pt, codec));
+    }
+    codec
+}
+
+/// The descriptor patch writing `pid` / `tl0` (a 7-bit picture id field keeps 7 bits).
+fn vp8_patch(d: &Vp8Descriptor, pid: Option<u16>, tl0: Option<u8>) -> Option<Vp8Patch> {
+    let build = |pid: Option<u16>| {
+        let mut b = d.patch();
+        if let Some(p) = pid {
+            b = b.picture_id(p);
+        }
+        if let Some(t) = tl0 {
+            b = b.tl0_pic_idx(t);
+        }
+        b.build()
+    };
+    build(pid).or_else(|_| build(pid.map(|p| p & 0x7f))).ok()
 }

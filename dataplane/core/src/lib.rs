@@ -23,6 +23,7 @@
 //! | `requests.rs` | control requests: join, attach, client offers and answers, leave |
 //! | `negotiation.rs` | server-side renegotiation (subscribing to new tracks, glare) |
 //! | `forward.rs` | the per-packet forwarding path (`munger.rs` rewrites), keyframe requests, the work queue |
+//! | `layers.rs`, `selector.rs`, `allocation.rs` | simulcast: a track's layers; per-subscriber layer choice from its bandwidth estimate |
 //! | `chat_relay.rs`, `chat.rs` | chat and mute-state relay; message validation |
 //! | `removal.rs` | removing participants and tracks, closing rooms, shutdown |
 //! | `stats.rs` | the periodic statistics snapshot |
@@ -35,6 +36,7 @@
 //! dropped and counted by [`DropReason`]; an `Rtc` that errors (or panics) closes that participant
 //! only.
 
+mod allocation;
 mod api;
 mod chat;
 mod chat_relay;
@@ -43,6 +45,7 @@ mod forward;
 mod guard;
 mod ids;
 mod invariants;
+mod layers;
 mod messages;
 mod munger;
 mod negotiation;
@@ -51,6 +54,7 @@ mod receive;
 mod removal;
 mod requests;
 mod rtc_events;
+mod selector;
 mod stats;
 mod timers;
 mod track;
@@ -90,10 +94,12 @@ use track::{TrackIn, TrackOut};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Work {
-    /// Fan a published packet out to the track's subscribers.
-    Forward(TrackInIdx, RtpPacket),
-    /// Ask the publisher of a track for a keyframe (throttled).
-    Keyframe(TrackInIdx),
+    /// Fan a published packet of one layer out to the track's subscribers.
+    Forward(TrackInIdx, u8, RtpPacket),
+    /// Ask the publisher of a track for a keyframe of one layer (throttled).
+    Keyframe(TrackInIdx, u8),
+    /// Choose the simulcast layers a subscriber receives (its estimate or its tracks changed).
+    Allocate(ParticipantIdx),
     /// A new published track: subscribe everyone else in the room.
     TrackAdded(TrackInIdx),
     /// A chat message from a participant.

@@ -99,6 +99,57 @@ impl RtpMunger {
     }
 }
 
+/// VP8 picture id and TL0PICIDX rewriter of one outgoing stream (RFC 7741). Within one source
+/// the values pass through shifted by an offset; when the source changes (a simulcast layer
+/// switch: each layer numbers its own pictures) the offsets are recomputed so the subscriber's
+/// decoder sees the picture id and TL0PICIDX continue at last + 1, as in one stream.
+#[derive(Debug, Clone, Default)]
+pub struct Vp8Munger {
+    ssrc: Option<u32>,
+    /// out = in + offset (mod 2^15)
+    pid_offset: u16,
+    /// out = in + offset (mod 2^8)
+    tl0_offset: u8,
+    last_pid: Option<u16>,
+    last_tl0: Option<u8>,
+}
+
+/// The 15-bit picture id space.
+const PID_MASK: u16 = 0x7fff;
+
+impl Vp8Munger {
+    /// The (picture id, TL0PICIDX) to write for a packet of source `ssrc` carrying `pid`/`tl0`
+    /// (each `None` when the descriptor lacks it).
+    pub fn rewrite(
+        &mut self,
+        ssrc: u32,
+        pid: Option<u16>,
+        tl0: Option<u8>,
+    ) -> (Option<u16>, Option<u8>) {
+        if self.ssrc != Some(ssrc) {
+            self.ssrc = Some(ssrc);
+            self.pid_offset = match (self.last_pid, pid) {
+                (Some(last), Some(p)) => last.wrapping_add(1).wrapping_sub(p) & PID_MASK,
+                _ => 0,
+            };
+            self.tl0_offset = match (self.last_tl0, tl0) {
+                (Some(last), Some(t)) => last.wrapping_add(1).wrapping_sub(t),
+                _ => 0,
+            };
+        }
+        let pid = pid.map(|p| p.wrapping_add(self.pid_offset) & PID_MASK);
+        let tl0 = tl0.map(|t| t.wrapping_add(self.tl0_offset));
+        self.last_pid = pid.or(self.last_pid);
+        self.last_tl0 = tl0.or(self.last_tl0);
+        (pid, tl0)
+    }
+
+    /// Whether packets of the current source need their descriptor rewritten.
+    pub fn shifted(&self) -> bool {
+        self.pid_offset != 0 || self.tl0_offset != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +216,27 @@ mod tests {
         assert_eq!(m.rewrite(2, 59_999, 0, 3000), None);
         // A zero gap still advances the timestamp.
         assert_eq!(m.rewrite(3, 1, 0, 0), Some((104, 59_001)));
+    }
+
+    #[test]
+    fn vp8_picture_ids_continue_across_a_source_switch() {
+        let mut m = Vp8Munger::default();
+        // The first source passes through unchanged.
+        assert_eq!(m.rewrite(1, Some(100), Some(7)), (Some(100), Some(7)));
+        assert_eq!(m.rewrite(1, Some(101), Some(8)), (Some(101), Some(8)));
+        assert!(!m.shifted());
+        // Another layer with its own numbering: continues at 102 / 9.
+        assert_eq!(m.rewrite(2, Some(30_000), Some(250)), (Some(102), Some(9)));
+        assert!(m.shifted());
+        assert_eq!(m.rewrite(2, Some(30_001), Some(251)), (Some(103), Some(10)));
+        // Back to the first: continues again, wrapping the 15-bit space.
+        let mut w = Vp8Munger::default();
+        assert_eq!(
+            w.rewrite(1, Some(0x7fff), Some(255)),
+            (Some(0x7fff), Some(255))
+        );
+        assert_eq!(w.rewrite(2, Some(5), Some(5)), (Some(0), Some(0)));
+        // Missing fields stay missing.
+        assert_eq!(w.rewrite(2, None, None), (None, None));
     }
 }

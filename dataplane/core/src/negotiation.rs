@@ -143,15 +143,26 @@ impl WorkerCore {
         match t.state {
             OutState::Negotiating(mid) if t.source.is_some() => {
                 t.state = OutState::Open(mid);
+                // Forwarded media leaves as it arrives (the publisher paced it already); with
+                // BWE on, str0m's pacer would otherwise hold each subscriber's copy to twice
+                // its estimate. The pacer still sends the estimator's probes.
+                if let Some(p) = self.participants.get_mut(t.subscriber.0)
+                    && let Some(tx) = p.rtc.direct_api().stream_tx_by_mid(mid, None)
+                {
+                    tx.set_unpaced(true);
+                }
                 // A new subscriber cannot decode until the next keyframe: ask for one now, or as
                 // soon as the subscriber is connected.
                 if t.kind == MediaKind::Video {
-                    if connected {
-                        if let Some(ti) = t.source {
-                            self.work.push_back(Work::Keyframe(ti));
-                        }
-                    } else {
+                    if !connected {
                         t.wants_keyframe = true;
+                    } else if let Some(ti) = t.source {
+                        if self.tracks_in.get(ti.0).is_some_and(|t| t.simulcast()) {
+                            // The allocation picks its layer and asks for that layer's keyframe.
+                            self.work.push_back(Work::Allocate(t.subscriber));
+                        } else {
+                            self.work.push_back(Work::Keyframe(ti, 0));
+                        }
                     }
                 }
             }

@@ -83,6 +83,11 @@ pub struct Participant {
     pub chat_allowance: Allowance,
     /// Its last chat message was refused by the rate limit (it was told once).
     pub chat_limited: bool,
+    /// Latest egress bandwidth estimate toward it (bits per second), if BWE is on.
+    pub bwe_bps: Option<u64>,
+    /// The desired rate last given to its estimator (`bwe().set_bitrate`), and when.
+    pub bwe_desired: u64,
+    pub bwe_probe_at: Option<Instant>,
 }
 
 /// A token bucket driven by the caller's clock (the core never reads one).
@@ -154,6 +159,9 @@ impl Participant {
             egress_nacks: Vec::new(),
             chat_allowance: Allowance::new(now),
             chat_limited: false,
+            bwe_bps: None,
+            bwe_desired: 0,
+            bwe_probe_at: None,
         }
     }
 

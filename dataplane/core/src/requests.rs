@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::messages::{ErrorCode, Event, Join, LeaveReason, PeerInfo, Reply};
 use rand::Rng;
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 use tracing::{debug, info};
@@ -337,6 +338,7 @@ impl WorkerCore {
             .enable_h264(true)
             .set_send_buffer_video(self.cfg.rtx_buffer_video)
             .set_stats_interval(self.cfg.rtc_stats_interval)
+            .enable_bwe(self.cfg.bwe_initial.map(Bitrate::bps))
             .build(now)
     }
 

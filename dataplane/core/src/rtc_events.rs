@@ -5,10 +5,12 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use str0m::media::Direction;
+use str0m::bwe::BweKind;
+use str0m::media::{Direction, MediaKind};
 use str0m::{Event as RtcEvent, Output as RtcOutput};
 use tracing::{debug, info, warn};
 
+use super::layers::order_rids;
 use super::track::TrackIn;
 use super::{
     Counters, DropReason, LeaveReason, MediaState, Output, ParticipantIdx, TrackInIdx, Transmit,
@@ -63,40 +65,71 @@ impl WorkerCore {
             RtcEvent::RtpPacket(pkt) => {
                 p.rtp_in += 1;
                 self.counters.rtp_in += 1;
-                let mid = p
+                let stream = p
                     .rtc
                     .direct_api()
                     .stream_rx(&pkt.header.ssrc)
-                    .map(|s| s.mid());
-                match mid.and_then(|m| p.track_in(m)) {
-                    Some(ti) => self.work.push_back(Work::Forward(ti, pkt)),
-                    None => self.counters.drop(DropReason::UnknownTrack),
+                    .map(|s| (s.mid(), s.rid()));
+                let Some(ti) = stream.and_then(|(m, _)| p.track_in(m)) else {
+                    self.counters.drop(DropReason::UnknownTrack);
+                    return;
+                };
+                let rid = stream.and_then(|(_, r)| r);
+                let Some(tin) = self.tracks_in.get_mut(ti.0) else {
+                    return;
+                };
+                // A rid the publisher did not declare (or beyond the layers kept) is not
+                // forwarded: no subscriber could be switched to it.
+                let Some(layer) = tin.layer_of(rid) else {
+                    self.counters.drop(DropReason::UndeclaredLayer);
+                    debug!(participant = %p.id, ?rid, "rtp of an undeclared simulcast layer");
+                    return;
+                };
+                if let Some(l) = tin.layers.get_mut(usize::from(layer)) {
+                    l.record(now, pkt.payload.len());
                 }
+                self.work.push_back(Work::Forward(ti, layer, pkt));
             }
             RtcEvent::KeyframeRequest(req) => {
                 let source = p.tracks_out.iter().find_map(|to| {
                     let t = self.tracks_out.get(to.0)?;
-                    (t.mid() == Some(req.mid)).then_some(t.source).flatten()
+                    (t.mid() == Some(req.mid)).then_some(t)
                 });
-                if let Some(ti) = source {
-                    self.work.push_back(Work::Keyframe(ti));
+                // The layer this subscriber decodes (or is switching to).
+                if let Some(t) = source
+                    && let Some(ti) = t.source
+                {
+                    let layer = t.selector.target().or(t.selector.current()).unwrap_or(0);
+                    self.work.push_back(Work::Keyframe(ti, layer));
                 }
+            }
+            RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                p.bwe_bps = Some(estimate.as_u64());
+                self.work.push_back(Work::Allocate(idx));
             }
             RtcEvent::MediaAdded(m)
                 if p.grants.publish
                     && matches!(m.direction, Direction::RecvOnly | Direction::SendRecv)
                     && p.track_in(m.mid).is_none() =>
             {
-                let ti = TrackInIdx(self.tracks_in.insert(TrackIn {
-                    publisher: idx,
-                    mid: m.mid,
-                    kind: m.kind,
-                    subscribers: Vec::new(),
-                    last_keyframe_request: None,
-                    keyframe_pending: false,
-                }));
+                // The encodings the publisher declared (`a=simulcast` / `a=rid`), lowest first.
+                let rids = m
+                    .simulcast
+                    .map(|s| if s.recv.is_empty() { s.send } else { s.recv })
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|l| l.rid)
+                    .collect();
+                let rids = if m.kind == MediaKind::Video {
+                    order_rids(rids)
+                } else {
+                    Vec::new()
+                };
+                let tin = TrackIn::new(idx, m.mid, m.kind, rids);
+                debug!(participant = %p.id, mid = %m.mid, kind = ?m.kind,
+                    layers = tin.layers.len(), "track published");
+                let ti = TrackInIdx(self.tracks_in.insert(tin));
                 p.tracks_in.push((m.mid, ti));
-                debug!(participant = %p.id, mid = %m.mid, kind = ?m.kind, "track published");
                 self.work.push_back(Work::TrackAdded(ti));
             }
             RtcEvent::Connected => {

@@ -43,6 +43,9 @@ impl WorkerCore {
                 self.out.push_back(Output::Report(Report::Stats(stats)));
             }
             self.next_stats = Some(now + self.cfg.stats_interval);
+            // Layers a publisher switched on or off, estimates that stopped coming: every
+            // subscriber's layer choice is revisited at least this often.
+            self.allocate_all();
         }
         self.run_work(now);
     }
@@ -88,15 +91,19 @@ impl WorkerCore {
             }
         }
         for (_, ti) in &p.tracks_in {
-            if let Some(t) = self.tracks_in.get_mut(ti.0)
-                && t.keyframe_pending
-                && t.last_keyframe_request
-                    .is_none_or(|l| now >= l + self.cfg.keyframe_interval)
-            {
-                // Cleared here so the deadline is not re-armed in the past before the
-                // queued request runs.
-                t.keyframe_pending = false;
-                self.work.push_back(Work::Keyframe(*ti));
+            let Some(t) = self.tracks_in.get_mut(ti.0) else {
+                continue;
+            };
+            for (layer, l) in t.layers.iter_mut().enumerate() {
+                if l.keyframe_pending
+                    && l.last_keyframe_request
+                        .is_none_or(|last| now >= last + self.cfg.keyframe_interval)
+                {
+                    // Cleared here so the deadline is not re-armed in the past before the
+                    // queued request runs.
+                    l.keyframe_pending = false;
+                    self.work.push_back(Work::Keyframe(*ti, layer as u8));
+                }
             }
         }
         self.drain(idx, now);
@@ -113,11 +120,15 @@ impl WorkerCore {
             deadline = deadline.min(w);
         }
         for (_, ti) in &p.tracks_in {
-            if let Some(t) = self.tracks_in.get(ti.0)
-                && t.keyframe_pending
-                && let Some(last) = t.last_keyframe_request
-            {
-                deadline = deadline.min(last + self.cfg.keyframe_interval);
+            let Some(t) = self.tracks_in.get(ti.0) else {
+                continue;
+            };
+            for l in &t.layers {
+                if l.keyframe_pending
+                    && let Some(last) = l.last_keyframe_request
+                {
+                    deadline = deadline.min(last + self.cfg.keyframe_interval);
+                }
             }
         }
         if p.scheduled.is_none_or(|s| deadline < s) {

@@ -9,10 +9,13 @@
 use crate::messages::ParticipantId;
 use std::time::Instant;
 
-use str0m::media::{MediaKind, Mid, Pt};
+use str0m::format::Codec;
+use str0m::media::{MediaKind, Mid, Pt, Rid};
 
 use super::ids::{ParticipantIdx, TrackInIdx, TrackOutIdx};
-use super::munger::RtpMunger;
+use super::layers::LayerIn;
+use super::munger::{RtpMunger, Vp8Munger};
+use super::selector::LayerSelector;
 
 #[derive(Debug)]
 pub struct TrackIn {
@@ -20,10 +23,47 @@ pub struct TrackIn {
     pub mid: Mid,
     pub kind: MediaKind,
     pub subscribers: Vec<TrackOutIdx>,
-    /// Last keyframe request sent to the publisher for this track.
-    pub last_keyframe_request: Option<Instant>,
-    /// A keyframe request was throttled and must be sent when the interval has passed.
-    pub keyframe_pending: bool,
+    /// One per simulcast encoding, lowest quality first; a single layer (rid `None`) without
+    /// simulcast. Never empty.
+    pub layers: Vec<LayerIn>,
+    /// Publisher payload type → codec (cached lookups; `None`: not a codec we know).
+    pub codecs: Vec<(Pt, Option<Codec>)>,
+}
+
+impl TrackIn {
+    pub fn new(publisher: ParticipantIdx, mid: Mid, kind: MediaKind, rids: Vec<Rid>) -> Self {
+        let layers = if rids.len() > 1 {
+            rids.into_iter().map(|r| LayerIn::new(Some(r))).collect()
+        } else {
+            // One declared rid is not simulcast: keep the single layer, whatever its rid.
+            vec![LayerIn::new(rids.into_iter().next())]
+        };
+        Self {
+            publisher,
+            mid,
+            kind,
+            subscribers: Vec::new(),
+            layers,
+            codecs: Vec::new(),
+        }
+    }
+
+    /// Sent as several simulcast layers (each subscriber gets one of them).
+    pub fn simulcast(&self) -> bool {
+        self.layers.len() > 1
+    }
+
+    /// The layer index of an incoming stream's rid (`None`: an undeclared rid).
+    pub fn layer_of(&self, rid: Option<Rid>) -> Option<u8> {
+        if !self.simulcast() {
+            return Some(0);
+        }
+        let rid = rid?;
+        self.layers
+            .iter()
+            .position(|l| l.rid == Some(rid))
+            .map(|i| i as u8)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +91,10 @@ pub struct TrackOut {
     pub last_arrival: Option<Instant>,
     /// Request a keyframe as soon as the subscriber is connected.
     pub wants_keyframe: bool,
+    /// Which simulcast layer is forwarded (unused for a track without simulcast).
+    pub selector: LayerSelector,
+    /// VP8 picture id / TL0PICIDX continuity across layer switches.
+    pub vp8: Vp8Munger,
 }
 
 impl TrackOut {
@@ -70,6 +114,8 @@ impl TrackOut {
             pt_map: Vec::new(),
             last_arrival: None,
             wants_keyframe: false,
+            selector: LayerSelector::default(),
+            vp8: Vp8Munger::default(),
         }
     }
 

@@ -10,6 +10,7 @@ mod lifecycle;
 mod media;
 mod properties;
 mod robustness;
+mod simulcast;
 
 use std::net::SocketAddr;
 use std::time::Duration;

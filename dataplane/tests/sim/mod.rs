@@ -77,7 +77,18 @@ pub struct SimPeer {
     pub keyframes_sent: u64,
     /// Server offers this peer ignores (to provoke glare), counted down.
     pub ignore_offers: u32,
+    /// A bottleneck on the server → peer link: bits per second (a token-bucket shaper like
+    /// `tc tbf`: datagrams queue behind each other, and are dropped once the queue holds more
+    /// than [`LINK_QUEUE`] of sending time).
+    pub rate_down_bps: Option<u64>,
+    /// When the bottleneck has sent everything queued so far.
+    pub link_free_at: Instant,
+    /// Datagrams dropped by the bottleneck's full queue.
+    pub dropped_queue: u64,
 }
+
+/// How much sending time a bottleneck link queues before it drops (`tc tbf latency`).
+pub const LINK_QUEUE: Duration = Duration::from_millis(200);
 
 pub struct Sim {
     pub now: Instant,
@@ -188,6 +199,9 @@ impl Sim {
             dropped_down: 0,
             keyframes_sent: 0,
             ignore_offers: 0,
+            rate_down_bps: None,
+            link_free_at: self.now,
+            dropped_queue: 0,
         });
         self.peers.len() - 1
     }
@@ -253,6 +267,9 @@ impl Sim {
         let (audio, video) = publish.map_or((false, false), |p| (p.audio, p.video));
         let sp = self.peer_mut(id);
         sp.publish = publish;
+        if publish.is_some_and(|p| p.simulcast) && !sp.peer.simulcast() {
+            sp.peer.enable_simulcast();
+        }
         let offer = sp.peer.create_offer(audio, video);
         let resp = self.command(Request::Join {
             room: room.into(),
@@ -363,7 +380,20 @@ impl Sim {
             c.push(data.clone());
         }
         self.seq += 1;
-        let at = self.now + self.latency;
+        let mut at = self.now + self.latency;
+        if let Some(p) = self.peers.iter_mut().find(|p| p.peer.local_addr() == to)
+            && let Some(bps) = p.rate_down_bps
+        {
+            let start = p.link_free_at.max(self.now);
+            if start.saturating_duration_since(self.now) > LINK_QUEUE {
+                p.dropped_queue += 1;
+                return;
+            }
+            // Payload plus IP/UDP headers on the wire.
+            let bits = (data.len() as u64 + 28) * 8;
+            p.link_free_at = start + Duration::from_nanos(bits * 1_000_000_000 / bps.max(1));
+            at = p.link_free_at + self.latency;
+        }
         self.flight.push(Reverse(InFlight {
             at,
             seq: self.seq,

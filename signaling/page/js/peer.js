@@ -16,6 +16,14 @@ import { closeChannel, useChannel } from './chat.js';
 import { ended, joined, send } from './signal.js';
 
 const relayOnly = new URLSearchParams(location.search).get('iceTransportPolicy') === 'relay';
+// The camera goes out as three simulcast encodings, lowest first (the SFU forwards each
+// subscriber the one its link allows); `?simulcast=0` sends a single encoding.
+const simulcastOn = new URLSearchParams(location.search).get('simulcast') !== '0';
+export const SIMULCAST_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
 
 let pc = null;
 const trackOwners = new Map(); // remote track id -> participant id
@@ -72,7 +80,9 @@ export async function startPeer(iceServers, stream, onStateChange) {
 
   if (stream) {
     for (const track of stream.getTracks()) {
-      p.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      const init = { direction: 'sendonly', streams: [stream] };
+      if (track.kind === 'video' && simulcastOn) init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+      p.addTransceiver(track, init);
     }
   }
   useChannel(p.createDataChannel('chat'));

@@ -1,0 +1,165 @@
+//! Simulcast publishing, as the web page does it: the camera as three encodings (`rid` q, h, f:
+//! quarter, half and full resolution), each its own RTP stream with its own sequence numbers,
+//! timestamps and VP8 picture ids, keyframes on request per layer, and layers the publisher can
+//! switch off (what the browser does on `setParameters({active:false})`).
+//!
+//! Payloads carry a VP8 payload descriptor with a 15-bit picture id, TL0PICIDX and TID (as
+//! libwebrtc sends them), the send stamp, and the layer index at byte 24 (`0x40 | layer`), so a
+//! receiving peer can tell which layer reached it ([`read_layer`]).
+
+use std::time::Instant;
+
+use str0m::media::{KeyframeRequest, Rid};
+use str0m::rtp::RtpWrite;
+
+use super::Peer;
+
+/// The encodings, lowest first.
+pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// One encoding's sending state.
+#[derive(Debug, Clone)]
+pub(super) struct LayerTx {
+    pub rid: Rid,
+    seq: u64,
+    ts: u32,
+    picture_id: u16,
+    tl0: u8,
+    keyframe_wanted: bool,
+    pub active: bool,
+}
+
+impl LayerTx {
+    pub fn new(index: usize) -> Self {
+        let i = index as u32;
+        Self {
+            rid: Rid::from(SIMULCAST_RIDS[index]),
+            // Unrelated numbering per layer, as a browser's encoders have.
+            seq: 10_000 + 7_919 * u64::from(i),
+            ts: 3_000_000 + 1_234_567 * i,
+            picture_id: (1_000 + 9_000 * i) as u16,
+            tl0: (40 * i) as u8,
+            keyframe_wanted: true,
+            active: true,
+        }
+    }
+}
+
+/// The simulcast layer index a synthetic payload carries, if any.
+pub fn read_layer(payload: &[u8]) -> Option<u8> {
+    let b = *payload.get(24)?;
+    (payload.len() >= 32 && b & 0xf0 == 0x40).then_some(b & 0x0f)
+}
+
+impl Peer {
+    /// Publish video as three simulcast layers (call before [`Peer::create_offer`]).
+    pub fn enable_simulcast(&mut self) {
+        self.simulcast = (0..SIMULCAST_RIDS.len()).map(LayerTx::new).collect();
+    }
+
+    pub fn simulcast(&self) -> bool {
+        !self.simulcast.is_empty()
+    }
+
+    /// Start or stop sending one layer (as `setParameters` with `active`). False if unknown.
+    pub fn set_layer_active(&mut self, rid: &str, active: bool) -> bool {
+        match self.simulcast.iter_mut().find(|l| &*l.rid == rid) {
+            Some(l) => {
+                l.keyframe_wanted |= active && !l.active;
+                l.active = active;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A keyframe request for our video: the layer it names (all layers if none).
+    pub(super) fn keyframe_requested(&mut self, req: &KeyframeRequest) {
+        self.received.keyframe_requests += 1;
+        if self.simulcast.is_empty() {
+            self.keyframe_wanted = true;
+            return;
+        }
+        let mut found = false;
+        for l in &mut self.simulcast {
+            if req.rid.is_none_or(|r| r == l.rid) {
+                l.keyframe_wanted = true;
+                found = true;
+            }
+        }
+        if found {
+            *self
+                .received
+                .keyframe_requests_by_rid
+                .entry(req.rid.map_or_else(String::new, |r| r.to_string()))
+                .or_default() += 1;
+        }
+    }
+
+    /// One frame on every active layer: the top layer as `packets` packets of `size` bytes, the
+    /// middle one a third of the packets, the lowest one packet of a quarter of the size.
+    /// Returns whether any layer sent a keyframe.
+    pub(super) fn send_simulcast_frame(
+        &mut self,
+        now: Instant,
+        keyframe: bool,
+        packets: usize,
+        size: usize,
+        fps: u32,
+    ) -> bool {
+        let Some((mid, Some(pt))) = self.video else {
+            return false;
+        };
+        let shapes = [
+            (1, (size / 4).max(32)),
+            ((packets / 3).max(1), size.max(32)),
+            (packets.max(1), size.max(32)),
+        ];
+        let mut any_key = false;
+        for index in 0..self.simulcast.len() {
+            let (count, size) = shapes[index.min(2)];
+            let l = &mut self.simulcast[index];
+            if !l.active {
+                continue;
+            }
+            let key = keyframe || std::mem::take(&mut l.keyframe_wanted);
+            any_key |= key;
+            let ts = l.ts;
+            l.ts = l.ts.wrapping_add(90_000 / fps.max(1));
+            let (pid, tl0) = (l.picture_id, l.tl0);
+            l.picture_id = (l.picture_id + 1) & 0x7fff;
+            l.tl0 = l.tl0.wrapping_add(1);
+            let rid = l.rid;
+            for i in 0..count {
+                let mut p = self.stamped_payload(now, size, false, false);
+                // VP8 descriptor: X, S on the frame's first packet; I (15-bit), L, T.
+                p[0] = 0x80 | if i == 0 { 0x10 } else { 0 };
+                p[1] = 0xe0;
+                p[2] = 0x80 | (pid >> 8) as u8;
+                p[3] = pid as u8;
+                p[4] = tl0;
+                p[5] = 0x20; // TID 0, Y
+                // VP8 payload header: P = 0 on a keyframe (with its start code).
+                p[6] = if i == 0 && key { 0x00 } else { 0x01 };
+                if i == 0 && key {
+                    p[9..12].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+                }
+                p[24] = 0x40 | index as u8;
+                let l = &mut self.simulcast[index];
+                let seq = l.seq;
+                l.seq += 1;
+                let w = RtpWrite::new(pt, seq.into(), ts, now, p)
+                    .marker(i + 1 == count)
+                    .nackable(true);
+                let mut api = self.rtc.direct_api();
+                let Some(stream) = api.stream_tx_by_mid(mid, Some(rid)) else {
+                    break;
+                };
+                stream.write_rtp(w);
+                self.sent_packets += 1;
+            }
+        }
+        self.release(now);
+        any_key
+    }
+}

@@ -1,0 +1,137 @@
+//! Per-subscriber bandwidth allocation: the subscriber's egress estimate (str0m's TWCC/GCC
+//! estimator, `Event::EgressBitrateEstimate`) is split across the simulcast tracks it receives
+//! (`selector::allocate`), each track's [`super::selector::LayerSelector`] is told its layer, a
+//! keyframe of a layer being switched to is requested, and the estimator is told how much the
+//! subscriber could use so it probes toward it.
+//!
+//! Runs when an estimate arrives, when a subscription opens or connects, and on every stats
+//! tick (layers a publisher switched on or off).
+
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::media::MediaKind;
+
+use super::layers::MAX_LAYERS;
+use super::selector::{TrackNeed, allocate, desired};
+use super::track::OutState;
+use super::{ParticipantIdx, TrackInIdx, TrackOutIdx, Work, WorkerCore};
+
+/// Share of the estimate given to media (the rest absorbs estimate error and RTX).
+const HEADROOM_PERCENT: u64 = 90;
+
+/// Rates assumed for a layer that is on but not measured yet (first half second), lowest
+/// first: typical of 180p / 360p / 720p camera video.
+const NOMINAL_BPS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_500_000, 2_500_000];
+
+/// The estimator is re-told the desired rate only when it moved by more than this share.
+const DESIRED_CHANGE_PERCENT: u64 = 10;
+
+/// How often a subscriber held below its best layers asks its estimator for another probe.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+impl WorkerCore {
+    /// Re-run the allocation of every participant (the periodic tick).
+    pub(super) fn allocate_all(&mut self) {
+        for (i, p) in self.participants.iter() {
+            if !p.tracks_out.is_empty() {
+                self.work.push_back(Work::Allocate(ParticipantIdx(i)));
+            }
+        }
+    }
+
+    /// Choose the layer of every simulcast track `sub` receives. See the module docs.
+    pub(super) fn allocate(&mut self, sub: ParticipantIdx, now: Instant) {
+        let Some(p) = self.participants.get(sub.0) else {
+            return;
+        };
+        // What the tracks without layers take, and the simulcast ones in priority order.
+        let mut fixed = 0u64;
+        let mut chosen: Vec<(TrackOutIdx, TrackInIdx)> = Vec::new();
+        let mut needs: Vec<TrackNeed> = Vec::new();
+        for to in &p.tracks_out {
+            let Some(t) = self.tracks_out.get(to.0) else {
+                continue;
+            };
+            let (OutState::Open(_), Some(ti)) = (t.state, t.source) else {
+                continue;
+            };
+            let Some(tin) = self.tracks_in.get(ti.0) else {
+                continue;
+            };
+            if !tin.simulcast() {
+                fixed += tin
+                    .layers
+                    .iter()
+                    .filter(|l| l.active(now))
+                    .filter_map(|l| l.rate.bps())
+                    .sum::<u64>();
+                continue;
+            }
+            let mut need = TrackNeed {
+                max_layer: Some(MAX_LAYERS as u8 - 1),
+                ..TrackNeed::default()
+            };
+            for (i, l) in tin.layers.iter().enumerate().take(MAX_LAYERS) {
+                need.layers[i] = l
+                    .active(now)
+                    .then(|| l.rate.bps().unwrap_or(NOMINAL_BPS[i]));
+            }
+            needs.push(need);
+            chosen.push((*to, ti));
+        }
+        if chosen.is_empty() {
+            return;
+        }
+        let estimate = p.bwe_bps;
+        let budget = estimate.map(|e| (e * HEADROOM_PERCENT / 100).saturating_sub(fixed));
+        let layers = allocate(budget, &needs);
+        let hold = self.cfg.layer_up_hold;
+        let mut keyframes: Vec<(TrackInIdx, u8)> = Vec::new();
+        for ((to, ti), want) in chosen.iter().zip(layers.iter().copied()) {
+            let Some(t) = self.tracks_out.get_mut(to.0) else {
+                continue;
+            };
+            t.selector.propose(want, now, hold);
+            if t.selector.switching()
+                && t.kind == MediaKind::Video
+                && let Some(target) = t.selector.target()
+            {
+                keyframes.push((*ti, target));
+            }
+        }
+        // Probe toward the best of everything: str0m probes when the desired rate rises above
+        // its estimate, not when it is repeated. While a track is held below its best layer
+        // the desired rate is nudged up by one bit per second every `PROBE_INTERVAL` (and back),
+        // so a link that recovered is found by a probe instead of the estimator's slow climb.
+        let want = desired(&needs) + fixed;
+        let limited = needs
+            .iter()
+            .zip(&layers)
+            .any(|(n, l)| *l < n.highest_layer());
+        let mut drain = false;
+        if estimate.is_some()
+            && let Some(p) = self.participants.get_mut(sub.0)
+        {
+            let moved = want.abs_diff(p.bwe_desired) * 100 > p.bwe_desired * DESIRED_CHANGE_PERCENT;
+            let reprobe = limited && p.bwe_probe_at.is_none_or(|t| now >= t + PROBE_INTERVAL);
+            if moved || reprobe {
+                let nudge = u64::from(reprobe && p.bwe_desired == want);
+                p.bwe_desired = want + nudge;
+                p.bwe_probe_at = Some(now);
+                p.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::ZERO, Bitrate::bps(p.bwe_desired));
+                drain = true;
+            }
+        }
+        if drain {
+            self.drain(sub, now);
+        }
+        // A switch waits for a keyframe of its target: ask (throttled per layer, not deferred —
+        // the next allocation asks again while the switch still waits).
+        for (ti, layer) in keyframes {
+            self.request_keyframe(ti, layer, now, false);
+        }
+    }
+}
