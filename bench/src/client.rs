@@ -262,6 +262,9 @@ fn join_on(
     let link = MediaLink::bind(bind, media, now)?;
     let mut peer = Peer::new(id.clone(), link.local_addr()?, now, epoch);
     let (audio, video) = media.map_or((false, false), |m| (m.audio, m.video));
+    if media.is_some_and(|m| m.simulcast && m.video) {
+        peer.enable_simulcast();
+    }
     let offer = peer.create_offer(audio, video);
     ws.send(Message::text(
         json!({"type": "offer", "sdp": offer}).to_string(),

@@ -84,6 +84,15 @@ struct Args {
     /// Bound on a room's chat history in bytes (texts, names, ids); the oldest go first.
     #[arg(long, env = "SFU_CHAT_HISTORY_BYTES", default_value_t = 64 * 1024)]
     chat_history_bytes: usize,
+    /// Initial send-side bandwidth estimate toward each participant, kbit/s (TWCC/GCC; it picks
+    /// the simulcast layer each subscriber gets). 0 turns estimation off: every subscriber then
+    /// gets the best layer a publisher sends.
+    #[arg(long, env = "SFU_BWE_INITIAL_KBPS", default_value_t = 1000)]
+    bwe_initial_kbps: u64,
+    /// A subscriber's simulcast layer goes up only after the better layer has fitted its
+    /// estimate this long, in milliseconds (down is immediate).
+    #[arg(long, env = "SFU_LAYER_UP_HOLD_MS", default_value_t = 1500)]
+    layer_up_hold_ms: u64,
     /// Client SDP with more media sections (m-lines) than this is refused with `bad_request`.
     #[arg(long, env = "SFU_MAX_MEDIA_PER_OFFER", default_value_t = 1024)]
     max_media_per_offer: usize,
@@ -164,6 +173,8 @@ fn main() -> anyhow::Result<()> {
         core.chat_history = args.chat_history;
         core.chat_history_bytes = args.chat_history_bytes;
         core.max_media_per_offer = args.max_media_per_offer;
+        core.bwe_initial = (args.bwe_initial_kbps > 0).then(|| args.bwe_initial_kbps * 1000);
+        core.layer_up_hold = Duration::from_millis(args.layer_up_hold_ms);
         let cpu = if args.no_pin {
             None
         } else if args.cpus.is_empty() {

@@ -38,6 +38,7 @@ import './scenarios/joining.mjs';
 import './scenarios/chat.mjs';
 import './scenarios/lifecycle.mjs';
 import './scenarios/reconnect.mjs';
+import './scenarios/media.mjs';
 
 async function main() {
   const selected = ONLY.length ? scenarios.filter((s) => ONLY.includes(s.name)) : scenarios;

@@ -16,14 +16,26 @@ import { closeChannel, useChannel } from './chat.js';
 import { ended, joined, send } from './signal.js';
 
 const relayOnly = new URLSearchParams(location.search).get('iceTransportPolicy') === 'relay';
-// The camera goes out as three simulcast encodings, lowest first (the SFU forwards each
-// subscriber the one its link allows); `?simulcast=0` sends a single encoding.
+// The camera goes out as simulcast encodings, lowest first (the SFU forwards each subscriber the
+// one its link allows): q/h/f (¼, ½, full) from 540 lines up, h/f below that down to 360 lines
+// (Chromium encodes at most two layers of a 640×360…960×540 picture and drops the top one), one
+// encoding for smaller cameras or with `?simulcast=0`.
 const simulcastOn = new URLSearchParams(location.search).get('simulcast') !== '0';
-export const SIMULCAST_ENCODINGS = [
-  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
-  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
-  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
-];
+const ENCODINGS = {
+  q: { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  h: { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  f: { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+};
+
+/** The send encodings for a camera track (undefined: one plain encoding). */
+export function simulcastEncodings(track) {
+  if (!simulcastOn || track.kind !== 'video') return undefined;
+  const s = typeof track.getSettings === 'function' ? track.getSettings() : {};
+  const lines = Math.min(s.height || 0, s.width || 0) || 0;
+  const rids = lines >= 540 ? ['q', 'h', 'f'] : lines >= 360 ? ['h', 'f'] : [];
+  if (rids.length === 0) return undefined;
+  return rids.map((r) => ({ ...ENCODINGS[r] }));
+}
 
 let pc = null;
 const trackOwners = new Map(); // remote track id -> participant id
@@ -81,7 +93,8 @@ export async function startPeer(iceServers, stream, onStateChange) {
   if (stream) {
     for (const track of stream.getTracks()) {
       const init = { direction: 'sendonly', streams: [stream] };
-      if (track.kind === 'video' && simulcastOn) init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+      const sendEncodings = simulcastEncodings(track);
+      if (sendEncodings) init.sendEncodings = sendEncodings;
       p.addTransceiver(track, init);
     }
   }
