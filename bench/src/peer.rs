@@ -69,6 +69,8 @@ pub struct Peer {
     audio_ts: u32,
     video_ts: u32,
     keyframe_wanted: bool,
+    /// Audio level written on published audio packets ([`Peer::set_audio_level`]).
+    audio_level: Option<i8>,
     /// Simulcast layers published (empty: one video stream).
     simulcast: Vec<LayerTx>,
     video_codec: Codec,
@@ -125,6 +127,7 @@ impl Peer {
             audio_ts: 1_000_000,
             video_ts: 2_000_000,
             keyframe_wanted: true,
+            audio_level: None,
             simulcast: Vec::new(),
             video_codec: Codec::Vp8,
             sent_packets: 0,

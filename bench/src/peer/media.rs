@@ -51,6 +51,12 @@ impl Peer {
         sent
     }
 
+    /// The audio level (RFC 6464, −dBov: −127 silence … 0 loudest) written on every audio
+    /// packet from now on; `None` writes none.
+    pub fn set_audio_level(&mut self, level: Option<i8>) {
+        self.audio_level = level;
+    }
+
     /// Publish one 20 ms Opus-sized audio packet of `size` payload bytes.
     pub fn send_audio(&mut self, now: Instant, size: usize) -> bool {
         let Some((mid, Some(pt))) = self.audio else {
@@ -60,9 +66,17 @@ impl Peer {
         let (seq, ts) = (self.audio_seq, self.audio_ts);
         self.audio_seq += 1;
         self.audio_ts = self.audio_ts.wrapping_add(960);
+        // str0m writes the extension only with both fields (the V bit: voice activity).
+        let ext = str0m::rtp::ExtensionValues {
+            audio_level: self.audio_level,
+            voice_activity: self.audio_level.map(|l| l > -50),
+            ..Default::default()
+        };
         let written = self.write(
             mid,
-            RtpWrite::new(pt, seq.into(), ts, now, payload).marker(true),
+            RtpWrite::new(pt, seq.into(), ts, now, payload)
+                .marker(true)
+                .ext_vals(ext),
         );
         self.release(now);
         written

@@ -83,6 +83,17 @@ impl WorkerCore {
         if chosen.is_empty() {
             return;
         }
+        // The loudest speaker's video first (a stable sort keeps the others' order).
+        if let Some(speaker) = self.top_speaker(sub) {
+            let mut order: Vec<usize> = (0..chosen.len()).collect();
+            order.sort_by_key(|&i| {
+                self.tracks_in
+                    .get(chosen[i].1.0)
+                    .is_none_or(|t| t.publisher != speaker)
+            });
+            chosen = order.iter().map(|&i| chosen[i]).collect();
+            needs = order.iter().map(|&i| needs[i]).collect();
+        }
         let estimate = p.bwe_bps;
         let budget = estimate.map(|e| (e * HEADROOM_PERCENT / 100).saturating_sub(fixed));
         let layers = allocate(budget, &needs);

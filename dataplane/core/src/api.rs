@@ -130,7 +130,9 @@ pub enum Report {
     /// A room became empty and was removed from this worker.
     RoomClosed { room: RoomId },
     /// Periodic statistics snapshot.
-    Stats(Stats),
+    /// Boxed: a report is rare, and every [`Output`] (datagrams on the hot path) is as large as
+    /// its largest variant.
+    Stats(Box<Stats>),
 }
 
 /// Input to the core. Time always comes with it.

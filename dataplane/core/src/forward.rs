@@ -23,6 +23,7 @@ impl WorkerCore {
                 Work::Forward(ti, layer, pkt) => self.forward(ti, layer, &pkt, now),
                 Work::Keyframe(ti, layer) => self.request_keyframe(ti, layer, now, true),
                 Work::Allocate(idx) => self.allocate(idx, now),
+                Work::Speakers => self.rank_speakers(now),
                 Work::TrackAdded(ti) => self.track_added(ti),
                 Work::Chat(idx, data) => self.handle_chat(idx, &data, now),
                 Work::Negotiate(idx) => self.negotiate(idx, now),

@@ -24,6 +24,7 @@
 //! | `negotiation.rs` | server-side renegotiation (subscribing to new tracks, glare) |
 //! | `forward.rs` | the per-packet forwarding path (`munger.rs` rewrites), keyframe requests, the work queue |
 //! | `layers.rs`, `selector.rs`, `allocation.rs` | simulcast: a track's layers; per-subscriber layer choice from its bandwidth estimate |
+//! | `speakers.rs` | active speakers from the audio-level header extension |
 //! | `chat_relay.rs`, `chat.rs` | chat and mute-state relay; message validation |
 //! | `removal.rs` | removing participants and tracks, closing rooms, shutdown |
 //! | `stats.rs` | the periodic statistics snapshot |
@@ -55,6 +56,7 @@ mod removal;
 mod requests;
 mod rtc_events;
 mod selector;
+mod speakers;
 mod stats;
 mod timers;
 mod track;
@@ -100,6 +102,8 @@ enum Work {
     Keyframe(TrackInIdx, u8),
     /// Choose the simulcast layers a subscriber receives (its estimate or its tracks changed).
     Allocate(ParticipantIdx),
+    /// Re-rank the rooms' active speakers.
+    Speakers,
     /// A new published track: subscribe everyone else in the room.
     TrackAdded(TrackInIdx),
     /// A chat message from a participant.
@@ -122,6 +126,8 @@ struct Room {
     /// `chat_history_bytes`), replayed to a participant who joins later.
     chat_history: VecDeque<ChatDelivery>,
     chat_history_bytes: usize,
+    /// Its current active speakers, loudest first (as last sent to its participants).
+    speakers: Vec<ParticipantIdx>,
 }
 
 /// The SFU state of one worker. See the module docs.
@@ -142,6 +148,8 @@ pub struct WorkerCore {
     /// is encrypted.
     timeout_pass: Option<Instant>,
     next_stats: Option<Instant>,
+    /// When the rooms' active speakers are next ranked (`speakers.rs`).
+    next_speakers: Option<Instant>,
     work: VecDeque<Work>,
     out: VecDeque<Output>,
     counters: Counters,
@@ -169,6 +177,7 @@ impl WorkerCore {
             timers: BinaryHeap::with_capacity(256),
             timeout_pass: None,
             next_stats: None,
+            next_speakers: None,
             work: VecDeque::with_capacity(64),
             out: VecDeque::with_capacity(1024),
             counters: Counters::default(),

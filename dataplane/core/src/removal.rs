@@ -76,6 +76,7 @@ impl WorkerCore {
         let mut others = Vec::new();
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.participants.retain(|x| *x != idx);
+            room.speakers.retain(|x| *x != idx);
             others = room.participants.clone();
             if room.participants.is_empty() {
                 self.rooms.remove(&p.room);

@@ -88,7 +88,13 @@ impl WorkerCore {
                 if let Some(l) = tin.layers.get_mut(usize::from(layer)) {
                     l.record(now, pkt.payload.len());
                 }
+                let level = (tin.kind == MediaKind::Audio)
+                    .then_some(pkt.header.ext_vals.audio_level)
+                    .flatten();
                 self.work.push_back(Work::Forward(ti, layer, pkt));
+                if let Some(level) = level {
+                    self.audio_level(ti, level, now);
+                }
             }
             RtcEvent::KeyframeRequest(req) => {
                 let source = p.tracks_out.iter().find_map(|to| {
@@ -162,6 +168,8 @@ impl WorkerCore {
                         }
                     }
                 }
+                // And who is speaking now (later changes follow as they happen).
+                backlog.extend(self.current_speakers(&room));
                 for msg in backlog {
                     self.send_chat(idx, &msg);
                 }

@@ -227,6 +227,7 @@ mod tests {
 
     #[test]
     fn down_at_once_up_after_the_hold_switch_on_keyframes_only() {
+        #[allow(clippy::disallowed_methods)] // a test's origin of virtual time
         let t0 = Instant::now();
         let hold = Duration::from_secs(2);
         let mut s = LayerSelector::default();

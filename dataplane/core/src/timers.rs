@@ -40,7 +40,8 @@ impl WorkerCore {
             if self.next_stats.is_some() {
                 let mut stats = self.stats();
                 stats.join_seconds = std::mem::take(&mut self.join_samples);
-                self.out.push_back(Output::Report(Report::Stats(stats)));
+                self.out
+                    .push_back(Output::Report(Report::Stats(Box::new(stats))));
             }
             self.next_stats = Some(now + self.cfg.stats_interval);
             // Layers a publisher switched on or off, estimates that stopped coming: every

@@ -16,6 +16,7 @@ use super::ids::{ParticipantIdx, TrackInIdx, TrackOutIdx};
 use super::layers::LayerIn;
 use super::munger::{RtpMunger, Vp8Munger};
 use super::selector::LayerSelector;
+use super::speakers::AudioLevel;
 
 #[derive(Debug)]
 pub struct TrackIn {
@@ -28,6 +29,8 @@ pub struct TrackIn {
     pub layers: Vec<LayerIn>,
     /// Publisher payload type → codec (cached lookups; `None`: not a codec we know).
     pub codecs: Vec<(Pt, Option<Codec>)>,
+    /// Smoothed audio level (audio tracks that carry the RFC 6464 extension).
+    pub audio: AudioLevel,
 }
 
 impl TrackIn {
@@ -45,6 +48,7 @@ impl TrackIn {
             subscribers: Vec::new(),
             layers,
             codecs: Vec::new(),
+            audio: AudioLevel::default(),
         }
     }
 

@@ -96,7 +96,7 @@ pub fn report(report: Report) -> WireReport {
             participant: participant.into(),
         },
         Report::RoomClosed { room } => WireReport::RoomClosed { room: room.into() },
-        Report::Stats(s) => WireReport::Stats(stats(s)),
+        Report::Stats(s) => WireReport::Stats(stats(*s)),
     }
 }
 

@@ -11,6 +11,7 @@ mod media;
 mod properties;
 mod robustness;
 mod simulcast;
+mod speakers;
 
 use std::net::SocketAddr;
 use std::time::Duration;

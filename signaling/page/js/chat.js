@@ -13,6 +13,7 @@ import { el } from './dom.js';
 import { call } from './state.js';
 import { effectiveMuted } from './media.js';
 import { addUnread, panelTab } from './panel.js';
+import { setActiveSpeakers } from './grid.js';
 import { ended } from './signal.js';
 
 const MAX_CHAT_BYTES = 4096;
@@ -88,6 +89,10 @@ function handleChannelMessage(msg) {
   if (msg.type === 'state') {
     if (typeof msg.from !== 'string' || (call.self && msg.from === call.self.id)) return;
     onPeerState(msg.from, msg.audio_muted === true, msg.video_muted === true);
+    return;
+  }
+  if (msg.type === 'active_speakers') {
+    if (Array.isArray(msg.speakers)) setActiveSpeakers(msg.speakers.filter((s) => typeof s === 'string').slice(0, 8));
     return;
   }
   if (msg.type === 'error') {

@@ -26,6 +26,23 @@ export function tileEntries() {
   return Array.from(tiles);
 }
 
+/**
+ * Mark the room's active speakers (loudest first, from the SFU's `active_speakers` message): the
+ * loudest one's tile gets `data-active-speaker` (highlighted) and moves to the front of the grid.
+ */
+export function setActiveSpeakers(ids) {
+  const top = ids[0];
+  for (const [id, t] of tiles) {
+    if (id === top) {
+      t.tile.dataset.activeSpeaker = 'true';
+      t.tile.style.order = '-1';
+    } else {
+      delete t.tile.dataset.activeSpeaker;
+      t.tile.style.order = '';
+    }
+  }
+}
+
 export function ensureTile(id) {
   let t = tiles.get(id);
   if (t) return t;
