@@ -247,9 +247,12 @@ impl Peer {
             Event::Connected => self.connected = true,
             Event::ChannelOpen(id, _) if Some(id) == self.chat => self.chat_open = true,
             Event::ChannelData(d) if Some(d.id) == self.chat => {
-                self.received
-                    .chat
-                    .push(String::from_utf8_lossy(&d.data).into_owned());
+                let text = String::from_utf8_lossy(&d.data).into_owned();
+                // Dynacast: encode only the layers the SFU asks for, as the page does.
+                if text.contains("\"layers\"") {
+                    self.apply_layers(&text);
+                }
+                self.received.chat.push(text);
             }
             Event::KeyframeRequest(req) => self.keyframe_requested(&req),
             Event::RtpPacket(pkt) => {

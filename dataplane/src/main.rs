@@ -93,6 +93,9 @@ struct Args {
     /// estimate this long, in milliseconds (down is immediate).
     #[arg(long, env = "SFU_LAYER_UP_HOLD_MS", default_value_t = 1500)]
     layer_up_hold_ms: u64,
+    /// Do not tell publishers to stop encoding simulcast layers no subscriber needs (dynacast).
+    #[arg(long, env = "SFU_NO_DYNACAST", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    no_dynacast: bool,
     /// Client SDP with more media sections (m-lines) than this is refused with `bad_request`.
     #[arg(long, env = "SFU_MAX_MEDIA_PER_OFFER", default_value_t = 1024)]
     max_media_per_offer: usize,
@@ -175,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         core.max_media_per_offer = args.max_media_per_offer;
         core.bwe_initial = (args.bwe_initial_kbps > 0).then(|| args.bwe_initial_kbps * 1000);
         core.layer_up_hold = Duration::from_millis(args.layer_up_hold_ms);
+        core.dynacast = !args.no_dynacast;
         let cpu = if args.no_pin {
             None
         } else if args.cpus.is_empty() {

@@ -6,7 +6,8 @@
 // Environment:
 //   BASE_URL        where the signaling server serves the page (default http://127.0.0.1:18080)
 //   OUT_DIR         directory for screenshots (default test-output)
-//   E2E_SCENARIOS   optional comma-separated list of scenario names to run (default: all)
+//   E2E_SCENARIOS   optional comma-separated list of scenario names to run (default: all but
+//                   the namespaced ones)
 //   E2E_QUERY       optional extra query string appended to page URLs, e.g. iceTransportPolicy=relay
 //   E2E_TIMEOUT_MS  overall hard timeout (default 240000)
 //   RESTART_SIGNALING_URL
@@ -16,7 +17,11 @@
 //                   `reconnect` scenario.
 //   TURN_URL        non-empty when the signaling server hands out TURN credentials for a running
 //                   TURN server; needed by the `turn` scenario.
-//   E2E_ALLOW_SKIP  set to 1 to accept scenarios skipped for a missing dependency (the two above);
+//   E2E_NETNS_CHROMIUM, SHAPE_URL
+//                   a script running Chromium inside a network namespace, and an endpoint shaping
+//                   that namespace's link (`POST /shape`: ~300 kbit/s toward it, `POST /unshape`);
+//                   needed by the `constrained` scenario, which runs only when named.
+//   E2E_ALLOW_SKIP  set to 1 to accept scenarios skipped for a missing dependency (the ones above);
 //                   without it a skipped scenario fails the run.
 //
 // Scenarios (in order): prejoin, three-party, chat, mute, leave, receive-only, errors, turn,
@@ -41,7 +46,7 @@ import './scenarios/reconnect.mjs';
 import './scenarios/media.mjs';
 
 async function main() {
-  const selected = ONLY.length ? scenarios.filter((s) => ONLY.includes(s.name)) : scenarios;
+  const selected = ONLY.length ? scenarios.filter((s) => ONLY.includes(s.name)) : scenarios.filter((s) => !s.netns);
   if (selected.length === 0 || (ONLY.length && selected.length !== ONLY.length)) {
     console.log(`FAIL unknown scenario in E2E_SCENARIOS=${ONLY.join(',')} (known: ${scenarios.map((s) => s.name).join(', ')})`);
     return 2;
@@ -86,8 +91,7 @@ async function main() {
 
 async function closeBrowsers() {
   const list = Object.values(browsers).filter(Boolean);
-  browsers.grant = null;
-  browsers.deny = null;
+  for (const k of Object.keys(browsers)) delete browsers[k];
   await Promise.all(list.map((b) => Promise.race([b.close().catch(() => {}), sleep(5_000)])));
 }
 

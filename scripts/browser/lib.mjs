@@ -14,6 +14,11 @@ export const HARD_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS || 240_000);
 export const RESTART_URL = (process.env.RESTART_SIGNALING_URL || '').replace(/\/+$/, '');
 export const TURN_URL = process.env.TURN_URL || '';
 export const ALLOW_SKIP = process.env.E2E_ALLOW_SKIP === '1';
+// A script that runs Chromium inside the test's network namespace (`exec ip netns exec NS
+// /usr/bin/chromium "$@"`), and the test's endpoint that shapes that namespace's link
+// (`POST /shape`, `POST /unshape`): the `constrained` scenario.
+export const NETNS_CHROMIUM = process.env.E2E_NETNS_CHROMIUM || '';
+export const SHAPE_URL = (process.env.SHAPE_URL || '').replace(/\/+$/, '');
 
 export const BASE_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -187,14 +192,19 @@ export async function readRemoteStat(p, other, kind, field) {
 
 export const scenarios = [];
 
-/** Register a scenario. `fn(t)` gets a harness: t.join(room, name) → participant handle. */
-export function scenario(name, fn) {
-  scenarios.push({ name, fn });
+/**
+ * Register a scenario. `fn(t)` gets a harness: t.join(room, name) → participant handle. With
+ * `{ netns: true }` it needs a page in a network namespace and runs only when named in
+ * E2E_SCENARIOS (the test harness runs it on its own, against a node on the veth's address).
+ */
+export function scenario(name, fn, { netns = false } = {}) {
+  scenarios.push({ name, fn, netns });
 }
 
-export const browsers = { grant: null, deny: null };
+// Launched on first use: 'grant', 'deny', and the same two inside the namespace ('netns-…').
+export const browsers = {};
 
-export async function launch(args) {
+export async function launch(args, executablePath = '/usr/bin/chromium') {
   const full = [...args];
   const origin = new URL(BASE_URL).origin;
   const host = new URL(BASE_URL).hostname;
@@ -202,11 +212,16 @@ export async function launch(args) {
     // getUserMedia needs a secure context; loopback is one, other http origins are not.
     full.push(`--unsafely-treat-insecure-origin-as-secure=${origin}`);
   }
-  return chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: full });
+  return chromium.launch({ executablePath, headless: true, args: full });
 }
 
 export async function browserFor(kind) {
-  if (!browsers[kind]) browsers[kind] = await launch(kind === 'deny' ? DENY_ARGS : GRANT_ARGS);
+  if (!browsers[kind]) {
+    const netns = kind.startsWith('netns-');
+    if (netns && !NETNS_CHROMIUM) throw new Error('a namespaced page needs E2E_NETNS_CHROMIUM');
+    const args = kind.endsWith('deny') ? DENY_ARGS : GRANT_ARGS;
+    browsers[kind] = await launch(args, netns ? NETNS_CHROMIUM : undefined);
+  }
   return browsers[kind];
 }
 
@@ -223,8 +238,8 @@ export function makeHarness(scenarioName) {
      * `media: 'deny'` opens it in a browser where camera/microphone permission is refused.
      * Does not wait for anything but the load event.
      */
-    async open(label, params, { media = 'grant', viewport = { width: 1280, height: 720 }, beforeGoto } = {}) {
-      const b = await browserFor(media);
+    async open(label, params, { media = 'grant', viewport = { width: 1280, height: 720 }, beforeGoto, netns = false } = {}) {
+      const b = await browserFor(netns ? `netns-${media}` : media);
       const context = await b.newContext({ permissions: media === 'deny' ? [] : ['camera', 'microphone'], viewport });
       const page = await context.newPage();
       const p = { name: label, context, page, consoleErrors: [], closed: false };
@@ -238,8 +253,8 @@ export function makeHarness(scenarioName) {
       return p;
     },
     /** Open a page that joins `room` as `name` at once (the `/?room=R&name=N` auto-join). */
-    async join(room, name, { query = {}, media = 'grant', label = name, viewport } = {}) {
-      const p = await t.open(label, { room, name, ...query }, { media, viewport });
+    async join(room, name, { query = {}, media = 'grant', label = name, viewport, netns } = {}) {
+      const p = await t.open(label, { room, name, ...query }, { media, viewport, netns });
       p.room = room;
       p.displayName = name;
       return p;

@@ -15,6 +15,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/js/main.js", JS, include_str!("../page/js/main.js")),
     ("/js/signal.js", JS, include_str!("../page/js/signal.js")),
     ("/js/peer.js", JS, include_str!("../page/js/peer.js")),
+    ("/js/hints.js", JS, include_str!("../page/js/hints.js")),
     ("/js/room.js", JS, include_str!("../page/js/room.js")),
     ("/js/media.js", JS, include_str!("../page/js/media.js")),
     ("/js/prejoin.js", JS, include_str!("../page/js/prejoin.js")),

@@ -1,7 +1,7 @@
 //! A single-node service on loopback: one dataplane and one or more signaling processes sharing
 //! its control socket ([`Node`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ pub struct Node {
     pub signaling: Vec<(SocketAddr, Proc)>,
     /// The metrics address (`/metrics`, `/healthz`) of each signaling instance.
     pub signaling_metrics: Vec<SocketAddr>,
+    /// The address the dataplane advertises and signaling listens on (loopback unless
+    /// [`Node::start_on`]).
+    pub ip: IpAddr,
     extra_dataplane_args: Vec<String>,
     extra_signaling_args: Vec<String>,
 }
@@ -42,10 +45,27 @@ impl Node {
         dataplane_args: &[&str],
         signaling_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_on(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            workers,
+            dataplane_args,
+            signaling_args,
+        )
+    }
+
+    /// Like [`Node::start_with`], with the dataplane's media and signaling's HTTP on `ip` (an
+    /// address of this host, e.g. the host end of a veth toward a network namespace) instead of
+    /// loopback.
+    pub fn start_on(
+        ip: IpAddr,
+        workers: u16,
+        dataplane_args: &[&str],
+        signaling_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::try_start(workers, dataplane_args, signaling_args) {
+            match Self::try_start(ip, workers, dataplane_args, signaling_args) {
                 Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
                     tracing::warn!(attempt, "a port was taken between probe and bind; retrying");
                 }
@@ -55,6 +75,7 @@ impl Node {
     }
 
     fn try_start(
+        ip: IpAddr,
         workers: u16,
         dataplane_args: &[&str],
         signaling_args: &[&str],
@@ -65,7 +86,8 @@ impl Node {
         let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
         let mut extra: Vec<String> = vec!["--metrics-listen".into(), metrics_addr.to_string()];
         extra.extend(dataplane_args.iter().map(|s| s.to_string()));
-        let dataplane = Self::spawn_dataplane(&dir.0, &control_socket, udp_base, workers, &extra)?;
+        let dataplane =
+            Self::spawn_dataplane(&dir.0, &control_socket, ip, udp_base, workers, &extra)?;
         let mut node = Self {
             dir,
             control_socket,
@@ -75,6 +97,7 @@ impl Node {
             dataplane,
             signaling: Vec::new(),
             signaling_metrics: Vec::new(),
+            ip,
             extra_dataplane_args: extra,
             extra_signaling_args: signaling_args.iter().map(|s| s.to_string()).collect(),
         };
@@ -85,6 +108,7 @@ impl Node {
     fn spawn_dataplane(
         dir: &Path,
         sock: &Path,
+        ip: IpAddr,
         udp_base: u16,
         workers: u16,
         extra: &[String],
@@ -93,7 +117,7 @@ impl Node {
             "--workers".into(),
             workers.to_string(),
             "--public-ip".into(),
-            "127.0.0.1".into(),
+            ip.to_string(),
             "--port-base".into(),
             udp_base.to_string(),
             "--control-socket".into(),
@@ -130,7 +154,7 @@ impl Node {
     /// Start one more signaling instance on a free port; wait until it is healthy.
     pub fn add_signaling(&mut self) -> anyhow::Result<SocketAddr> {
         let port = free_tcp_port()?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr = SocketAddr::new(self.ip, port);
         let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
         let args = self.signaling_args(addr, metrics);
         let n = self.signaling.len();
@@ -176,6 +200,7 @@ impl Node {
         self.dataplane = Self::spawn_dataplane(
             &self.dir.0,
             &self.control_socket,
+            self.ip,
             self.udp_base,
             self.workers,
             &self.extra_dataplane_args,

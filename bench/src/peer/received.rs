@@ -141,6 +141,8 @@ pub struct Received {
     pub keyframe_requests_by_rid: HashMap<String, u64>,
     /// Keep every received video packet's [`VideoPacket`] (tests of what a decoder sees).
     pub record_detail: bool,
+    /// Dynacast messages (`{"type":"layers"}`) applied.
+    pub layer_messages: u64,
 }
 
 impl Received {

@@ -73,6 +73,22 @@ impl Peer {
         }
     }
 
+    /// `{"type":"layers","active":[rids]}` from the SFU (dynacast): encode exactly those.
+    pub(super) fn apply_layers(&mut self, text: &str) {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(text) else {
+            return;
+        };
+        let Some(active) = msg["active"].as_array().filter(|_| msg["type"] == "layers") else {
+            return;
+        };
+        let active: Vec<&str> = active.iter().filter_map(|r| r.as_str()).collect();
+        let rids: Vec<String> = self.simulcast.iter().map(|l| l.rid.to_string()).collect();
+        for rid in rids {
+            self.set_layer_active(&rid, active.contains(&rid.as_str()));
+        }
+        self.received.layer_messages += 1;
+    }
+
     /// A keyframe request for our video: the layer it names (all layers if none).
     pub(super) fn keyframe_requested(&mut self, req: &KeyframeRequest) {
         self.received.keyframe_requests += 1;
@@ -142,7 +158,13 @@ impl Peer {
                 // VP8 payload header: P = 0 on a keyframe (with its start code).
                 p[6] = if i == 0 && key { 0x00 } else { 0x01 };
                 if i == 0 && key {
+                    // Start code and the layer's size (1280 × 720 at the top, halved per layer
+                    // below), where the send stamp would be: a keyframe's first packet carries
+                    // no latency sample.
                     p[9..12].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+                    let shift = SIMULCAST_RIDS.len() - 1 - index.min(SIMULCAST_RIDS.len() - 1);
+                    p[12..14].copy_from_slice(&(1280u16 >> shift).to_le_bytes());
+                    p[14..16].copy_from_slice(&(720u16 >> shift).to_le_bytes());
                 }
                 p[24] = 0x40 | index as u8;
                 let l = &mut self.simulcast[index];

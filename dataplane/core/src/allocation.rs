@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::media::MediaKind;
 
+use super::hints::layer_for_height;
 use super::layers::MAX_LAYERS;
 use super::selector::{TrackNeed, allocate, desired};
 use super::track::OutState;
@@ -49,6 +50,8 @@ impl WorkerCore {
         let mut fixed = 0u64;
         let mut chosen: Vec<(TrackOutIdx, TrackInIdx)> = Vec::new();
         let mut needs: Vec<TrackNeed> = Vec::new();
+        // Single-layer videos whose tile is hidden (or shown again): forwarded or not.
+        let mut gated: Vec<(TrackOutIdx, TrackInIdx, bool)> = Vec::new();
         for to in &p.tracks_out {
             let Some(t) = self.tracks_out.get(to.0) else {
                 continue;
@@ -59,26 +62,50 @@ impl WorkerCore {
             let Some(tin) = self.tracks_in.get(ti.0) else {
                 continue;
             };
+            let visible = t.hint.is_none_or(|h| h.visible);
             if !tin.simulcast() {
-                fixed += tin
-                    .layers
-                    .iter()
-                    .filter(|l| l.active(now))
-                    .filter_map(|l| l.rate.bps())
-                    .sum::<u64>();
+                // The selector takes over a single-layer video once its tile is hidden (a
+                // visible tile's video just flows on).
+                if t.kind == MediaKind::Video && (!visible || t.selector.allocated()) {
+                    gated.push((*to, ti, visible));
+                }
+                if visible {
+                    fixed += tin
+                        .layers
+                        .iter()
+                        .filter(|l| l.active(now))
+                        .filter_map(|l| l.rate.bps())
+                        .sum::<u64>();
+                }
                 continue;
             }
+            let top = (tin.layers.len().min(MAX_LAYERS) - 1) as u8;
             let mut need = TrackNeed {
-                max_layer: Some(MAX_LAYERS as u8 - 1),
+                max_layer: match t.hint {
+                    Some(h) if !h.visible => None,
+                    Some(h) => Some(layer_for_height(&tin.layers, h.height).min(top)),
+                    None => Some(top),
+                },
                 ..TrackNeed::default()
             };
             for (i, l) in tin.layers.iter().enumerate().take(MAX_LAYERS) {
                 need.layers[i] = l
-                    .active(now)
+                    .available(now)
                     .then(|| l.rate.bps().unwrap_or(NOMINAL_BPS[i]));
             }
             needs.push(need);
             chosen.push((*to, ti));
+        }
+        let estimate = p.bwe_bps;
+        let hold = self.cfg.layer_up_hold;
+        for (to, ti, visible) in gated {
+            if let Some(t) = self.tracks_out.get_mut(to.0)
+                && t.selector.propose(visible.then_some(0), now, hold)
+                && visible
+            {
+                // Shown again: forwarding resumes on the next keyframe.
+                self.request_keyframe(ti, 0, now, true);
+            }
         }
         if chosen.is_empty() {
             return;
@@ -94,10 +121,8 @@ impl WorkerCore {
             chosen = order.iter().map(|&i| chosen[i]).collect();
             needs = order.iter().map(|&i| needs[i]).collect();
         }
-        let estimate = p.bwe_bps;
         let budget = estimate.map(|e| (e * HEADROOM_PERCENT / 100).saturating_sub(fixed));
         let layers = allocate(budget, &needs);
-        let hold = self.cfg.layer_up_hold;
         let mut keyframes: Vec<(TrackInIdx, u8)> = Vec::new();
         for ((to, ti), want) in chosen.iter().zip(layers.iter().copied()) {
             let Some(t) = self.tracks_out.get_mut(to.0) else {
@@ -143,6 +168,10 @@ impl WorkerCore {
         // the next allocation asks again while the switch still waits).
         for (ti, layer) in keyframes {
             self.request_keyframe(ti, layer, now, false);
+        }
+        // Layers nobody needs any more (or needed again) are switched at their publisher.
+        for (_, ti) in chosen {
+            self.dynacast(ti, now);
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct CoreConfig {
     /// A subscriber's simulcast layer goes up only after the higher layer has fitted its
     /// estimate for this long (down is immediate).
     pub layer_up_hold: Duration,
+    /// Tell publishers to stop encoding simulcast layers no subscriber needs (`dynacast.rs`).
+    pub dynacast: bool,
 }
 
 impl CoreConfig {
@@ -76,6 +78,7 @@ impl CoreConfig {
             chat_history_bytes: 64 * 1024,
             bwe_initial: Some(1_000_000),
             layer_up_hold: Duration::from_millis(1500),
+            dynacast: true,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Messages carried on the `chat` DataChannel (SCTP terminates at the SFU).
 //!
-//! Client → SFU: `{"type":"chat","to":null|"<participant id>","text":"..."}` or
-//! `{"type":"state","audio_muted":bool,"video_muted":bool}`.
+//! Client → SFU: `{"type":"chat","to":null|"<participant id>","text":"..."}`,
+//! `{"type":"state","audio_muted":bool,"video_muted":bool}` or
+//! `{"type":"video_hint","from":"<id>","height":<px>,"visible":bool}`.
 //! SFU → client: `{"type":"chat","from":"<id>","name":"<display name>","to":null|"<id>",
 //! "text":"...","ts":<unix ms>}`, `{"type":"state","from":"<id>","audio_muted":bool,
 //! "video_muted":bool}` or `{"type":"error","code":"...","message":"..."}`.
@@ -99,7 +100,21 @@ impl MediaState {
 pub enum ChannelRequest {
     Chat(ChatRequest),
     State(MediaState),
+    /// How the page shows one remote participant's video.
+    Hint(VideoHint),
 }
+
+/// `{"type":"video_hint","from":"<publisher id>","height":<device pixels>,"visible":bool}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoHint {
+    pub from: String,
+    /// Drawn height in device pixels (clamped to [`MAX_HINT_HEIGHT`]).
+    pub height: u32,
+    pub visible: bool,
+}
+
+/// Largest tile height a hint may claim (8K).
+pub const MAX_HINT_HEIGHT: u32 = 4320;
 
 /// Parse and validate a client channel message. `max_text` is in UTF-8 bytes.
 pub fn parse_request(data: &[u8], max_text: usize) -> Result<ChannelRequest, ChatError> {
@@ -112,6 +127,9 @@ pub fn parse_request(data: &[u8], max_text: usize) -> Result<ChannelRequest, Cha
         text: Option<String>,
         audio_muted: Option<bool>,
         video_muted: Option<bool>,
+        from: Option<String>,
+        height: Option<f64>,
+        visible: Option<bool>,
     }
     if data.len() > MAX_RAW_MESSAGE {
         return Err(ChatError::TooLarge {
@@ -130,6 +148,24 @@ pub fn parse_request(data: &[u8], max_text: usize) -> Result<ChannelRequest, Cha
         return Ok(ChannelRequest::State(MediaState {
             audio_muted,
             video_muted,
+        }));
+    }
+    if wire.kind == "video_hint" {
+        let Some(from) = wire.from.filter(|f| !f.is_empty() && f.len() <= 256) else {
+            return Err(ChatError::BadRequest(
+                "video_hint needs \"from\" (a participant id)".into(),
+            ));
+        };
+        let height = wire.height.unwrap_or(f64::from(MAX_HINT_HEIGHT));
+        if !height.is_finite() || height < 0.0 {
+            return Err(ChatError::BadRequest(
+                "video_hint height must be a number >= 0".into(),
+            ));
+        }
+        return Ok(ChannelRequest::Hint(VideoHint {
+            from,
+            height: (height.round() as u32).min(MAX_HINT_HEIGHT),
+            visible: wire.visible.unwrap_or(true),
         }));
     }
     if wire.kind != "chat" {
@@ -237,6 +273,42 @@ mod tests {
                 text: "psst".into()
             }))
         );
+    }
+
+    #[test]
+    fn video_hints_are_parsed_and_bounded() {
+        let hint = |data: &str| match parse_request(data.as_bytes(), 10) {
+            Ok(ChannelRequest::Hint(h)) => Ok(h),
+            Ok(other) => panic!("not a hint: {other:?}"),
+            Err(e) => Err(e.code()),
+        };
+        assert_eq!(
+            hint(r#"{"type":"video_hint","from":"p1","height":359.6,"visible":false}"#),
+            Ok(VideoHint {
+                from: "p1".into(),
+                height: 360,
+                visible: false
+            })
+        );
+        // Absurd heights are clamped; a missing one means no limit, a missing visibility
+        // means visible.
+        assert_eq!(
+            hint(r#"{"type":"video_hint","from":"p1","height":1e12}"#).map(|h| h.height),
+            Ok(MAX_HINT_HEIGHT)
+        );
+        assert_eq!(
+            hint(r#"{"type":"video_hint","from":"p1"}"#).map(|h| (h.height, h.visible)),
+            Ok((MAX_HINT_HEIGHT, true))
+        );
+        for bad in [
+            r#"{"type":"video_hint","height":100}"#,
+            r#"{"type":"video_hint","from":"","height":100}"#,
+            r#"{"type":"video_hint","from":"p1","height":-1}"#,
+            r#"{"type":"video_hint","from":"p1","height":"tall"}"#,
+            r#"{"type":"video_hint","from":"p1","visible":"yes"}"#,
+        ] {
+            assert_eq!(hint(bad).map(|_| ()), Err("bad_request"), "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,12 @@ use super::{
 
 impl WorkerCore {
     pub(super) fn handle_chat(&mut self, from: ParticipantIdx, data: &[u8], now: Instant) {
+        let parsed = parse_request(data, self.cfg.max_chat_text);
+        // Tile hints are not chat: their own allowance, nothing relayed, no error echoed.
+        if let Ok(ChannelRequest::Hint(hint)) = parsed {
+            self.handle_hint(from, hint, now);
+            return;
+        }
         let (rate, burst) = (self.cfg.chat_rate, self.cfg.chat_burst);
         let Some(p) = self.participants.get_mut(from.0) else {
             return;
@@ -37,7 +43,7 @@ impl WorkerCore {
         let Some(p) = self.participants.get(from.0) else {
             return;
         };
-        let request = parse_request(data, self.cfg.max_chat_text).and_then(|req| {
+        let request = parsed.and_then(|req| {
             if let ChannelRequest::Chat(ChatRequest { to: Some(to), .. }) = &req {
                 let target = self.by_id.get(to.as_str()).copied();
                 let same_room = target
@@ -55,6 +61,7 @@ impl WorkerCore {
                 self.handle_media_state(from, state, now);
                 return;
             }
+            Ok(ChannelRequest::Hint(_)) => return, // handled above
             Err(e) => {
                 debug!(participant = %p.id, code = e.code(), "chat rejected");
                 self.counters.drop(DropReason::ChatInvalid);

@@ -10,7 +10,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Pt};
 use str0m::rtp::{RtpPacket, RtpWrite, Vp8Descriptor, Vp8Patch};
 use tracing::{trace, warn};
 
-use super::layers::starts_keyframe;
+use super::layers::{starts_keyframe, vp8_keyframe_size};
 use super::participant::Participant;
 use super::selector::Verdict;
 use super::track::{OutState, TrackIn};
@@ -24,6 +24,7 @@ impl WorkerCore {
                 Work::Keyframe(ti, layer) => self.request_keyframe(ti, layer, now, true),
                 Work::Allocate(idx) => self.allocate(idx, now),
                 Work::Speakers => self.rank_speakers(now),
+                Work::Dynacast(ti) => self.dynacast(ti, now),
                 Work::TrackAdded(ti) => self.track_added(ti),
                 Work::Chat(idx, data) => self.handle_chat(idx, &data, now),
                 Work::Negotiate(idx) => self.negotiate(idx, now),
@@ -48,15 +49,23 @@ impl WorkerCore {
         // Simulcast: which layer each subscriber gets (switching on keyframes only) and VP8
         // picture ids made continuous across switches. A track without simulcast skips it all.
         let simulcast = tin.simulcast();
-        let codec = if simulcast {
+        let codec = if tin.kind == MediaKind::Video {
             codec_of(tin, &self.participants, pt_in)
         } else {
             None
         };
         let vp8 = match codec {
-            Some(Codec::Vp8) => Vp8Descriptor::parse(&pkt.payload).ok(),
+            Some(Codec::Vp8) if simulcast => Vp8Descriptor::parse(&pkt.payload).ok(),
             _ => None,
         };
+        // A layer's picture height, from its keyframes (what tile hints are compared with).
+        if let Some(d) = vp8
+            && d.starts_keyframe(&pkt.payload)
+            && let Some((_, h)) = vp8_keyframe_size(&pkt.payload)
+            && let Some(l) = tin.layers.get_mut(usize::from(layer))
+        {
+            l.height = Some(h);
+        }
         let mut keyframe: Option<bool> = None;
         let mut ext = pkt.header.ext_vals.clone();
         // Identification extensions are per m-line: never leak the publisher's onto a subscriber.
@@ -90,7 +99,8 @@ impl WorkerCore {
             {
                 continue;
             }
-            if simulcast {
+            // A simulcast track, or one whose tile the subscriber hid: the selector decides.
+            if simulcast || tout.selector.allocated() {
                 if !tout.selector.allocated() {
                     self.work.push_back(Work::Allocate(sub));
                     continue;
@@ -104,6 +114,10 @@ impl WorkerCore {
                     Verdict::Drop => continue,
                     Verdict::Switch => {
                         self.counters.layer_switches += 1;
+                        // One continuous stream, also when the layer is the one that flowed
+                        // before a pause.
+                        tout.munger.rebase();
+                        tout.vp8.rebase();
                         trace!(?sub, layer, "simulcast layer switch");
                     }
                     Verdict::Forward => {}

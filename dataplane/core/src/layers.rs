@@ -17,6 +17,10 @@ pub const MAX_LAYERS: usize = 4;
 /// A layer with no packet for this long is treated as switched off by its publisher.
 pub const LAYER_IDLE: Duration = Duration::from_millis(1000);
 
+/// How long a layer the publisher was asked to encode again counts as available before its first
+/// packet (a publisher that ignores the request makes it unavailable after this).
+pub const RESUME_GRACE: Duration = Duration::from_secs(3);
+
 /// Bitrate averaging window.
 const RATE_WINDOW: Duration = Duration::from_millis(500);
 
@@ -30,6 +34,14 @@ pub struct LayerIn {
     pub last_keyframe_request: Option<Instant>,
     /// A keyframe request was throttled and must be sent when the interval has passed.
     pub keyframe_pending: bool,
+    /// Picture height, from the layer's last VP8 keyframe header (unknown for other codecs).
+    pub height: Option<u16>,
+    /// Dynacast: the publisher was told to stop encoding this layer (nobody needs it).
+    pub paused: bool,
+    /// Dynacast: since when no subscriber has needed this layer.
+    pub unneeded_since: Option<Instant>,
+    /// Dynacast: when the publisher was last told to encode it again.
+    pub resumed_at: Option<Instant>,
 }
 
 impl LayerIn {
@@ -40,7 +52,21 @@ impl LayerIn {
             last_packet: None,
             last_keyframe_request: None,
             keyframe_pending: false,
+            height: None,
+            paused: false,
+            unneeded_since: None,
+            resumed_at: None,
         }
+    }
+
+    /// A subscriber may be given this layer: it flows, or it was paused by dynacast (and comes
+    /// back when asked), or it was asked back moments ago.
+    pub fn available(&self, now: Instant) -> bool {
+        self.active(now)
+            || self.paused
+            || self
+                .resumed_at
+                .is_some_and(|t| now.saturating_duration_since(t) < RESUME_GRACE)
     }
 
     /// The publisher sends this layer (a packet within [`LAYER_IDLE`]).
@@ -109,6 +135,38 @@ pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
         Codec::Vp9 => vp9_starts_keyframe(payload),
         _ => false,
     }
+}
+
+/// The (width, height) in a VP8 keyframe's first packet (RFC 6386 §9.1: frame tag, start code,
+/// 14-bit dimensions), `None` for any other packet.
+pub fn vp8_keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
+    let d = str0m::rtp::Vp8Descriptor::parse(payload).ok()?;
+    if !d.starts_keyframe(payload) {
+        return None;
+    }
+    // The descriptor's length: 1, plus the extension byte and its fields.
+    let mut at = 1;
+    let b0 = *payload.first()?;
+    if b0 & 0x80 != 0 {
+        let x = *payload.get(1)?;
+        at += 1;
+        if x & 0x80 != 0 {
+            at += if payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            at += 1;
+        }
+        if x & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    let h = payload.get(at..at + 10)?;
+    if h[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([h[6], h[7]]) & 0x3fff;
+    let ht = u16::from_le_bytes([h[8], h[9]]) & 0x3fff;
+    (w > 0 && ht > 0).then_some((w, ht))
 }
 
 /// H.264 (RFC 6184): a keyframe starts with its sequence parameter set (libwebrtc sends SPS, PPS
@@ -193,6 +251,30 @@ mod tests {
         // Truncated descriptors are not keyframes (and do not panic).
         assert!(!starts_keyframe(Codec::Vp8, &[0x90, 0xe0, 0x80]));
         assert!(!starts_keyframe(Codec::Vp8, &[]));
+    }
+
+    #[test]
+    fn vp8_keyframe_dimensions_are_read() {
+        // Descriptor X|S, I (15-bit), L, T; frame tag (P=0), start code, 640 × 360.
+        let mut p = vec![
+            0x90, 0xe0, 0x81, 0x23, 5, 0x20, 0x50, 0x02, 0x00, 0x9d, 0x01, 0x2a,
+        ];
+        p.extend_from_slice(&640u16.to_le_bytes());
+        p.extend_from_slice(&360u16.to_le_bytes());
+        p.extend_from_slice(&[0; 8]);
+        assert_eq!(vp8_keyframe_size(&p), Some((640, 360)));
+        // Scaling bits in the top two bits are ignored.
+        let mut scaled = p.clone();
+        scaled[15] |= 0x40;
+        assert_eq!(vp8_keyframe_size(&scaled), Some((640, 360)));
+        // A delta frame, a truncated header, a wrong start code.
+        let mut delta = p.clone();
+        delta[6] |= 0x01;
+        assert_eq!(vp8_keyframe_size(&delta), None);
+        assert_eq!(vp8_keyframe_size(&p[..13]), None);
+        let mut bad = p.clone();
+        bad[9] = 0;
+        assert_eq!(vp8_keyframe_size(&bad), None);
     }
 
     #[test]

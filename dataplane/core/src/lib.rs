@@ -25,6 +25,7 @@
 //! | `forward.rs` | the per-packet forwarding path (`munger.rs` rewrites), keyframe requests, the work queue |
 //! | `layers.rs`, `selector.rs`, `allocation.rs` | simulcast: a track's layers; per-subscriber layer choice from its bandwidth estimate |
 //! | `speakers.rs` | active speakers from the audio-level header extension |
+//! | `hints.rs`, `dynacast.rs` | subscribers' tile sizes and visibility; pausing layers nobody needs |
 //! | `chat_relay.rs`, `chat.rs` | chat and mute-state relay; message validation |
 //! | `removal.rs` | removing participants and tracks, closing rooms, shutdown |
 //! | `stats.rs` | the periodic statistics snapshot |
@@ -42,8 +43,10 @@ mod api;
 mod chat;
 mod chat_relay;
 mod demux;
+mod dynacast;
 mod forward;
 mod guard;
+mod hints;
 mod ids;
 mod invariants;
 mod layers;
@@ -76,8 +79,8 @@ pub use api::{
     WallClock,
 };
 pub use chat::{
-    ChannelRequest, ChatDelivery, ChatError, ChatRequest, MAX_RAW_MESSAGE, MediaState,
-    parse_request,
+    ChannelRequest, ChatDelivery, ChatError, ChatRequest, MAX_HINT_HEIGHT, MAX_RAW_MESSAGE,
+    MediaState, VideoHint, parse_request,
 };
 pub use demux::{Demux, PacketClass, RouteError, classify};
 pub use guard::{clean_error, guard, media_sections};
@@ -104,6 +107,8 @@ enum Work {
     Allocate(ParticipantIdx),
     /// Re-rank the rooms' active speakers.
     Speakers,
+    /// Switch a simulcast track's unneeded layers off at its publisher (and needed ones on).
+    Dynacast(TrackInIdx),
     /// A new published track: subscribe everyone else in the room.
     TrackAdded(TrackInIdx),
     /// A chat message from a participant.

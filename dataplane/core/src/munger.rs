@@ -93,6 +93,13 @@ impl RtpMunger {
         Some((out, ts_out))
     }
 
+    /// The next packet starts a new source even if its SSRC is the one flowing before (forwarding
+    /// resumes after a pause, or switches back to a layer): it continues at last + 1 instead of
+    /// leaving a gap for the packets not forwarded meanwhile, which the subscriber would NACK.
+    pub fn rebase(&mut self) {
+        self.anchor = None;
+    }
+
     /// Highest sequence number written, if any.
     pub fn last_seq(&self) -> Option<u64> {
         self.started.then_some(self.last_seq)
@@ -142,6 +149,11 @@ impl Vp8Munger {
         self.last_pid = pid.or(self.last_pid);
         self.last_tl0 = tl0.or(self.last_tl0);
         (pid, tl0)
+    }
+
+    /// Like [`RtpMunger::rebase`]: the next packet continues the picture ids.
+    pub fn rebase(&mut self) {
+        self.ssrc = None;
     }
 
     /// Whether packets of the current source need their descriptor rewritten.
@@ -216,6 +228,10 @@ mod tests {
         assert_eq!(m.rewrite(2, 59_999, 0, 3000), None);
         // A zero gap still advances the timestamp.
         assert_eq!(m.rewrite(3, 1, 0, 0), Some((104, 59_001)));
+        // Forwarding paused for 10 packets of source 3, then resumed: no gap.
+        m.rebase();
+        assert_eq!(m.rewrite(3, 12, 30_000, 3000), Some((105, 62_001)));
+        assert_eq!(m.rewrite(3, 13, 33_000, 3000), Some((106, 65_001)));
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct Participant {
     pub chat_allowance: Allowance,
     /// Its last chat message was refused by the rate limit (it was told once).
     pub chat_limited: bool,
+    /// Video hints it may still send now (`hints.rs`).
+    pub hint_allowance: Allowance,
     /// Latest egress bandwidth estimate toward it (bits per second), if BWE is on.
     pub bwe_bps: Option<u64>,
     /// The desired rate last given to its estimator (`bwe().set_bitrate`), and when.
@@ -159,6 +161,7 @@ impl Participant {
             egress_nacks: Vec::new(),
             chat_allowance: Allowance::new(now),
             chat_limited: false,
+            hint_allowance: Allowance::new(now),
             bwe_bps: None,
             bwe_desired: 0,
             bwe_probe_at: None,

@@ -47,6 +47,7 @@ impl WorkerCore {
             // Layers a publisher switched on or off, estimates that stopped coming: every
             // subscriber's layer choice is revisited at least this often.
             self.allocate_all();
+            self.dynacast_all();
         }
         self.run_work(now);
     }

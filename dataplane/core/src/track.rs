@@ -99,6 +99,17 @@ pub struct TrackOut {
     pub selector: LayerSelector,
     /// VP8 picture id / TL0PICIDX continuity across layer switches.
     pub vp8: Vp8Munger,
+    /// What the subscriber's page last said about the tile showing this video (`None`: nothing
+    /// said, no limit).
+    pub hint: Option<TileHint>,
+}
+
+/// A subscriber's tile for one remote video: how many device pixels high it is drawn, and whether
+/// it is visible at all (a hidden tab, a tile scrolled away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileHint {
+    pub height: u32,
+    pub visible: bool,
 }
 
 impl TrackOut {
@@ -120,6 +131,7 @@ impl TrackOut {
             wants_keyframe: false,
             selector: LayerSelector::default(),
             vp8: Vp8Munger::default(),
+            hint: None,
         }
     }
 

@@ -210,3 +210,132 @@ fn simulcast_and_single_layer_publishers_share_a_room() {
     }
     assert_eq!(sim.core.counters().dropped(DropReason::UndeclaredLayer), 0);
 }
+
+/// Send a tile hint from `id` about `from`'s video.
+fn hint(sim: &mut Sim, id: &str, from: &str, height: u32, visible: bool) {
+    let msg =
+        format!(r#"{{"type":"video_hint","from":"{from}","height":{height},"visible":{visible}}}"#);
+    assert!(sim.peer_mut(id).peer.send_chat_raw(msg.as_bytes()));
+}
+
+fn video_packets(sim: &Sim, id: &str, from: &str) -> u64 {
+    sim.peer(id)
+        .peer
+        .received
+        .packets_from(from, MediaKind::Video)
+}
+
+#[test]
+fn tile_hints_cap_the_layer_and_a_hidden_tile_gets_no_video() {
+    let mut sim = Sim::new(44);
+    sim.join("pub", "r", simulcast());
+    sim.join("plain", "r", pub_av());
+    sim.join("sub", "r", None);
+    sim.peer_mut("sub").peer.received.record_detail = true;
+    // Both videos (0.85 + 0.8 Mbit/s) fit once the estimate has grown past its 1 Mbit/s start.
+    assert!(sim.run_until(secs(15), |s| layer_now(s, "sub", "pub") == Some(2)));
+
+    // A 150-pixel tile: the 180-line layer serves it.
+    hint(&mut sim, "sub", "pub", 150, true);
+    assert!(sim.run_until(secs(2), |s| layer_now(s, "sub", "pub") == Some(0)));
+
+    // Hidden: no video at all from either publisher (a few packets in flight at most).
+    hint(&mut sim, "sub", "pub", 150, false);
+    hint(&mut sim, "sub", "plain", 360, false);
+    sim.run_for(Duration::from_millis(300));
+    let (a, b) = (
+        video_packets(&sim, "sub", "pub"),
+        video_packets(&sim, "sub", "plain"),
+    );
+    let audio = sim.peer("sub").peer.received.packets(MediaKind::Audio);
+    sim.run_for(secs(3));
+    assert_eq!(
+        video_packets(&sim, "sub", "pub"),
+        a,
+        "video to a hidden tile"
+    );
+    assert_eq!(
+        video_packets(&sim, "sub", "plain"),
+        b,
+        "video to a hidden tile"
+    );
+    assert!(
+        sim.peer("sub").peer.received.packets(MediaKind::Audio) > audio + 100,
+        "audio keeps flowing"
+    );
+
+    // Shown again, large: the top layer and the plain video come back, on keyframes, without a
+    // sequence gap.
+    hint(&mut sim, "sub", "pub", 720, true);
+    hint(&mut sim, "sub", "plain", 360, true);
+    assert!(
+        sim.run_until(secs(3), |s| layer_now(s, "sub", "pub") == Some(2)
+            && video_packets(s, "sub", "plain") > b + 30)
+    );
+    sim.run_for(secs(1));
+    assert_decodable("sub", video_log(&sim, "sub", "pub"));
+    let rx = &sim.peer("sub").peer.received;
+    for t in rx.tracks.values() {
+        assert_eq!(t.lost, 0, "a sequence gap after a pause: {t:?}");
+    }
+    assert!(sim.core.invariant_violations().is_empty());
+}
+
+/// The `layers` messages (dynacast) `id` received, as lists of active rids.
+fn layer_messages(sim: &Sim, id: &str) -> Vec<Vec<String>> {
+    sim.chat_of(id)
+        .into_iter()
+        .filter(|m| m["type"] == "layers")
+        .map(|m| {
+            m["active"]
+                .as_array()
+                .expect("active")
+                .iter()
+                .filter_map(|r| r.as_str().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn layers_nobody_needs_are_switched_off_at_the_publisher_and_back_on_when_needed() {
+    let mut sim = Sim::new(45);
+    sim.join("pub", "r", simulcast());
+    for id in ["s1", "s2"] {
+        sim.join(id, "r", None);
+        sim.peer_mut(id).peer.received.record_detail = true;
+    }
+    sim.run_for(secs(6));
+    // Both on the top layer: the middle one is needed by nobody (the lowest always runs).
+    let qf = vec!["q".to_string(), "f".to_string()];
+    assert_eq!(layer_messages(&sim, "pub"), vec![qf.clone()]);
+    // Both subscribers show small tiles: only the lowest layer is needed.
+    hint(&mut sim, "s1", "pub", 150, true);
+    hint(&mut sim, "s2", "pub", 150, true);
+    let t0 = sim.now;
+    assert!(sim.run_until(secs(6), |s| layer_messages(s, "pub").last()
+        == Some(&vec!["q".to_string()])));
+    eprintln!("top layers off after {:?}", sim.now - t0);
+    assert!(
+        sim.now - t0 >= Duration::from_secs(3),
+        "not before the hold"
+    );
+    let sent = sim.peer("pub").peer.sent_packets;
+    sim.run_for(secs(2));
+    // Only the lowest layer (one packet per frame) and audio are published now.
+    let rate = (sim.peer("pub").peer.sent_packets - sent) / 2;
+    assert!(rate < 30 + 50 + 10, "{rate} packets/s published");
+    // One subscriber maximises its tile: the layers come back and it gets the top one.
+    hint(&mut sim, "s1", "pub", 720, true);
+    let t1 = sim.now;
+    assert!(sim.run_until(secs(5), |s| layer_now(s, "s1", "pub") == Some(2)));
+    eprintln!("top layer back at s1 after {:?}", sim.now - t1);
+    // The middle layer may have come back on the way up; unneeded, it goes again.
+    sim.run_for(secs(5));
+    assert_eq!(layer_messages(&sim, "pub").last(), Some(&qf));
+    assert_eq!(layer_now(&sim, "s2", "pub"), Some(0));
+    sim.run_for(secs(1));
+    for id in ["s1", "s2"] {
+        assert_decodable(id, video_log(&sim, id, "pub"));
+    }
+}

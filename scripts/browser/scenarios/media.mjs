@@ -2,6 +2,8 @@
 // Registered with `scenario()`; run in import order by ../e2e.mjs.
 
 import {
+  NETNS_CHROMIUM,
+  SHAPE_URL,
   log,
   waitFor,
   step,
@@ -10,6 +12,7 @@ import {
   scenario,
   assertNoConsoleErrors,
   installStatHelper,
+  sleep,
   waitForRisingFrom,
 } from '../lib.mjs';
 
@@ -101,3 +104,158 @@ scenario('simulcast', async (t) => {
   });
   assertNoConsoleErrors([alice, bob, carol]);
 });
+
+// In-page: packetsSent and active of the page's own video encoding `rid`.
+async function encodingSent(rid) {
+  const pc = window.sfu && window.sfu.pc;
+  if (!pc) return null;
+  let out = null;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid === rid) out = { sent: s.packetsSent, active: s.active };
+  });
+  return out;
+}
+
+// Tile hints and dynacast: a subscriber whose window is small gets the smaller layer; when nobody
+// needs the top layer the publisher is told to stop encoding it (its outbound-rtp for that rid
+// stops sending); when the subscriber's window grows the layer comes back and is forwarded.
+scenario('dynacast', async (t) => {
+  const room = randomRoom('e2e-dynacast');
+  log(`  room ${room}`);
+  const alice = await step('alice opens the page', () => t.join(room, 'Alice'));
+  const bob = await step('bob opens the page in a small window (320×240)',
+    () => t.join(room, 'Bob', { viewport: { width: 320, height: 240 } }));
+  await step('both connected', () => Promise.all([alice, bob].map((p) => t.waitConnected(p))));
+  const layers = await step('alice encodes every simulcast layer',
+    () => waitFor(alice.page, encodedLayers, 25_000, 'alice: outbound-rtp video frames for each rid'));
+  const [low, top] = [layers.heights[0], layers.top];
+  const topRid = layers.rids[layers.rids.length - 1];
+  log(`        alice's layers: ${layers.rids.join(', ')} at ${layers.heights.join(' / ')} lines`);
+  await installStatHelper(bob);
+  await step(`bob's small tile gets the ${low}-line layer`, () => waitFor(bob.page, async ([pid, h]) => {
+    // eslint-disable-next-line no-undef
+    const v = await window.__e2eRemoteStat([pid, 'video', 'frameHeight']);
+    return v > 0 && v <= h ? v : 0;
+  }, 20_000, `bob: inbound frameHeight from alice <= ${low}`, [alice.id, low]));
+  await step(`alice stops encoding '${topRid}' (nobody needs it)`, async () => {
+    await waitFor(alice.page, async (rid) => {
+      const pc = window.sfu && window.sfu.pc;
+      const tr = pc && pc.getTransceivers().find((x) => x.sender && x.sender.track && x.sender.track.kind === 'video');
+      const e = tr && tr.sender.getParameters().encodings.find((x) => x.rid === rid);
+      return !!e && e.active === false;
+    }, 20_000, `alice: encoding ${topRid} set inactive by the SFU`, topRid);
+    await sleep(1500);
+    const a = await alice.page.evaluate(encodingSent, topRid);
+    await sleep(1500);
+    const b = await alice.page.evaluate(encodingSent, topRid);
+    log(`        '${topRid}' packetsSent ${a && a.sent} -> ${b && b.sent}`);
+    assert(a && b && b.sent === a.sent, `no ${topRid} packets sent while inactive (${JSON.stringify([a, b])})`);
+  });
+  await step('bob\'s window grows: the top layer comes back and bob decodes it', async () => {
+    await bob.page.setViewportSize({ width: 1280, height: 960 });
+    const h = await waitFor(bob.page, async ([pid, want]) => {
+      // eslint-disable-next-line no-undef
+      const v = await window.__e2eRemoteStat([pid, 'video', 'frameHeight']);
+      return v >= want ? v : 0;
+    }, 25_000, `bob: inbound frameHeight from alice >= ${top}`, [alice.id, top]);
+    const s = await alice.page.evaluate(encodingSent, topRid);
+    log(`        bob decodes ${h} lines; alice's '${topRid}' active=${s && s.active}`);
+    await waitForRisingFrom(bob, alice, 'video', 'framesDecoded', 10_000, 10);
+  });
+  assertNoConsoleErrors([alice, bob]);
+});
+
+// Active speakers: the SFU ranks who speaks from the audio level in the packets (RFC 6464) and
+// tells every page; alice talks (the fake microphone's tone), bob and carol have muted their
+// microphones: bob's and carol's pages highlight alice's tile; when alice mutes and carol
+// unmutes, the highlight moves to carol.
+scenario('speakers', async (t) => {
+  const room = randomRoom('e2e-speakers');
+  log(`  room ${room}`);
+  const [alice, bob, carol] = await step('alice, bob and carol open the page',
+    () => Promise.all([t.join(room, 'Alice'), t.join(room, 'Bob'), t.join(room, 'Carol')]));
+  await step('all connected', () => Promise.all([alice, bob, carol].map((p) => t.waitConnected(p))));
+  await step('bob and carol mute their microphones', async () => {
+    await bob.page.click('#mute-audio');
+    await carol.page.click('#mute-audio');
+  });
+  const speaking = (me, who) => waitFor(me.page, (pid) => {
+    const tile = document.querySelector(`.tile[data-participant-id="${pid}"]`);
+    const others = Array.from(document.querySelectorAll('.tile[data-active-speaker]'));
+    return !!tile && tile.dataset.activeSpeaker === 'true' && others.length === 1;
+  }, 15_000, `${me.name}: ${who.name}'s tile is the (only) active speaker`, who.id);
+  for (const me of [bob, carol]) {
+    await step(`${me.name} highlights alice as the speaker`, () => speaking(me, alice));
+  }
+  await step('alice mutes, carol unmutes: bob and alice highlight carol', async () => {
+    await alice.page.click('#mute-audio');
+    await carol.page.click('#mute-audio');
+    await speaking(bob, carol);
+    await speaking(alice, carol);
+  });
+  const n = await bob.page.evaluate(() => window.sfu.dcLog.filter((m) => m.includes('"active_speakers"')).length);
+  log(`        bob got ${n} active_speakers messages`);
+  assert(n <= 30, `active_speakers is sent on change only (${n} messages)`);
+  assertNoConsoleErrors([alice, bob, carol]);
+});
+
+// A subscriber on a slow link: carol's page runs in a network namespace whose link from the SFU is
+// shaped to ~300 kbit/s (`tc tbf` on the veth). She keeps decoding, on alice's lowest layer, while
+// bob (unconstrained) keeps the top one; when the shaping is removed carol comes back up.
+scenario('constrained', async (t) => {
+  if (!NETNS_CHROMIUM || !SHAPE_URL) t.skip('needs E2E_NETNS_CHROMIUM and SHAPE_URL (the test harness sets them)');
+  const shape = async (what) => {
+    const r = await fetch(`${SHAPE_URL}/${what}`, { method: 'POST' });
+    assert(r.ok, `${what}: HTTP ${r.status} ${await r.text()}`);
+  };
+  const room = randomRoom('e2e-constrained');
+  log(`  room ${room}`);
+  const alice = await step('alice opens the page (publishes)', () => t.join(room, 'Alice'));
+  const bob = await step('bob opens the page (receive only)', () => t.join(room, 'Bob', { media: 'deny' }));
+  const carol = await step('carol opens the page in the namespace (receive only)',
+    () => t.join(room, 'Carol', { media: 'deny', netns: true }));
+  await step('all connected', () => Promise.all([alice, bob, carol].map((p) => t.waitConnected(p, 30_000))));
+  const layers = await step('alice encodes every simulcast layer',
+    () => waitFor(alice.page, encodedLayers, 30_000, 'alice: outbound-rtp video frames for each rid'));
+  const [low, top] = [layers.heights[0], layers.top];
+  log(`        alice's layers: ${layers.rids.join(', ')} at ${layers.heights.join(' / ')} lines`);
+  const height = async (me) => me.page.evaluate(
+    // eslint-disable-next-line no-undef
+    (pid) => window.__e2eRemoteStat([pid, 'video', 'frameHeight']), alice.id);
+  const heightAtLeast = (me, want, ms) => waitFor(me.page, async ([pid, h]) => {
+    // eslint-disable-next-line no-undef
+    const v = await window.__e2eRemoteStat([pid, 'video', 'frameHeight']);
+    return v >= h ? v : 0;
+  }, ms, `${me.name}: inbound frameHeight from alice >= ${want}`, [alice.id, want]);
+  for (const me of [bob, carol]) await installStatHelper(me);
+  await step(`bob and carol decode the top layer (${top} lines) on an open link`,
+    () => Promise.all([heightAtLeast(bob, top, 30_000), heightAtLeast(carol, top, 30_000)]));
+
+  await step('carol\'s link drops to 300 kbit/s', () => shape('shape'));
+  const t0 = Date.now();
+  await step(`carol moves to the lowest layer (${low} lines)`, () => waitFor(carol.page, async ([pid, h]) => {
+    // eslint-disable-next-line no-undef
+    const v = await window.__e2eRemoteStat([pid, 'video', 'frameHeight']);
+    return v > 0 && v <= h ? v : 0;
+  }, 30_000, `carol: inbound frameHeight from alice <= ${low}`, [alice.id, low]));
+  log(`        carol on ${await height(carol)} lines after ${Date.now() - t0} ms`);
+  await step('carol keeps decoding on the slow link, with few freezes; bob keeps the top layer', async () => {
+    // eslint-disable-next-line no-undef
+    const freezes = () => carol.page.evaluate((pid) => window.__e2eRemoteStat([pid, 'video', 'freezeCount']), alice.id);
+    await sleep(3_000); // settle after the switch
+    const f0 = await freezes();
+    const [a, b] = await waitForRisingFrom(carol, alice, 'video', 'framesDecoded', 10_000, 60);
+    const f1 = await freezes();
+    log(`        carol framesDecoded ${a} -> ${b}, freezeCount ${f0} -> ${f1}, ${await height(carol)} lines; bob ${await height(bob)} lines`);
+    assert(f1 - f0 <= 3, `carol froze ${f1 - f0} times while decoding 60 frames`);
+    assert((await height(carol)) <= low, 'carol stays on the lowest layer');
+    assert((await height(bob)) >= top, 'bob keeps the top layer');
+  });
+  await step('the link recovers: carol comes back to the top layer', async () => {
+    await shape('unshape');
+    const t1 = Date.now();
+    await heightAtLeast(carol, top, 45_000);
+    log(`        carol back on ${await height(carol)} lines after ${Date.now() - t1} ms`);
+  });
+  assertNoConsoleErrors([alice, bob, carol]);
+}, { netns: true });

@@ -14,6 +14,7 @@ import { call } from './state.js';
 import { effectiveMuted } from './media.js';
 import { addUnread, panelTab } from './panel.js';
 import { setActiveSpeakers } from './grid.js';
+import { setPublishedLayers } from './peer.js';
 import { ended } from './signal.js';
 
 const MAX_CHAT_BYTES = 4096;
@@ -89,6 +90,10 @@ function handleChannelMessage(msg) {
   if (msg.type === 'state') {
     if (typeof msg.from !== 'string' || (call.self && msg.from === call.self.id)) return;
     onPeerState(msg.from, msg.audio_muted === true, msg.video_muted === true);
+    return;
+  }
+  if (msg.type === 'layers') {
+    setPublishedLayers(msg.mid, msg.active);
     return;
   }
   if (msg.type === 'active_speakers') {

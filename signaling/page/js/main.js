@@ -35,6 +35,7 @@ import {
 import { closePreview, showJoinForm, stopPreview, validateJoinForm, wirePrejoin } from './prejoin.js';
 import { layoutGrid, removeAllTiles, wireGrid } from './grid.js';
 import { clearSpeaking, forget, renderSpeaking, startLevelPolling, stopLevelPolling } from './speaking.js';
+import { startHints, stopHints } from './hints.js';
 import { narrowScreen, renderSelfMuted, setPanel, wirePanel } from './panel.js';
 import {
   addSystemMessage, addressTo, currentChannel, dcLog, renderChatTargets, sendState, updateChatControls, wireChat,
@@ -111,6 +112,7 @@ function start(room, name, media) {
     status: refreshStatus,
   });
   startLevelPolling();
+  startHints();
 }
 
 /** `joined`: show who is here, then (once the camera is settled) start the peer connection. */
@@ -218,6 +220,7 @@ function toggleMute(kind) {
 function teardown(terminal) {
   end(terminal);
   stopLevelPolling();
+  stopHints();
   closePeer();
   closeSocket();
   stopLocalMedia();

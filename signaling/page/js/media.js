@@ -23,12 +23,16 @@ let onAudioContext = () => {};
 
 // ---------------------------------------------------------------- opening devices
 
+// The camera is asked for 720p (what a webcam usually gives): enough lines for three simulcast
+// layers (peer.js); a smaller camera gives what it has.
+export const CAMERA = { width: { ideal: 1280 }, height: { ideal: 720 } };
+
 /** Open camera + microphone (falling back to one of them). Never throws. */
 export async function acquireMedia(cameraId, micId) {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     return { stream: null, error: { name: 'NotSupportedError', message: 'getUserMedia is not available' } };
   }
-  const video = cameraId ? { deviceId: { ideal: cameraId } } : true;
+  const video = cameraId ? { ...CAMERA, deviceId: { ideal: cameraId } } : { ...CAMERA };
   const audio = micId ? { deviceId: { ideal: micId } } : true;
   const attempts = [{ audio, video }, { audio, video: false }, { audio: false, video }];
   let firstError = null;

@@ -43,6 +43,34 @@ let outbox = []; // {msg, offerSdp} offers/answers produced while the session wa
 let lastOfferSdp = null; // the last server offer applied
 let resentOfferSdp = null; // a server offer answered by a queued answer: ignore it when re-sent after the resume
 
+/**
+ * Dynacast (`{"type":"layers","mid":…,"active":[rids]}` from the SFU): encode only the listed
+ * simulcast layers of the sender on `mid`; the others stop until a subscriber needs them.
+ */
+export async function setPublishedLayers(mid, active) {
+  const p = pc;
+  if (!p || typeof mid !== 'string' || !Array.isArray(active)) return;
+  const tr = p.getTransceivers().find((t) => t.mid === mid && t.sender && t.sender.track);
+  if (!tr) return;
+  const params = tr.sender.getParameters();
+  if (!params.encodings || params.encodings.length < 2) return;
+  let changed = false;
+  for (const e of params.encodings) {
+    if (!e.rid) continue;
+    const on = active.includes(e.rid);
+    if (e.active !== on) {
+      e.active = on;
+      changed = true;
+    }
+  }
+  if (!changed) return;
+  try {
+    await tr.sender.setParameters(params);
+  } catch (err) {
+    console.warn('could not switch simulcast layers:', err);
+  }
+}
+
 export function currentPc() {
   return pc;
 }

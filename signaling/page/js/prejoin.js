@@ -10,7 +10,7 @@
 import { el, setStatus } from './dom.js';
 import { MAX_NAME_CHARS, cleanName, mutedList, nameProblem, prefs, randomRoom, roomProblem, setAvatar } from './util.js';
 import {
-  acquireMedia, ensureAudioContext, isDenied, makeMeter, mediaProblemText, onAudioContextCreated, setUserMuted, userMuted,
+  CAMERA, acquireMedia, ensureAudioContext, isDenied, makeMeter, mediaProblemText, onAudioContextCreated, setUserMuted, userMuted,
 } from './media.js';
 
 const preview = {
@@ -203,7 +203,8 @@ async function switchPreviewDevice(kind, deviceId) {
   }
   let error = null;
   try {
-    const s = await navigator.mediaDevices.getUserMedia({ [kind]: { deviceId: { exact: deviceId } } });
+    const constraints = kind === 'video' ? { ...CAMERA, deviceId: { exact: deviceId } } : { deviceId: { exact: deviceId } };
+    const s = await navigator.mediaDevices.getUserMedia({ [kind]: constraints });
     for (const t of s.getTracks()) stream.addTrack(t);
   } catch (err) {
     error = err;
