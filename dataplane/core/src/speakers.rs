@@ -1,5 +1,6 @@
 //! Active speakers: the audio level every publisher's packets carry (RFC 6464 header extension,
-//! read on ingress, never decoded), smoothed per audio track, ranked per room, and sent to the
+//! read on ingress, never decoded), smoothed per audio track (speech held 1.5 s through pauses),
+//! ranked per room, and sent to the
 //! room's pages over their chat DataChannel as `{"type":"active_speakers","speakers":[ids]}`
 //! (loudest first) — only when the ranking changed, at most every [`SPEAKER_INTERVAL`] per
 //! worker. The allocation gives the loudest speaker's video the first share of each
@@ -29,12 +30,20 @@ const MAX_SPEAKERS: usize = 3;
 /// Weight of a new level in the moving average (at 50 packets/s ≈ 100 ms time constant).
 const SMOOTHING: f32 = 0.2;
 
+/// A speaker stays one this long after its level last rose above [`SPEAKING_DBOV`] (the pauses
+/// between words and sentences).
+const SPEAKING_HOLD: Duration = Duration::from_millis(1500);
+
 /// A track's smoothed audio level.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AudioLevel {
     /// Smoothed level, dBov (−127 silence … 0 loudest).
     pub dbov: Option<f32>,
     pub at: Option<Instant>,
+    /// When the smoothed level was last above the speech threshold, and the loudest it reached
+    /// since it rose above it (what speakers are ranked by).
+    pub loud_at: Option<Instant>,
+    pub loud_dbov: f32,
 }
 
 impl AudioLevel {
@@ -42,17 +51,25 @@ impl AudioLevel {
     /// writing absurd values) is clamped.
     pub fn record(&mut self, now: Instant, level: i8) {
         let l = f32::from(level).clamp(-127.0, 0.0);
-        self.dbov = Some(self.dbov.map_or(l, |d| d + SMOOTHING * (l - d)));
+        let d = self.dbov.map_or(l, |d| d + SMOOTHING * (l - d));
+        self.dbov = Some(d);
         self.at = Some(now);
+        if d > SPEAKING_DBOV {
+            let held = self.speaking(now).is_some();
+            self.loud_dbov = if held { self.loud_dbov.max(d) } else { d };
+            self.loud_at = Some(now);
+        }
     }
 
-    /// The level if it is speech, current at `now`.
+    /// How loud it speaks, if it spoke within the hold and its audio is current at `now`.
     pub fn speaking(&self, now: Instant) -> Option<f32> {
-        let d = self.dbov?;
         let fresh = self
             .at
             .is_some_and(|t| now.saturating_duration_since(t) < LEVEL_STALE);
-        (fresh && d > SPEAKING_DBOV).then_some(d)
+        let held = self
+            .loud_at
+            .is_some_and(|t| now.saturating_duration_since(t) < SPEAKING_HOLD);
+        (fresh && held).then_some(self.loud_dbov)
     }
 }
 

@@ -37,7 +37,8 @@ fn the_loud_participant_is_announced_as_speaker_and_the_change_follows_the_voice
     });
     assert!(ok, "speakers seen by b: {:?}", sim.chat_of("b"));
 
-    // a falls silent, b starts talking: within a second everyone hears about b.
+    // a falls silent, b starts talking: once a's hold through pauses (1.5 s) has passed,
+    // everyone hears about b alone.
     sim.peer_mut("a").peer.set_audio_level(Some(-127));
     sim.peer_mut("b").peer.set_audio_level(Some(-25));
     let t0 = sim.now;
@@ -47,7 +48,7 @@ fn the_loud_participant_is_announced_as_speaker_and_the_change_follows_the_voice
             .all(|id| speaker_lists(s, id).last() == Some(&vec!["b".to_string()]))
     }));
     let took = sim.now - t0;
-    assert!(took <= Duration::from_millis(1200), "took {took:?}");
+    assert!(took <= Duration::from_millis(2000), "took {took:?}");
     sim.run_for(secs(3));
 
     for id in ["a", "b", "c"] {

@@ -35,15 +35,50 @@ async function encodedLayers() {
   return { rids, heights: rids.map((r) => h[r]), top: h[rids[rids.length - 1]] };
 }
 
-// The page sends its camera as simulcast encodings (rid q, h, f at ¼, ½ and full resolution; the
-// two upper ones for a 360…539-line camera such as the fake 640×480 one); the SFU forwards each subscriber one of them — on an unconstrained link the top
-// one — with one continuous, decodable stream; `?simulcast=0` publishes a single encoding, which
-// is forwarded as before.
+// In-page: the device-pixel height of the tile showing participant `pid`'s video.
+function tileHeight(pid) {
+  const v = document.querySelector(`video[data-participant-id="${CSS.escape(pid)}"]`);
+  return v ? Math.round(v.getBoundingClientRect().height * (window.devicePixelRatio || 1)) : 0;
+}
+
+/**
+ * The layer the SFU should forward to a tile `tile` device pixels high (as dataplane `hints.rs`:
+ * the lowest at least tile / 1.15 high, else the top): its index and the frame heights that
+ * bound it — above the next lower layer, at most its own.
+ */
+function expectedLayer(heights, tile) {
+  let i = heights.findIndex((h) => h * 1.15 >= tile);
+  if (i < 0) i = heights.length - 1;
+  return { index: i, above: i > 0 ? heights[i - 1] : 0, atMost: heights[i] };
+}
+
+/** Wait until `me` decodes `from`'s video at the layer its tile needs; returns the height. */
+async function decodesLayerForTile(me, from, heights, timeoutMs) {
+  await installStatHelper(me);
+  const tile = await me.page.evaluate(tileHeight, from.id);
+  const want = expectedLayer(heights, tile);
+  const h = await waitFor(me.page, async ([pid, above, atMost]) => {
+    // eslint-disable-next-line no-undef
+    const v = await window.__e2eRemoteStat([pid, 'video', 'frameHeight']);
+    return v > above && v <= atMost ? v : 0;
+  }, timeoutMs, `${me.name}: inbound frameHeight from ${from.name} in (${want.above}, ${want.atMost}] for a ${tile}-pixel tile`,
+  [from.id, want.above, want.atMost]);
+  log(`        ${me.name}: ${tile}-pixel tile of ${from.name} -> layer ${want.index}, decoding ${h} lines`);
+  return h;
+}
+
+// The page sends its camera as simulcast encodings (rid q, h, f at ¼, ½ and full resolution of its
+// 720p camera); the SFU forwards each subscriber one of them — on an unconstrained link the one
+// its tile needs — as one continuous, decodable stream; `?simulcast=0` publishes a single
+// encoding, which is forwarded as before.
 scenario('simulcast', async (t) => {
   const room = randomRoom('e2e-simulcast');
   log(`  room ${room}`);
   const alice = await step('alice opens the page', () => t.join(room, 'Alice'));
-  const bob = await step('bob opens the page', () => t.join(room, 'Bob'));
+  // Bob's big window needs alice's top layer, carol's smaller one a lower layer: one room, two
+  // layers of the same video (and the top one stays needed, so dynacast leaves it running).
+  const bob = await step('bob opens the page in a big window (1920×1440)',
+    () => t.join(room, 'Bob', { viewport: { width: 1920, height: 1440 } }));
   const carol = await step('carol opens the page with ?simulcast=0',
     () => t.join(room, 'Carol', { query: { simulcast: '0' } }));
   await step('all connected', () => Promise.all([alice, bob, carol].map((p) => t.waitConnected(p))));
@@ -79,15 +114,10 @@ scenario('simulcast', async (t) => {
   });
 
   for (const me of [bob, carol]) {
-    await installStatHelper(me);
-    const h = await step(`${me.name} decodes alice's top layer (frameHeight ${layers.top})`, () => waitFor(me.page,
-      async ([pid, top]) => {
-        // eslint-disable-next-line no-undef
-        const v = await window.__e2eRemoteStat([pid, 'video', 'frameHeight']);
-        return v >= top ? v : 0;
-      }, 25_000, `${me.name}: inbound frameHeight from alice >= ${layers.top}`, [alice.id, layers.top]));
+    await step(`${me.name} decodes the layer of alice's video its tile needs`,
+      () => decodesLayerForTile(me, alice, layers.heights, 25_000));
     const [a, b] = await waitForRisingFrom(me, alice, 'video', 'framesDecoded', 10_000, 10);
-    log(`        ${me.name} <- alice: frameHeight ${h}, framesDecoded ${a} -> ${b}`);
+    log(`        ${me.name} <- alice: framesDecoded ${a} -> ${b}`);
   }
   await step('alice and bob decode carol\'s single encoding', async () => {
     for (const me of [alice, bob]) await waitForRisingFrom(me, carol, 'video', 'framesDecoded', 15_000, 5);
@@ -128,7 +158,7 @@ scenario('dynacast', async (t) => {
   await step('both connected', () => Promise.all([alice, bob].map((p) => t.waitConnected(p))));
   const layers = await step('alice encodes every simulcast layer',
     () => waitFor(alice.page, encodedLayers, 25_000, 'alice: outbound-rtp video frames for each rid'));
-  const [low, top] = [layers.heights[0], layers.top];
+  const low = layers.heights[0];
   const topRid = layers.rids[layers.rids.length - 1];
   log(`        alice's layers: ${layers.rids.join(', ')} at ${layers.heights.join(' / ')} lines`);
   await installStatHelper(bob);
@@ -151,13 +181,13 @@ scenario('dynacast', async (t) => {
     log(`        '${topRid}' packetsSent ${a && a.sent} -> ${b && b.sent}`);
     assert(a && b && b.sent === a.sent, `no ${topRid} packets sent while inactive (${JSON.stringify([a, b])})`);
   });
-  await step('bob\'s window grows: the top layer comes back and bob decodes it', async () => {
-    await bob.page.setViewportSize({ width: 1280, height: 960 });
-    const h = await waitFor(bob.page, async ([pid, want]) => {
-      // eslint-disable-next-line no-undef
-      const v = await window.__e2eRemoteStat([pid, 'video', 'frameHeight']);
-      return v >= want ? v : 0;
-    }, 25_000, `bob: inbound frameHeight from alice >= ${top}`, [alice.id, top]);
+  await step('bob\'s window grows (1920×1440): the top layer comes back and bob decodes it', async () => {
+    await bob.page.setViewportSize({ width: 1920, height: 1440 });
+    await sleep(500);
+    const tile = await bob.page.evaluate(tileHeight, alice.id);
+    assert(expectedLayer(layers.heights, tile).index === layers.heights.length - 1,
+      `bob's ${tile}-pixel tile needs the top layer`);
+    const h = await decodesLayerForTile(bob, alice, layers.heights, 25_000);
     const s = await alice.page.evaluate(encodingSent, topRid);
     log(`        bob decodes ${h} lines; alice's '${topRid}' active=${s && s.active}`);
     await waitForRisingFrom(bob, alice, 'video', 'framesDecoded', 10_000, 10);
@@ -211,25 +241,29 @@ scenario('constrained', async (t) => {
   const room = randomRoom('e2e-constrained');
   log(`  room ${room}`);
   const alice = await step('alice opens the page (publishes)', () => t.join(room, 'Alice'));
-  const bob = await step('bob opens the page (receive only)', () => t.join(room, 'Bob', { media: 'deny' }));
+  // Large windows: the tiles need the top layer.
+  const viewport = { width: 1920, height: 1440 };
+  const bob = await step('bob opens the page (receive only)', () => t.join(room, 'Bob', { media: 'deny', viewport }));
   const carol = await step('carol opens the page in the namespace (receive only)',
-    () => t.join(room, 'Carol', { media: 'deny', netns: true }));
+    () => t.join(room, 'Carol', { media: 'deny', netns: true, viewport }));
   await step('all connected', () => Promise.all([alice, bob, carol].map((p) => t.waitConnected(p, 30_000))));
   const layers = await step('alice encodes every simulcast layer',
     () => waitFor(alice.page, encodedLayers, 30_000, 'alice: outbound-rtp video frames for each rid'));
   const [low, top] = [layers.heights[0], layers.top];
+  // Above the middle layer: the top one (its encoder may scale it down a little under load).
+  const topAbove = layers.heights[layers.heights.length - 2];
   log(`        alice's layers: ${layers.rids.join(', ')} at ${layers.heights.join(' / ')} lines`);
   const height = async (me) => me.page.evaluate(
     // eslint-disable-next-line no-undef
     (pid) => window.__e2eRemoteStat([pid, 'video', 'frameHeight']), alice.id);
-  const heightAtLeast = (me, want, ms) => waitFor(me.page, async ([pid, h]) => {
+  const onTop = (me, ms) => waitFor(me.page, async ([pid, h]) => {
     // eslint-disable-next-line no-undef
     const v = await window.__e2eRemoteStat([pid, 'video', 'frameHeight']);
-    return v >= h ? v : 0;
-  }, ms, `${me.name}: inbound frameHeight from alice >= ${want}`, [alice.id, want]);
+    return v > h ? v : 0;
+  }, ms, `${me.name}: inbound frameHeight from alice > ${topAbove} (the top layer)`, [alice.id, topAbove]);
   for (const me of [bob, carol]) await installStatHelper(me);
   await step(`bob and carol decode the top layer (${top} lines) on an open link`,
-    () => Promise.all([heightAtLeast(bob, top, 30_000), heightAtLeast(carol, top, 30_000)]));
+    () => Promise.all([onTop(bob, 30_000), onTop(carol, 30_000)]));
 
   await step('carol\'s link drops to 300 kbit/s', () => shape('shape'));
   const t0 = Date.now();
@@ -249,12 +283,12 @@ scenario('constrained', async (t) => {
     log(`        carol framesDecoded ${a} -> ${b}, freezeCount ${f0} -> ${f1}, ${await height(carol)} lines; bob ${await height(bob)} lines`);
     assert(f1 - f0 <= 3, `carol froze ${f1 - f0} times while decoding 60 frames`);
     assert((await height(carol)) <= low, 'carol stays on the lowest layer');
-    assert((await height(bob)) >= top, 'bob keeps the top layer');
+    assert((await height(bob)) > topAbove, 'bob keeps the top layer');
   });
   await step('the link recovers: carol comes back to the top layer', async () => {
     await shape('unshape');
     const t1 = Date.now();
-    await heightAtLeast(carol, top, 45_000);
+    await onTop(carol, 45_000);
     log(`        carol back on ${await height(carol)} lines after ${Date.now() - t1} ms`);
   });
   assertNoConsoleErrors([alice, bob, carol]);
