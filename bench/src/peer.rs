@@ -71,6 +71,8 @@ pub struct Peer {
     keyframe_wanted: bool,
     /// Audio level written on published audio packets ([`Peer::set_audio_level`]).
     audio_level: Option<i8>,
+    /// Sequence numbers of [`Peer::send_undeclared_layer`].
+    undeclared_seq: u64,
     /// Simulcast layers published (empty: one video stream).
     simulcast: Vec<LayerTx>,
     video_codec: Codec,
@@ -128,6 +130,7 @@ impl Peer {
             video_ts: 2_000_000,
             keyframe_wanted: true,
             audio_level: None,
+            undeclared_seq: 100,
             simulcast: Vec::new(),
             video_codec: Codec::Vp8,
             sent_packets: 0,

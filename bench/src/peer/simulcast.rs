@@ -89,6 +89,25 @@ impl Peer {
         self.received.layer_messages += 1;
     }
 
+    /// Publish one packet on simulcast rid `rid`, which the offer did not declare (bad input
+    /// for tests): its own SSRC, the layer marker 3. False without negotiated video.
+    pub fn send_undeclared_layer(&mut self, now: Instant, rid: &str) -> bool {
+        let Some((mid, Some(pt))) = self.video else {
+            return false;
+        };
+        let mut p = self.stamped_payload(now, 200, true, false);
+        p[24] = 0x40 | 3;
+        self.undeclared_seq += 1;
+        let w = RtpWrite::new(pt, self.undeclared_seq.into(), 0, now, p).marker(true);
+        let ssrc = str0m::rtp::Ssrc::from(0x5eed_0001);
+        self.rtc
+            .direct_api()
+            .declare_stream_tx(ssrc, None, mid, Some(Rid::from(rid)))
+            .write_rtp(w);
+        self.release(now);
+        true
+    }
+
     /// A keyframe request for our video: the layer it names (all layers if none).
     pub(super) fn keyframe_requested(&mut self, req: &KeyframeRequest) {
         self.received.keyframe_requests += 1;

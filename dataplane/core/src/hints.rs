@@ -12,8 +12,9 @@ use super::layers::LayerIn;
 use super::track::TileHint;
 use super::{ParticipantIdx, VideoHint, Work, WorkerCore};
 
-/// Hints per second one participant may send, sustained (bursts of [`HINT_BURST`]); more are
-/// ignored. A page sends one per tile when it resizes, scrolls or hides.
+/// Hints per second that re-run a participant's allocation at once, sustained (bursts of
+/// [`HINT_BURST`]); beyond that a hint is still recorded but waits for the periodic allocation
+/// (1 s). A page sends one per tile when it resizes, scrolls or hides.
 const HINT_RATE: f64 = 20.0;
 const HINT_BURST: f64 = 100.0;
 
@@ -26,10 +27,9 @@ impl WorkerCore {
         let Some(p) = self.participants.get_mut(sub.0) else {
             return;
         };
-        if !p.hint_allowance.try_take(now, HINT_RATE, HINT_BURST) {
-            debug!(participant = %p.id, "video hints beyond the rate: ignored");
-            return;
-        }
+        // Every hint is kept (the last one is the tile's state); beyond the rate it waits for
+        // the next periodic allocation instead of triggering one.
+        let allocate_now = p.hint_allowance.try_take(now, HINT_RATE, HINT_BURST);
         let to = p.tracks_out.iter().copied().find(|to| {
             self.tracks_out
                 .get(to.0)
@@ -45,7 +45,14 @@ impl WorkerCore {
         };
         if t.hint != Some(new) {
             t.hint = Some(new);
-            self.work.push_back(Work::Allocate(sub));
+            if allocate_now {
+                self.work.push_back(Work::Allocate(sub));
+            } else {
+                debug!(
+                    ?sub,
+                    "video hints beyond the rate: applied at the next allocation tick"
+                );
+            }
         }
     }
 }

@@ -210,9 +210,19 @@ fn a_participant_without_the_subscribe_grant_receives_no_media() {
 /// first datagram of the pass comes out, at most the rest of that subscriber's frame is queued.
 #[test]
 fn a_fan_out_is_released_one_subscriber_at_a_time() {
-    // Without BWE: its pacer releases one packet per time input, so with it a subscriber's
-    // frame comes out interleaved with the others' (see docs/perf.md, "Bandwidth estimation").
-    let mut sim = Sim::with_config(21, |c| c.bwe_initial = None);
+    // With BWE (str0m's leaky-bucket pacer; forwarded media unpaced, `bwe-unpaced-burst`) and
+    // without (its null pacer).
+    for bwe in [true, false] {
+        fan_out_is_released_one_subscriber_at_a_time(bwe);
+    }
+}
+
+fn fan_out_is_released_one_subscriber_at_a_time(bwe: bool) {
+    let mut sim = Sim::with_config(21, |c| {
+        if !bwe {
+            c.bwe_initial = None;
+        }
+    });
     sim.join("pub", "r", Some(video_only(4, 1000)));
     for i in 0..3 {
         sim.join(&format!("s{i}"), "r", None);
@@ -275,7 +285,7 @@ fn a_fan_out_is_released_one_subscriber_at_a_time() {
     assert_eq!(
         per_subscriber.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
         vec![4, 4, 4],
-        "each subscriber's copy of the frame comes out together: {per_subscriber:?}"
+        "each subscriber's copy of the frame comes out together (bwe {bwe}): {per_subscriber:?}"
     );
     // Eagerly, all 12 datagrams would be queued before the first came out (11 left then).
     assert!(
@@ -290,9 +300,19 @@ fn a_fan_out_is_released_one_subscriber_at_a_time() {
 /// releases, and every written packet still arrives, in order.
 #[test]
 fn written_rtp_is_released_without_running_the_subscribers_timers() {
-    // The cheap release applies without BWE only (str0m's leaky-bucket pacer schedules its
-    // sends in the full time input).
-    let mut sim = Sim::with_config(22, |c| c.bwe_initial = None);
+    // With BWE too: the leaky-bucket pacer's snapshot is refreshed by the release as long as no
+    // probe is running (`bwe-unpaced-burst`).
+    for bwe in [true, false] {
+        written_rtp_is_released_cheaply(bwe);
+    }
+}
+
+fn written_rtp_is_released_cheaply(bwe: bool) {
+    let mut sim = Sim::with_config(22, |c| {
+        if !bwe {
+            c.bwe_initial = None;
+        }
+    });
     sim.join("pub", "r", pub_av());
     for i in 0..4 {
         sim.join(&format!("s{i}"), "r", None);
@@ -312,7 +332,7 @@ fn written_rtp_is_released_without_running_the_subscribers_timers() {
     );
     assert!(
         timeouts < releases / 2,
-        "{timeouts} full timeouts vs {releases} releases: written RTP runs the whole timeout machinery"
+        "{timeouts} full timeouts vs {releases} releases (bwe {bwe}): written RTP runs the whole timeout machinery"
     );
     for i in 0..4 {
         let id = format!("s{i}");

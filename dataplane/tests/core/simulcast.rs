@@ -339,3 +339,69 @@ fn layers_nobody_needs_are_switched_off_at_the_publisher_and_back_on_when_needed
         assert_decodable(id, video_log(&sim, id, "pub"));
     }
 }
+
+#[test]
+fn an_undeclared_rid_is_never_forwarded_and_nobody_notices() {
+    let mut sim = Sim::new(46);
+    sim.join("pub", "r", simulcast());
+    sim.join("sub", "r", None);
+    sim.peer_mut("sub").peer.received.record_detail = true;
+    sim.run_for(secs(4));
+    for _ in 0..100 {
+        let now = sim.now;
+        assert!(sim.peer_mut("pub").peer.send_undeclared_layer(now, "x"));
+        sim.run_for(Duration::from_millis(20));
+    }
+    sim.run_for(secs(1));
+    // str0m maps no stream for a rid the SDP did not declare (its RTP never becomes an event);
+    // the core's own check (`undeclared_layer`) catches declared rids beyond the 4 it keeps.
+    let log = video_log(&sim, "sub", "pub");
+    assert!(
+        log.iter().all(|p| p.layer != Some(3)),
+        "an undeclared layer was forwarded"
+    );
+    assert_eq!(layer_now(&sim, "sub", "pub"), Some(2));
+    assert_decodable("sub", log);
+    assert!(sim.core.invariant_violations().is_empty());
+}
+
+#[test]
+fn hint_spam_is_bounded_and_the_last_hint_wins() {
+    let mut sim = Sim::new(47);
+    sim.join("pub", "r", simulcast());
+    sim.join("sub", "r", None);
+    sim.join("other", "r", None);
+    sim.peer_mut("sub").peer.received.record_detail = true;
+    assert!(sim.run_until(secs(10), |s| layer_now(s, "sub", "pub") == Some(2)));
+    let other_before = video_packets(&sim, "other", "pub");
+    // 2 000 hints as fast as the channel takes them, flipping size and visibility, and garbage.
+    for i in 0..2_000u32 {
+        let msg = format!(
+            r#"{{"type":"video_hint","from":"pub","height":{},"visible":{}}}"#,
+            (i * 37) % 5000,
+            i % 3 != 0
+        );
+        // Whatever the channel takes (a full SCTP buffer refuses some).
+        sim.peer_mut("sub").peer.send_chat_raw(msg.as_bytes());
+        if i % 100 == 0 {
+            for bad in [
+                &br#"{"type":"video_hint"}"#[..],
+                br#"{"type":"video_hint","from":"nobody","height":1}"#,
+                br#"{"type":"video_hint","from":"pub","height":-5}"#,
+            ] {
+                sim.peer_mut("sub").peer.send_chat_raw(bad);
+            }
+            sim.run_for(Duration::from_millis(5));
+        }
+    }
+    // The page's final word: a large visible tile.
+    hint(&mut sim, "sub", "pub", 720, true);
+    assert!(
+        sim.run_until(secs(8), |s| layer_now(s, "sub", "pub") == Some(2)
+            && video_packets(s, "sub", "pub") > 0),
+        "the last hint was not applied"
+    );
+    sim.run_for(secs(2));
+    assert!(video_packets(&sim, "other", "pub") > other_before + 100);
+    assert!(sim.core.invariant_violations().is_empty());
+}

@@ -353,10 +353,14 @@ impl Session {
 
     /// PATCH(release-written-rtp): make RTP written since the last time input sendable,
     /// without the rest of [`Self::handle_timeout`] (feedback, NACK, RTCP reports, BWE).
-    /// Returns `false`, doing nothing, when the pacer needs the full timeout (BWE on: the
-    /// leaky-bucket pacer schedules sends and padding there) or the session is closing.
+    /// Returns `false`, doing nothing, when the pacer needs the full timeout (a BWE probe in
+    /// progress: the leaky-bucket pacer times its probe packets there) or the session is
+    /// closing. PATCH(bwe-unpaced-burst): with BWE on and no probe running, the pacer's queue
+    /// snapshot is refreshed the same way (`update_queue_state` runs the pacer's own timeout);
+    /// the estimator keeps its own deadline in [`Self::poll_timeout`].
     pub fn release_written_rtp(&mut self, now: Instant, wake: &mut Wake) -> bool {
-        if self.rtp_closing || self.bwe.is_some() {
+        let probing = self.bwe.is_some() && self.pacer.active_cluster().is_some();
+        if self.rtp_closing || probing {
             wake.no_events();
             wake.no_timeout();
             return false;
@@ -1251,6 +1255,7 @@ impl Session {
         // The cluster_id is captured by the pacer at poll time, before register_send() might clear it
         let (midrid, cluster_id) = self.pacer.poll_queue()?;
         let stream = self.streams.stream_tx_by_midrid(midrid)?;
+        let unpaced = stream.is_unpaced();
         let Some(media) = self.medias.iter().find(|m| m.mid() == stream.mid()) else {
             trace!("Pacer pointed to mid {} which has no media", midrid.mid());
             return None;
@@ -1285,6 +1290,12 @@ impl Session {
         }
 
         self.pacer.register_send(now, payload_size.into(), midrid);
+        // PATCH(bwe-unpaced-burst): the leaky-bucket pacer hands out one packet per queue
+        // snapshot and asks for a time input before the next. For an unpaced stream (an SFU
+        // forwarding media that its publisher paced) that made every packet a full
+        // `handle_timeout` and interleaved the subscribers' packets. Refresh the snapshot here
+        // instead, unless a probe is running (its packets are timed by the full timeout).
+        let refresh = self.bwe.is_some() && unpaced && cluster_id.is_none();
 
         if let Some(raw_packets) = &mut self.raw_packets {
             raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
@@ -1309,6 +1320,10 @@ impl Session {
 
         if !is_padding && !header.ssrc.is_probe() {
             self.media_bytes_tx += payload_size as u64;
+        }
+
+        if refresh && !is_padding {
+            self.update_queue_state(now, None);
         }
 
         Some(protected.into())

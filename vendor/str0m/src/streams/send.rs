@@ -487,6 +487,11 @@ impl StreamTx {
         self.unpaced = Some(unpaced);
     }
 
+    /// PATCH(bwe-unpaced-burst): whether the pacer sends this stream's packets at once.
+    pub(crate) fn is_unpaced(&self) -> bool {
+        self.unpaced.unwrap_or(false)
+    }
+
     /// Write RTP packet to a send stream.
     ///
     /// The write command carries the RTP payload and optional RTP metadata.
