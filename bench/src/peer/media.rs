@@ -25,6 +25,9 @@ pub(super) fn read_stamp(payload: &[u8]) -> Option<u64> {
 impl Peer {
     /// Whether the next video frame will be a keyframe (one was requested, or none sent yet).
     pub fn wants_keyframe(&self) -> bool {
+        if self.simulcast() {
+            return self.layer_wants_keyframe();
+        }
         self.keyframe_wanted
     }
 

@@ -27,6 +27,8 @@ pub(super) struct LayerTx {
     tl0: u8,
     keyframe_wanted: bool,
     pub active: bool,
+    /// Sends keyframes at all (a broken encoder for tests when not).
+    keyframes: bool,
 }
 
 impl LayerTx {
@@ -41,6 +43,7 @@ impl LayerTx {
             tl0: (40 * i) as u8,
             keyframe_wanted: true,
             active: true,
+            keyframes: true,
         }
     }
 }
@@ -59,6 +62,25 @@ impl Peer {
 
     pub fn simulcast(&self) -> bool {
         !self.simulcast.is_empty()
+    }
+
+    /// An active layer's next frame is a keyframe (requested, or none sent yet).
+    pub(super) fn layer_wants_keyframe(&self) -> bool {
+        self.simulcast
+            .iter()
+            .any(|l| l.active && l.keyframes && l.keyframe_wanted)
+    }
+
+    /// Never send a keyframe on layer `rid` (bad input for tests: an encoder that ignores
+    /// keyframe requests). False if unknown.
+    pub fn set_layer_keyframes(&mut self, rid: &str, keyframes: bool) -> bool {
+        match self.simulcast.iter_mut().find(|l| &*l.rid == rid) {
+            Some(l) => {
+                l.keyframes = keyframes;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Start or stop sending one layer (as `setParameters` with `active`). False if unknown.
@@ -157,7 +179,7 @@ impl Peer {
             if !l.active {
                 continue;
             }
-            let key = keyframe || std::mem::take(&mut l.keyframe_wanted);
+            let key = (keyframe || std::mem::take(&mut l.keyframe_wanted)) && l.keyframes;
             any_key |= key;
             let ts = l.ts;
             l.ts = l.ts.wrapping_add(90_000 / fps.max(1));

@@ -138,8 +138,8 @@ impl WorkerCore {
         }
         // Probe toward the best of everything: str0m probes when the desired rate rises above
         // its estimate, not when it is repeated. While a track is held below its best layer
-        // the desired rate is nudged up by one bit per second every `PROBE_INTERVAL` (and back),
-        // so a link that recovered is found by a probe instead of the estimator's slow climb.
+        // the desired rate is nudged up by one more bit per second every `PROBE_INTERVAL`, so
+        // a link that recovered is found by a probe instead of the estimator's slow climb.
         let want = desired(&needs) + fixed;
         let limited = needs
             .iter()
@@ -149,11 +149,12 @@ impl WorkerCore {
         if estimate.is_some()
             && let Some(p) = self.participants.get_mut(sub.0)
         {
-            let moved = want.abs_diff(p.bwe_desired) * 100 > p.bwe_desired * DESIRED_CHANGE_PERCENT;
+            let base = p.bwe_desired.saturating_sub(p.bwe_nudge);
+            let moved = want.abs_diff(base) * 100 > base * DESIRED_CHANGE_PERCENT;
             let reprobe = limited && p.bwe_probe_at.is_none_or(|t| now >= t + PROBE_INTERVAL);
             if moved || reprobe {
-                let nudge = u64::from(reprobe && p.bwe_desired == want);
-                p.bwe_desired = want + nudge;
+                p.bwe_nudge = if moved { 0 } else { p.bwe_nudge + 1 };
+                p.bwe_desired = want + p.bwe_nudge;
                 p.bwe_probe_at = Some(now);
                 p.rtc
                     .bwe()

@@ -58,15 +58,26 @@ impl WorkerCore {
             Some(Codec::Vp8) if simulcast => Vp8Descriptor::parse(&pkt.payload).ok(),
             _ => None,
         };
-        // A layer's picture height, from its keyframes (what tile hints are compared with).
-        if let Some(d) = vp8
-            && d.starts_keyframe(&pkt.payload)
-            && let Some((_, h)) = vp8_keyframe_size(&pkt.payload)
-            && let Some(l) = tin.layers.get_mut(usize::from(layer))
-        {
-            l.height = Some(h);
-        }
+        // On a simulcast track every packet is checked for a keyframe start (the selectors
+        // switch there; a layer that never sends one is not switched to), and a VP8 keyframe
+        // gives the layer's picture height (what tile hints are compared with).
         let mut keyframe: Option<bool> = None;
+        if simulcast && let Some(l) = tin.layers.get_mut(usize::from(layer)) {
+            let key = match (vp8, codec) {
+                (Some(d), _) => d.starts_keyframe(&pkt.payload),
+                (None, Some(c)) => starts_keyframe(c, &pkt.payload),
+                (None, None) => false,
+            };
+            keyframe = Some(key);
+            if key {
+                l.keyframe_arrived();
+                if vp8.is_some()
+                    && let Some((_, h)) = vp8_keyframe_size(&pkt.payload)
+                {
+                    l.height = Some(h);
+                }
+            }
+        }
         let mut ext = pkt.header.ext_vals.clone();
         // Identification extensions are per m-line: never leak the publisher's onto a subscriber.
         ext.mid = None;
@@ -213,7 +224,7 @@ impl WorkerCore {
         if tin.kind != MediaKind::Video {
             return;
         }
-        let (publisher, mid) = (tin.publisher, tin.mid);
+        let (publisher, mid, simulcast) = (tin.publisher, tin.mid, tin.simulcast());
         let Some(l) = tin.layers.get_mut(usize::from(layer)) else {
             return;
         };
@@ -228,6 +239,9 @@ impl WorkerCore {
         }
         l.keyframe_pending = false;
         l.last_keyframe_request = Some(now);
+        if simulcast {
+            l.keyframe_requested(now);
+        }
         let rid = l.rid;
         let Some(p) = self.participants.get_mut(publisher.0) else {
             return;

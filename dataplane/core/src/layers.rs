@@ -21,6 +21,9 @@ pub const LAYER_IDLE: Duration = Duration::from_millis(1000);
 /// packet (a publisher that ignores the request makes it unavailable after this).
 pub const RESUME_GRACE: Duration = Duration::from_secs(3);
 
+/// A layer whose keyframe request has gone unanswered this long is not switched to.
+pub const KEYFRAME_STALL: Duration = Duration::from_secs(3);
+
 /// Bitrate averaging window.
 const RATE_WINDOW: Duration = Duration::from_millis(500);
 
@@ -42,6 +45,8 @@ pub struct LayerIn {
     pub unneeded_since: Option<Instant>,
     /// Dynacast: when the publisher was last told to encode it again.
     pub resumed_at: Option<Instant>,
+    /// The first keyframe request for this layer not answered by a keyframe yet.
+    pub unanswered_request: Option<Instant>,
 }
 
 impl LayerIn {
@@ -56,17 +61,36 @@ impl LayerIn {
             paused: false,
             unneeded_since: None,
             resumed_at: None,
+            unanswered_request: None,
         }
     }
 
+    /// A keyframe request was sent for this layer.
+    pub fn keyframe_requested(&mut self, now: Instant) {
+        self.unanswered_request.get_or_insert(now);
+    }
+
+    /// The first packet of a keyframe arrived on this layer.
+    pub fn keyframe_arrived(&mut self) {
+        self.unanswered_request = None;
+    }
+
+    /// Asked for a keyframe [`KEYFRAME_STALL`] ago and none came (a publisher that never sends
+    /// keyframes on this layer): not chosen for a switch until one comes.
+    pub fn stalled(&self, now: Instant) -> bool {
+        self.unanswered_request
+            .is_some_and(|t| now.saturating_duration_since(t) >= KEYFRAME_STALL)
+    }
+
     /// A subscriber may be given this layer: it flows, or it was paused by dynacast (and comes
-    /// back when asked), or it was asked back moments ago.
+    /// back when asked), or it was asked back moments ago — and it answers keyframe requests.
     pub fn available(&self, now: Instant) -> bool {
-        self.active(now)
+        let on = self.active(now)
             || self.paused
             || self
                 .resumed_at
-                .is_some_and(|t| now.saturating_duration_since(t) < RESUME_GRACE)
+                .is_some_and(|t| now.saturating_duration_since(t) < RESUME_GRACE);
+        on && !self.stalled(now)
     }
 
     /// The publisher sends this layer (a packet within [`LAYER_IDLE`]).

@@ -90,6 +90,8 @@ pub struct Participant {
     /// The desired rate last given to its estimator (`bwe().set_bitrate`), and when.
     pub bwe_desired: u64,
     pub bwe_probe_at: Option<Instant>,
+    /// Bits per second added to the desired rate to make str0m probe again (`allocation.rs`).
+    pub bwe_nudge: u64,
 }
 
 /// A token bucket driven by the caller's clock (the core never reads one).
@@ -165,6 +167,7 @@ impl Participant {
             bwe_bps: None,
             bwe_desired: 0,
             bwe_probe_at: None,
+            bwe_nudge: 0,
         }
     }
 

@@ -405,3 +405,30 @@ fn hint_spam_is_bounded_and_the_last_hint_wins() {
     assert!(video_packets(&sim, "other", "pub") > other_before + 100);
     assert!(sim.core.invariant_violations().is_empty());
 }
+
+#[test]
+fn a_layer_without_keyframes_is_given_up_for_one_that_has_them() {
+    let mut sim = Sim::new(48);
+    sim.join("pub", "r", simulcast());
+    // The top layer's encoder never makes a keyframe, whatever it is asked.
+    assert!(sim.peer_mut("pub").peer.set_layer_keyframes("f", false));
+    sim.join("sub", "r", None);
+    sim.peer_mut("sub").peer.received.record_detail = true;
+    // The subscriber first waits for the top layer, then takes the next one that answers.
+    let t0 = sim.now;
+    assert!(sim.run_until(secs(10), |s| layer_now(s, "sub", "pub") == Some(1)));
+    eprintln!("decoding the middle layer after {:?}", sim.now - t0);
+    sim.run_for(secs(10));
+    assert_eq!(layer_now(&sim, "sub", "pub"), Some(1));
+    assert_decodable("sub", video_log(&sim, "sub", "pub"));
+    // The requests for the broken layer stop: no endless keyframe requests.
+    let by_rid = sim
+        .peer("pub")
+        .peer
+        .received
+        .keyframe_requests_by_rid
+        .clone();
+    eprintln!("keyframe requests by rid: {by_rid:?}");
+    assert!(by_rid.get("f").copied().unwrap_or(0) <= 8, "{by_rid:?}");
+    assert!(sim.core.invariant_violations().is_empty());
+}
