@@ -35,10 +35,14 @@ fn browser_available() -> Result<(), String> {
     Ok(())
 }
 
-/// Serve `POST /kill` and `POST /start` for signaling instance 0 of `node` while the test holds
-/// it. Returns the base URL. The thread keeps only a `Weak`, so the node (and every process it
-/// started) is dropped when the test ends, even though the accept loop never returns.
-fn restart_endpoint(node: Weak<Mutex<Node>>) -> String {
+/// A tiny HTTP endpoint for the browser scripts: each request line (`POST /kill`, …) goes to
+/// `handle` with the state `target` while the test still holds it, and its (status, body) is the
+/// answer. Returns the base URL. The thread keeps only a `Weak`, so the state (a node and every
+/// process it started) is dropped when the test ends, even though the accept loop never returns.
+fn control_endpoint<T: Send + Sync + 'static>(
+    target: Weak<T>,
+    handle: impl Fn(&T, &str) -> (&'static str, String) + Send + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     std::thread::spawn(move || {
@@ -56,21 +60,10 @@ fn restart_endpoint(node: Weak<Mutex<Node>>) -> String {
             while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
                 h.clear();
             }
-            let Some(node) = node.upgrade() else {
+            let Some(target) = target.upgrade() else {
                 return; // the test is over
             };
-            let mut node = node.lock().unwrap_or_else(|e| e.into_inner());
-            let (status, body) = if line.starts_with("POST /kill") {
-                node.kill_signaling(0);
-                ("200 OK", "killed".to_string())
-            } else if line.starts_with("POST /start") {
-                match node.restart_signaling(0) {
-                    Ok(()) => ("200 OK", "started".to_string()),
-                    Err(e) => ("500 Internal Server Error", format!("{e:#}")),
-                }
-            } else {
-                ("404 Not Found", "no".to_string())
-            };
+            let (status, body) = handle(&target, &line);
             let mut s = stream;
             let _ = write!(
                 s,
@@ -80,6 +73,41 @@ fn restart_endpoint(node: Weak<Mutex<Node>>) -> String {
         }
     });
     url
+}
+
+/// `POST /kill` and `POST /start` for signaling instance 0 of `node`.
+fn restart_endpoint(node: Weak<Mutex<Node>>) -> String {
+    control_endpoint(node, |node, line| {
+        let mut node = node.lock().unwrap_or_else(|e| e.into_inner());
+        if line.starts_with("POST /kill") {
+            node.kill_signaling(0);
+            ("200 OK", "killed".to_string())
+        } else if line.starts_with("POST /start") {
+            match node.restart_signaling(0) {
+                Ok(()) => ("200 OK", "started".to_string()),
+                Err(e) => ("500 Internal Server Error", format!("{e:#}")),
+            }
+        } else {
+            ("404 Not Found", "no".to_string())
+        }
+    })
+}
+
+/// `POST /shape` and `POST /unshape` for the link toward `ns`.
+fn shape_endpoint(ns: Weak<Netns>) -> String {
+    control_endpoint(ns, |ns, line| {
+        let result = if line.starts_with("POST /shape") {
+            ns.shape(true)
+        } else if line.starts_with("POST /unshape") {
+            ns.shape(false)
+        } else {
+            return ("404 Not Found", "no".to_string());
+        };
+        match result {
+            Ok(()) => ("200 OK", "done".to_string()),
+            Err(e) => ("500 Internal Server Error", e),
+        }
+    })
 }
 
 /// A network namespace behind a veth pair, for a page on a link of its own: the host end has
@@ -190,50 +218,6 @@ impl Drop for Netns {
         let _ = run(&["ip", "netns", "del", &self.name]);
         let _ = run(&["ip", "link", "del", &self.host_if]);
     }
-}
-
-/// Serve `POST /shape` and `POST /unshape` for `ns` while it lives. Returns the base URL.
-fn shape_endpoint(ns: Weak<Netns>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(match stream.try_clone() {
-                Ok(s) => s,
-                Err(_) => continue,
-            });
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut h = String::new();
-            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
-                h.clear();
-            }
-            let Some(ns) = ns.upgrade() else {
-                return;
-            };
-            let result = if line.starts_with("POST /shape") {
-                Some(ns.shape(true))
-            } else if line.starts_with("POST /unshape") {
-                Some(ns.shape(false))
-            } else {
-                None
-            };
-            let (status, body) = match result {
-                Some(Ok(())) => ("200 OK", "done".to_string()),
-                Some(Err(e)) => ("500 Internal Server Error", e),
-                None => ("404 Not Found", "no".to_string()),
-            };
-            let mut s = stream;
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    url
 }
 
 fn rand_u64() -> u64 {

@@ -14,7 +14,7 @@ use str0m::media::MediaKind;
 
 use super::hints::layer_for_height;
 use super::layers::MAX_LAYERS;
-use super::selector::{TrackNeed, allocate, desired};
+use super::selector::{TrackNeed, allocate, next_step};
 use super::track::OutState;
 use super::{ParticipantIdx, TrackInIdx, TrackOutIdx, Work, WorkerCore};
 
@@ -28,8 +28,10 @@ const NOMINAL_BPS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_500_000, 2_500_000];
 /// The estimator is re-told the desired rate only when it moved by more than this share.
 const DESIRED_CHANGE_PERCENT: u64 = 10;
 
-/// How often a subscriber held below its best layers asks its estimator for another probe.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a subscriber held below its best layers asks its estimator for another probe, at
+/// first; doubled after each probe that did not lift it, up to [`MAX_PROBE_INTERVAL`].
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(16);
 
 impl WorkerCore {
     /// Re-run the allocation of every participant (the periodic tick).
@@ -136,11 +138,13 @@ impl WorkerCore {
                 keyframes.push((*ti, target));
             }
         }
-        // Probe toward the best of everything: str0m probes when the desired rate rises above
-        // its estimate, not when it is repeated. While a track is held below its best layer
-        // the desired rate is nudged up by one more bit per second every `PROBE_INTERVAL`, so
-        // a link that recovered is found by a probe instead of the estimator's slow climb.
-        let want = desired(&needs) + fixed;
+        // Probe toward the next step up: str0m probes when the desired rate rises above its
+        // estimate, not when it is repeated. While a track is held below its best layer the
+        // desired rate is nudged up by one more bit per second after each probe interval, so a
+        // link that recovered is found by a probe instead of the estimator's slow climb; the
+        // interval doubles (2 s … 16 s) while the probes find nothing, so a link that really is
+        // slow is not flooded every 2 s.
+        let want = next_step(&needs, &layers) + fixed;
         let limited = needs
             .iter()
             .zip(&layers)
@@ -151,7 +155,15 @@ impl WorkerCore {
         {
             let base = p.bwe_desired.saturating_sub(p.bwe_nudge);
             let moved = want.abs_diff(base) * 100 > base * DESIRED_CHANGE_PERCENT;
-            let reprobe = limited && p.bwe_probe_at.is_none_or(|t| now >= t + PROBE_INTERVAL);
+            if !limited {
+                p.bwe_probe_interval = PROBE_INTERVAL;
+            }
+            let reprobe = limited
+                && p.bwe_probe_at
+                    .is_none_or(|t| now >= t + p.bwe_probe_interval);
+            if reprobe && !moved {
+                p.bwe_probe_interval = (p.bwe_probe_interval * 2).min(MAX_PROBE_INTERVAL);
+            }
             if moved || reprobe {
                 p.bwe_nudge = if moved { 0 } else { p.bwe_nudge + 1 };
                 p.bwe_desired = want + p.bwe_nudge;

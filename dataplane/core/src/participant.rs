@@ -90,8 +90,10 @@ pub struct Participant {
     /// The desired rate last given to its estimator (`bwe().set_bitrate`), and when.
     pub bwe_desired: u64,
     pub bwe_probe_at: Option<Instant>,
-    /// Bits per second added to the desired rate to make str0m probe again (`allocation.rs`).
+    /// Bits per second added to the desired rate to make str0m probe again (`allocation.rs`),
+    /// and the current interval between such probes.
     pub bwe_nudge: u64,
+    pub bwe_probe_interval: std::time::Duration,
 }
 
 /// A token bucket driven by the caller's clock (the core never reads one).
@@ -168,6 +170,7 @@ impl Participant {
             bwe_desired: 0,
             bwe_probe_at: None,
             bwe_nudge: 0,
+            bwe_probe_interval: super::allocation::PROBE_INTERVAL,
         }
     }
 

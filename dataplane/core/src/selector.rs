@@ -172,12 +172,20 @@ pub fn allocate(budget: Option<u64>, needs: &[TrackNeed]) -> Vec<Option<u8>> {
     chosen
 }
 
-/// The rate a subscriber would need for the best of everything (what the estimator probes
-/// toward).
-pub fn desired(needs: &[TrackNeed]) -> u64 {
+/// The rate a subscriber would need for the next step up: every track held below its best one
+/// layer higher, the others as chosen (what the estimator probes toward — one step at a time,
+/// so a probe on a link that cannot carry the best layers does not flood it).
+pub fn next_step(needs: &[TrackNeed], chosen: &[Option<u8>]) -> u64 {
     needs
         .iter()
-        .map(|n| n.highest().map_or(0, |l| n.rate(l)))
+        .zip(chosen)
+        .map(|(n, c)| {
+            let Some(c) = *c else { return 0 };
+            let up = n.highest().filter(|&h| h > c).and_then(|h| {
+                (c + 1..=h).find(|&l| n.layers.get(usize::from(l)).copied().flatten().is_some())
+            });
+            n.rate(up.unwrap_or(c))
+        })
         .sum()
 }
 
@@ -207,7 +215,10 @@ mod tests {
         assert_eq!(allocate(Some(1_000_000), &needs), vec![Some(1), Some(1)]);
         // Below the sum of the lowest layers: everyone still gets the lowest.
         assert_eq!(allocate(Some(100_000), &needs), vec![Some(0), Some(0)]);
-        assert_eq!(desired(&needs), 3_000_000);
+        // Probing one step up: the first from h to f, the second from q to h.
+        assert_eq!(next_step(&needs, &[Some(1), Some(0)]), 2_000_000);
+        assert_eq!(next_step(&needs, &[Some(2), Some(2)]), 3_000_000);
+        assert_eq!(next_step(&needs, &[None, Some(2)]), 1_500_000);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::*;
 fn call(seed: u64) -> Vec<String> {
     // Without send-side BWE: its estimates (and the probes and pacing that follow them) come
     // from the peers' transport-wide feedback, which their str0m times with its own randomness.
-    let mut sim = Sim::with_config(seed, |c| c.bwe_initial = None);
+    let mut sim = Sim::with_bwe(seed, false);
     sim.log = Some(Vec::new());
     for id in ["a", "b", "c"] {
         sim.join(id, "r", pub_av());

@@ -218,11 +218,7 @@ fn a_fan_out_is_released_one_subscriber_at_a_time() {
 }
 
 fn fan_out_is_released_one_subscriber_at_a_time(bwe: bool) {
-    let mut sim = Sim::with_config(21, |c| {
-        if !bwe {
-            c.bwe_initial = None;
-        }
-    });
+    let mut sim = Sim::with_bwe(21, bwe);
     sim.join("pub", "r", Some(video_only(4, 1000)));
     for i in 0..3 {
         sim.join(&format!("s{i}"), "r", None);
@@ -308,11 +304,7 @@ fn written_rtp_is_released_without_running_the_subscribers_timers() {
 }
 
 fn written_rtp_is_released_cheaply(bwe: bool) {
-    let mut sim = Sim::with_config(22, |c| {
-        if !bwe {
-            c.bwe_initial = None;
-        }
-    });
+    let mut sim = Sim::with_bwe(22, bwe);
     sim.join("pub", "r", pub_av());
     for i in 0..4 {
         sim.join(&format!("s{i}"), "r", None);

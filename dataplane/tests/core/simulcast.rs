@@ -202,9 +202,10 @@ fn simulcast_and_single_layer_publishers_share_a_room() {
     let rx = &sim.peer("viewer").peer.received;
     assert!(rx.packets_from("sc", MediaKind::Video) > 100);
     assert!(rx.packets_from("plain", MediaKind::Video) > 100);
-    // One layer of the simulcast publisher reaches each subscriber, never several at once.
+    // One layer of the simulcast publisher reaches each subscriber at a time (it may step up
+    // as its estimate grows), always decodable.
     let log = video_log(&sim, "viewer", "sc");
-    assert_eq!(assert_decodable("viewer", log), 0);
+    assert!(assert_decodable("viewer", log) <= 2);
     for t in rx.tracks.values() {
         assert_eq!(t.lost, 0, "a gap in {t:?}");
     }
@@ -264,13 +265,19 @@ fn tile_hints_cap_the_layer_and_a_hidden_tile_gets_no_video() {
         "audio keeps flowing"
     );
 
-    // Shown again, large: the top layer and the plain video come back, on keyframes, without a
-    // sequence gap.
+    // Shown again, large: the plain video at once, the simulcast one from its low layer up to
+    // the top as the estimate (idle while hidden) climbs; on keyframes, without a sequence gap.
     hint(&mut sim, "sub", "pub", 720, true);
     hint(&mut sim, "sub", "plain", 360, true);
     assert!(
-        sim.run_until(secs(3), |s| layer_now(s, "sub", "pub") == Some(2)
-            && video_packets(s, "sub", "plain") > b + 30)
+        sim.run_until(secs(2), |s| video_packets(s, "sub", "plain") > b + 30
+            && video_packets(s, "sub", "pub") > a + 30)
+    );
+    let t0 = sim.now;
+    assert!(sim.run_until(secs(15), |s| layer_now(s, "sub", "pub") == Some(2)));
+    eprintln!(
+        "a shown tile back on the top layer after {:?}",
+        sim.now - t0
     );
     sim.run_for(secs(1));
     assert_decodable("sub", video_log(&sim, "sub", "pub"));
@@ -283,18 +290,7 @@ fn tile_hints_cap_the_layer_and_a_hidden_tile_gets_no_video() {
 
 /// The `layers` messages (dynacast) `id` received, as lists of active rids.
 fn layer_messages(sim: &Sim, id: &str) -> Vec<Vec<String>> {
-    sim.chat_of(id)
-        .into_iter()
-        .filter(|m| m["type"] == "layers")
-        .map(|m| {
-            m["active"]
-                .as_array()
-                .expect("active")
-                .iter()
-                .filter_map(|r| r.as_str().map(String::from))
-                .collect()
-        })
-        .collect()
+    sim.channel_lists(id, "layers", "active")
 }
 
 #[test]

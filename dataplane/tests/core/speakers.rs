@@ -5,18 +5,7 @@ use super::*;
 
 /// The `active_speakers` lists `id` received, in order.
 fn speaker_lists(sim: &Sim, id: &str) -> Vec<Vec<String>> {
-    sim.chat_of(id)
-        .into_iter()
-        .filter(|m| m["type"] == "active_speakers")
-        .map(|m| {
-            m["speakers"]
-                .as_array()
-                .expect("speakers is a list")
-                .iter()
-                .map(|s| s.as_str().expect("ids").to_string())
-                .collect()
-        })
-        .collect()
+    sim.channel_lists(id, "active_speakers", "speakers")
 }
 
 #[test]

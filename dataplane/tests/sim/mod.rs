@@ -138,6 +138,15 @@ impl Sim {
         Self::with_config(seed, |_| {})
     }
 
+    /// A simulation with send-side bandwidth estimation on (the default) or off.
+    pub fn with_bwe(seed: u64, bwe: bool) -> Self {
+        Self::with_config(seed, |c| {
+            if !bwe {
+                c.bwe_initial = None;
+            }
+        })
+    }
+
     pub fn with_config(seed: u64, f: impl FnOnce(&mut CoreConfig)) -> Self {
         let now = Instant::now();
         let server: SocketAddr = SERVER.parse().expect("addr");
@@ -590,6 +599,25 @@ impl Sim {
             data,
         });
         self.collect_core_output();
+    }
+
+    /// The string lists `field` of every channel message of type `kind` `id` received, in order
+    /// (e.g. `active_speakers` / `speakers`, `layers` / `active`).
+    pub fn channel_lists(&self, id: &str, kind: &str, field: &str) -> Vec<Vec<String>> {
+        self.chat_of(id)
+            .into_iter()
+            .filter(|m| m["type"] == kind)
+            .map(|m| {
+                m[field]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     /// Chat messages received by `id`, parsed.
