@@ -292,6 +292,10 @@ impl Peer {
                 }
                 self.received
                     .record_rtp(mid, stream_id, kind, &pkt, now, stamp);
+                if self.received.record_detail {
+                    let h264 = self.codec_of(*pkt.header.payload_type) == Some(Codec::H264);
+                    self.received.record_video_detail(mid, &pkt, h264);
+                }
             }
             _ => {}
         }

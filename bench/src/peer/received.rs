@@ -54,8 +54,22 @@ pub struct VideoPacket {
 }
 
 impl VideoPacket {
-    fn parse(pkt: &RtpPacket) -> Self {
+    /// A VP8 packet, or with `h264` an H.264 one (keyframe: SPS or IDR NAL unit first; no
+    /// picture ids or frame starts).
+    fn parse(pkt: &RtpPacket, h264: bool) -> Self {
         let payload = &pkt.payload;
+        if h264 {
+            return Self {
+                seq: *pkt.seq_no,
+                ts: pkt.header.timestamp,
+                picture_id: None,
+                tl0: None,
+                frame_start: false,
+                keyframe: payload.first().is_some_and(|b| matches!(b & 0x1f, 5 | 7)),
+                layer: super::read_layer(payload),
+                ssrc: *pkt.header.ssrc,
+            };
+        }
         let d = str0m::rtp::Vp8Descriptor::parse(payload).ok();
         Self {
             seq: *pkt.seq_no,
@@ -191,14 +205,25 @@ impl Received {
             t.pts.push(pt);
         }
         t.count_seq(seq);
-        if self.record_detail && kind == MediaKind::Video && t.detail.len() < MAX_DETAIL {
-            t.detail.push(VideoPacket::parse(pkt));
-        }
         if self.first_rtp.is_none() {
             self.first_rtp = Some(now);
         }
         if let Some((sent, recv)) = stamp {
             t.record_stamp(sent, recv);
+        }
+    }
+
+    /// Keep a video packet of m-line `mid` as a decoder sees it, when recording detail
+    /// ([`Received::record_detail`]); `h264`: its payload type is H.264.
+    pub(super) fn record_video_detail(&mut self, mid: Mid, pkt: &RtpPacket, h264: bool) {
+        if !self.record_detail {
+            return;
+        }
+        if let Some(t) = self.tracks.get_mut(&mid)
+            && t.kind == Some(MediaKind::Video)
+            && t.detail.len() < MAX_DETAIL
+        {
+            t.detail.push(VideoPacket::parse(pkt, h264));
         }
     }
 

@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use str0m::format::Codec;
 use str0m::media::{KeyframeRequest, Rid};
 use str0m::rtp::RtpWrite;
 
@@ -167,6 +168,7 @@ impl Peer {
         let Some((mid, Some(pt))) = self.video else {
             return false;
         };
+        let h264 = self.video_send_codec().map(|(_, c)| c) == Some(Codec::H264);
         let shapes = [
             (1, (size / 4).max(32)),
             ((packets / 3).max(1), size.max(32)),
@@ -206,6 +208,12 @@ impl Peer {
                     let shift = SIMULCAST_RIDS.len() - 1 - index.min(SIMULCAST_RIDS.len() - 1);
                     p[12..14].copy_from_slice(&(1280u16 >> shift).to_le_bytes());
                     p[14..16].copy_from_slice(&(720u16 >> shift).to_le_bytes());
+                }
+                if h264 {
+                    // H.264 NAL header instead of the VP8 descriptor: a keyframe starts with its
+                    // SPS, every other packet is a non-IDR slice (no picture ids in H.264).
+                    p[..12].fill(0);
+                    p[0] = if i == 0 && key { 0x67 } else { 0x41 };
                 }
                 p[24] = 0x40 | index as u8;
                 let l = &mut self.simulcast[index];

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tracing::debug;
 
+use super::layers::MAX_LAYERS;
 use super::track::OutState;
 use super::{TrackInIdx, Work, WorkerCore};
 
@@ -41,7 +42,8 @@ impl WorkerCore {
         if !tin.simulcast() {
             return;
         }
-        let mut needed = vec![false; tin.layers.len()];
+        // Per layer (a track keeps at most MAX_LAYERS): no allocation on this path.
+        let mut needed = [false; MAX_LAYERS];
         needed[0] = true;
         for to in &tin.subscribers {
             let Some(t) = self.tracks_out.get(to.0) else {

@@ -146,3 +146,30 @@ impl TrackOut {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packet_maps_to_its_declared_layer_only() {
+        let rids = ["q", "h", "f"].map(Rid::from).to_vec();
+        let t = TrackIn::new(ParticipantIdx(0), Mid::from("1"), MediaKind::Video, rids);
+        assert!(t.simulcast());
+        assert_eq!(t.layer_of(Some(Rid::from("q"))), Some(0));
+        assert_eq!(t.layer_of(Some(Rid::from("f"))), Some(2));
+        // A rid not declared (or beyond the layers kept), or none at all on a simulcast track.
+        assert_eq!(t.layer_of(Some(Rid::from("x"))), None);
+        assert_eq!(t.layer_of(None), None);
+        // One declared rid is no simulcast: everything is its single layer.
+        let one = TrackIn::new(
+            ParticipantIdx(0),
+            Mid::from("2"),
+            MediaKind::Video,
+            vec![Rid::from("q")],
+        );
+        assert!(!one.simulcast());
+        assert_eq!(one.layer_of(Some(Rid::from("zz"))), Some(0));
+        assert_eq!(one.layer_of(None), Some(0));
+    }
+}

@@ -26,9 +26,13 @@ fn video_log<'a>(sim: &'a Sim, id: &str, from: &str) -> &'a [VideoPacket] {
         .map_or(&[], |t| t.detail.as_slice())
 }
 
-/// The layer of the last video packet `id` received from `from`.
+/// The layer of the newest video packet (highest sequence number: a retransmission of an older
+/// one can arrive last) `id` received from `from`.
 fn layer_now(sim: &Sim, id: &str, from: &str) -> Option<u8> {
-    video_log(sim, id, from).last().and_then(|p| p.layer)
+    video_log(sim, id, from)
+        .iter()
+        .max_by_key(|p| p.seq)
+        .and_then(|p| p.layer)
 }
 
 /// What a decoder needs of one received stream (in sequence order, each packet once): every
@@ -343,11 +347,22 @@ fn an_undeclared_rid_is_never_forwarded_and_nobody_notices() {
     sim.join("sub", "r", None);
     sim.peer_mut("sub").peer.received.record_detail = true;
     sim.run_for(secs(4));
+    // The same 2 s without and with the undeclared layer: its 100 packets do reach the SFU.
+    let datagrams = |s: &Sim| s.core.counters().datagrams_in;
+    let before = datagrams(&sim);
+    sim.run_for(secs(2));
+    let plain = datagrams(&sim) - before;
+    let before = datagrams(&sim);
     for _ in 0..100 {
         let now = sim.now;
         assert!(sim.peer_mut("pub").peer.send_undeclared_layer(now, "x"));
         sim.run_for(Duration::from_millis(20));
     }
+    let with_x = datagrams(&sim) - before;
+    assert!(
+        with_x >= plain + 90,
+        "{with_x} datagrams in with the undeclared layer vs {plain} without"
+    );
     sim.run_for(secs(1));
     // str0m maps no stream for a rid the SDP did not declare (its RTP never becomes an event);
     // the core's own check (`undeclared_layer`) catches declared rids beyond the 4 it keeps.
@@ -427,4 +442,29 @@ fn a_layer_without_keyframes_is_given_up_for_one_that_has_them() {
     eprintln!("keyframe requests by rid: {by_rid:?}");
     assert!(by_rid.get("f").copied().unwrap_or(0) <= 8, "{by_rid:?}");
     assert!(sim.core.invariant_violations().is_empty());
+}
+
+#[test]
+fn h264_simulcast_switches_on_idr_keyframes_with_continuous_numbering() {
+    let mut sim = Sim::new(49);
+    sim.add_peer("pub");
+    sim.peer_mut("pub").peer.prefer_h264();
+    sim.join("pub", "r", simulcast());
+    sim.join("sub", "r", None);
+    sim.peer_mut("sub").peer.received.record_detail = true;
+    assert!(sim.run_until(secs(10), |s| layer_now(s, "sub", "pub") == Some(2)));
+    let (_, codec) = sim.peer("pub").peer.video_send_codec().expect("negotiated");
+    assert_eq!(codec, str0m::format::Codec::H264);
+    sim.peer_mut("sub").rate_down_bps = Some(300_000);
+    assert!(sim.run_until(secs(10), |s| layer_now(s, "sub", "pub") == Some(0)));
+    sim.peer_mut("sub").rate_down_bps = None;
+    assert!(sim.run_until(secs(30), |s| layer_now(s, "sub", "pub") == Some(2)));
+    sim.run_for(secs(1));
+    // Every change of layer seen between contiguous packets is on an SPS (keyframe start);
+    // sequence numbers and timestamps continue (H.264 has no picture ids to rewrite). The
+    // down-switch can sit next to a packet the bottleneck dropped, so not every switch is seen
+    // between contiguous packets; the core counts them all (start, down, up).
+    let seen = assert_decodable("sub", video_log(&sim, "sub", "pub"));
+    assert!(seen >= 1, "{seen} switches seen");
+    assert!(sim.core.counters().layer_switches >= 3);
 }
