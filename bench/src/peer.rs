@@ -30,7 +30,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use light::LightRx;
@@ -54,6 +54,8 @@ pub enum PeerError {
 pub struct Peer {
     pub name: String,
     rtc: Rtc,
+    /// The transport of its one candidate.
+    proto: Protocol,
     local: SocketAddr,
     epoch: Instant,
     /// When the datagram being processed arrived (see [`Peer::handle_receive_at`]).
@@ -101,6 +103,29 @@ impl Peer {
     /// A peer with host candidate `local`. `epoch` is the clock origin of latency stamps; peers
     /// that measure latency between each other must share it.
     pub fn new(name: impl Into<String>, local: SocketAddr, now: Instant, epoch: Instant) -> Self {
+        Self::with_transport(name, local, Protocol::Udp, now, epoch)
+    }
+
+    /// A peer speaking ICE over TCP (RFC 6544) only: its one candidate is an active TCP host
+    /// candidate at `local` (the local address of its connection to the SFU's listener), so it
+    /// pairs only with the SFU's passive TCP candidate. The caller frames its datagrams
+    /// (RFC 4571) on that connection.
+    pub fn new_tcp(
+        name: impl Into<String>,
+        local: SocketAddr,
+        now: Instant,
+        epoch: Instant,
+    ) -> Self {
+        Self::with_transport(name, local, Protocol::Tcp, now, epoch)
+    }
+
+    fn with_transport(
+        name: impl Into<String>,
+        local: SocketAddr,
+        proto: Protocol,
+        now: Instant,
+        epoch: Instant,
+    ) -> Self {
         let mut rtc = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
@@ -109,13 +134,23 @@ impl Peer {
             .enable_h264(true)
             .set_stats_interval(None)
             .build(now);
-        if let Ok(c) = Candidate::host(local, "udp") {
+        let candidate = if proto == Protocol::Tcp {
+            Candidate::builder()
+                .tcp()
+                .host(local)
+                .tcptype(TcpType::Active)
+                .build()
+        } else {
+            Candidate::host(local, "udp")
+        };
+        if let Ok(c) = candidate {
             rtc.add_local_candidate(c);
         }
         let mut peer = Self {
             name: name.into(),
             rtc,
             local,
+            proto,
             epoch,
             arrived: now,
             pending: None,
@@ -148,6 +183,11 @@ impl Peer {
         self.local
     }
 
+    /// Whether this peer speaks ICE over TCP ([`Peer::new_tcp`]).
+    pub fn is_tcp(&self) -> bool {
+        self.proto == Protocol::Tcp
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected
     }
@@ -174,7 +214,7 @@ impl Peer {
         if self.light_receive(data) {
             return;
         }
-        let Ok(recv) = Receive::new(Protocol::Udp, source, self.local, data) else {
+        let Ok(recv) = Receive::new(self.proto, source, self.local, data) else {
             return;
         };
         if let Err(e) = self.rtc.handle_input(Input::Receive(now, recv)) {

@@ -360,6 +360,25 @@ pub struct WorkerStats {
     pub udp_send_errors: u64,
     #[serde(default)]
     pub udp_backlog_drops: u64,
+    /// ICE-TCP: open connections; connections accepted, refused at accept (over a limit),
+    /// closed for not speaking ICE, closed by the handshake or idle timeout; frames received and
+    /// sent; datagrams dropped because a connection's write buffer was full (slow reader).
+    #[serde(default)]
+    pub tcp_connections: u64,
+    #[serde(default)]
+    pub tcp_accepted: u64,
+    #[serde(default)]
+    pub tcp_refused: u64,
+    #[serde(default)]
+    pub tcp_garbage: u64,
+    #[serde(default)]
+    pub tcp_timeouts: u64,
+    #[serde(default)]
+    pub tcp_frames_in: u64,
+    #[serde(default)]
+    pub tcp_frames_out: u64,
+    #[serde(default)]
+    pub tcp_send_drops: u64,
     /// NACKs received from subscribers (answered from the RTX cache by str0m).
     #[serde(default)]
     pub nacks_received: u64,

@@ -141,6 +141,7 @@ fn measure(c: &mut Criterion, name: &str, batch: usize, sizes: &[usize], mesh: b
                         for d in turn {
                             sim.core.handle_input(Input::Receive {
                                 now,
+                                transport: sfu_core::Transport::Udp,
                                 source: from,
                                 destination: server,
                                 data: d,

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use dataplane::io::cluster::ClusterLink;
 use dataplane::io::control::{self, ControlServer, ControlSettings};
+use dataplane::io::tcp::TcpLimits;
 use dataplane::io::worker::{self, WorkerSettings};
 use sfu_core::CoreConfig;
 use tracing::info;
@@ -39,6 +40,27 @@ struct Args {
     /// UDP port of worker 0; worker N uses port-base + N.
     #[arg(long, env = "SFU_PORT_BASE", default_value_t = 40000)]
     port_base: u16,
+    /// Do not listen for ICE over TCP (RFC 6544 passive candidates; clients behind firewalls
+    /// that block UDP then need TURN).
+    #[arg(long, env = "SFU_NO_ICE_TCP", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    no_ice_tcp: bool,
+    /// TCP port of worker 0's ICE-TCP listener; worker N uses it + N. Default: the UDP ports'
+    /// numbers (`--port-base`).
+    #[arg(long, env = "SFU_ICE_TCP_PORT_BASE")]
+    ice_tcp_port_base: Option<u16>,
+    /// Open ICE-TCP connections per worker; more are closed at once.
+    #[arg(long, env = "SFU_ICE_TCP_MAX_CONNECTIONS", default_value_t = 2048)]
+    ice_tcp_max_connections: usize,
+    /// Open ICE-TCP connections per worker from one source IP.
+    #[arg(long, env = "SFU_ICE_TCP_MAX_PER_IP", default_value_t = 64)]
+    ice_tcp_max_per_ip: usize,
+    /// Milliseconds an ICE-TCP connection may take to send an ICE check a participant accepts.
+    #[arg(long, env = "SFU_ICE_TCP_HANDSHAKE_TIMEOUT_MS", default_value_t = 5000)]
+    ice_tcp_handshake_timeout_ms: u64,
+    /// Bytes queued toward one ICE-TCP connection; beyond it datagrams to that (slow) reader
+    /// are dropped.
+    #[arg(long, env = "SFU_ICE_TCP_WRITE_BUFFER", default_value_t = 256 * 1024)]
+    ice_tcp_write_buffer: usize,
     #[command(flatten)]
     control: ::registry::cli::ControlSocketArgs,
     /// File mode of the control socket (octal; never open to all users).
@@ -145,6 +167,23 @@ fn main() -> anyhow::Result<()> {
             args.port_base
         );
     }
+    let tcp_base = (!args.no_ice_tcp).then(|| args.ice_tcp_port_base.unwrap_or(args.port_base));
+    if let Some(base) = tcp_base
+        && usize::from(base) + workers > 65_535
+    {
+        anyhow::bail!("--ice-tcp-port-base {base} leaves no room for {workers} workers");
+    }
+    anyhow::ensure!(
+        args.ice_tcp_write_buffer >= 4096,
+        "--ice-tcp-write-buffer must be at least 4096 bytes"
+    );
+    let tcp_limits = TcpLimits {
+        max_connections: args.ice_tcp_max_connections,
+        max_per_ip: args.ice_tcp_max_per_ip,
+        handshake_timeout: Duration::from_millis(args.ice_tcp_handshake_timeout_ms),
+        idle_timeout: Duration::from_secs(args.ice_timeout_secs + 5),
+        write_buffer: args.ice_tcp_write_buffer,
+    };
 
     let crypto = dataplane::crypto::shared_crypto().context("generating the DTLS certificate")?;
     let control_socket = args
@@ -166,6 +205,8 @@ fn main() -> anyhow::Result<()> {
     for i in 0..workers {
         let port = args.port_base + i as u16;
         let mut core = CoreConfig::new(i as u32, SocketAddr::new(args.public_ip, port));
+        let tcp_port = tcp_base.map(|b| b + i as u16);
+        core.tcp_addr = tcp_port.map(|p| SocketAddr::new(args.public_ip, p));
         core.max_participants_per_room = args.max_participants_per_room;
         core.max_rooms = args.max_rooms_per_worker;
         core.ice_timeout = Duration::from_secs(args.ice_timeout_secs);
@@ -193,6 +234,7 @@ fn main() -> anyhow::Result<()> {
             socket_buffer: args.socket_buffer,
             cpu,
             command_queue: 1024,
+            tcp: tcp_port.map(|p| (SocketAddr::new(bind_ip, p), tcp_limits.clone())),
         };
         let h = worker::spawn(
             settings,
@@ -201,7 +243,10 @@ fn main() -> anyhow::Result<()> {
             control_waker.clone(),
             shutdown.clone(),
         )
-        .with_context(|| format!("starting worker {i} on UDP {bind_ip}:{port}"))?;
+        .with_context(|| match tcp_port {
+            Some(t) => format!("starting worker {i} on UDP {bind_ip}:{port} and TCP port {t}"),
+            None => format!("starting worker {i} on UDP {bind_ip}:{port}"),
+        })?;
         handles.push(h);
     }
 
@@ -255,6 +300,7 @@ fn main() -> anyhow::Result<()> {
         .name("control".into())
         .spawn(move || server.run())?;
     info!(%node_id, workers, public_ip = %args.public_ip, %bind_ip, port_base = args.port_base,
+        ice_tcp_port_base = ?tcp_base,
         control_socket = %control_socket.display(), batching = !args.no_batching, "dataplane ready");
 
     // The main thread waits for SIGINT/SIGTERM (stop now) or SIGUSR1 (drain: finish the rooms,

@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
     ));
     core.handle_input(Input::Receive {
         now,
+        transport: sfu_core::Transport::Udp,
         source: src,
         destination: local,
         data,

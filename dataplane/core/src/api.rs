@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::config::{CryptoProvider, DtlsCert};
+use str0m::net::Protocol;
 
 use crate::messages::{Event, Op, ParticipantId, Reply, RoomId, Stats};
 
@@ -22,6 +23,9 @@ pub struct CoreConfig {
     /// The address advertised as this worker's ICE host candidate. Every received datagram must
     /// carry it as its destination (str0m drops STUN sent to any other local address).
     pub local_addr: SocketAddr,
+    /// The address advertised as this worker's passive ICE-TCP host candidate (RFC 6544), if
+    /// it listens on TCP. Datagrams received over TCP carry it as their destination.
+    pub tcp_addr: Option<SocketAddr>,
     pub max_participants_per_room: usize,
     pub max_rooms: usize,
     /// A participant with no datagram for this long is removed (reason `timeout`). Also bounds the
@@ -63,6 +67,7 @@ impl CoreConfig {
         Self {
             worker,
             local_addr,
+            tcp_addr: None,
             max_participants_per_room: 50,
             max_rooms: 10_000,
             ice_timeout: Duration::from_secs(10),
@@ -138,12 +143,59 @@ pub enum Report {
     Stats(Box<Stats>),
 }
 
+/// The transport a datagram came over or goes out on. The core treats both alike; the shell
+/// frames TCP (RFC 4571) and maps a TCP peer address to its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    /// ICE-TCP (RFC 6544): one datagram per RFC 4571 frame on a connection to the worker's
+    /// listener.
+    Tcp,
+}
+
+impl Transport {
+    pub(crate) fn protocol(self) -> Protocol {
+        match self {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        }
+    }
+
+    /// The transport of a str0m protocol (TLS variants never occur: the core has no such
+    /// candidates).
+    pub(crate) fn of(p: Protocol) -> Self {
+        match p {
+            Protocol::Udp => Transport::Udp,
+            _ => Transport::Tcp,
+        }
+    }
+}
+
+/// A remote transport address: the transport and the peer's socket address. (A UDP and a TCP
+/// peer can share an address; they are different remotes.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Remote {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl Remote {
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            transport: Transport::Udp,
+            addr,
+        }
+    }
+}
+
 /// Input to the core. Time always comes with it.
 #[derive(Debug)]
 pub enum Input<'a> {
-    /// A UDP datagram received on this worker's socket.
+    /// A datagram received on this worker's UDP socket or in a frame on one of its TCP
+    /// connections.
     Receive {
         now: Instant,
+        transport: Transport,
         source: SocketAddr,
         destination: SocketAddr,
         data: &'a [u8],
@@ -154,9 +206,11 @@ pub enum Input<'a> {
     Command(Instant, Command),
 }
 
-/// A datagram to send from this worker's socket.
+/// A datagram to send from this worker's UDP socket, or framed on the TCP connection from
+/// `destination`.
 #[derive(Debug)]
 pub struct Transmit {
+    pub transport: Transport,
     pub destination: SocketAddr,
     pub contents: Vec<u8>,
 }

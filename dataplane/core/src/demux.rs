@@ -7,10 +7,10 @@
 //! the address map.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use str0m::ice::StunMessage;
 
+use super::Remote;
 use super::ids::ParticipantIdx;
 
 /// What a datagram looks like from its first byte (RFC 7983 §7).
@@ -48,7 +48,7 @@ pub enum RouteError {
 #[derive(Debug, Default)]
 pub struct Demux {
     by_ufrag: HashMap<String, ParticipantIdx>,
-    by_addr: HashMap<SocketAddr, ParticipantIdx>,
+    by_addr: HashMap<Remote, ParticipantIdx>,
 }
 
 impl Demux {
@@ -65,11 +65,7 @@ impl Demux {
     }
 
     /// Route a datagram. Also returns whether it is STUN (which may need address binding).
-    pub fn route(
-        &self,
-        source: SocketAddr,
-        data: &[u8],
-    ) -> Result<(ParticipantIdx, bool), RouteError> {
+    pub fn route(&self, source: Remote, data: &[u8]) -> Result<(ParticipantIdx, bool), RouteError> {
         match classify(data) {
             PacketClass::Stun => {
                 let msg = StunMessage::parse(data).map_err(|_| RouteError::Malformed)?;
@@ -87,17 +83,17 @@ impl Demux {
     }
 
     /// Which participant an address is bound to.
-    pub fn addr_owner(&self, addr: &SocketAddr) -> Option<ParticipantIdx> {
+    pub fn addr_owner(&self, addr: &Remote) -> Option<ParticipantIdx> {
         self.by_addr.get(addr).copied()
     }
 
     /// Bind a proven source address to a participant (replacing a stale binding).
-    pub fn bind_addr(&mut self, addr: SocketAddr, idx: ParticipantIdx) -> Option<ParticipantIdx> {
+    pub fn bind_addr(&mut self, addr: Remote, idx: ParticipantIdx) -> Option<ParticipantIdx> {
         self.by_addr.insert(addr, idx).filter(|old| *old != idx)
     }
 
     /// Forget a participant: its ufrag and the given addresses (only where still bound to it).
-    pub fn remove(&mut self, idx: ParticipantIdx, ufrag: &str, addrs: &[SocketAddr]) {
+    pub fn remove(&mut self, idx: ParticipantIdx, ufrag: &str, addrs: &[Remote]) {
         if self.by_ufrag.get(ufrag) == Some(&idx) {
             self.by_ufrag.remove(ufrag);
         }
@@ -130,8 +126,15 @@ mod tests {
         buf
     }
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, 1], port))
+    fn addr(port: u16) -> Remote {
+        Remote::udp(std::net::SocketAddr::from(([10, 0, 0, 1], port)))
+    }
+
+    fn tcp(port: u16) -> Remote {
+        Remote {
+            transport: crate::Transport::Tcp,
+            addr: std::net::SocketAddr::from(([10, 0, 0, 1], port)),
+        }
     }
 
     #[test]
@@ -194,6 +197,20 @@ mod tests {
         assert_eq!(
             d.route(addr(2), &[0x80, 96, 0, 1]),
             Err(RouteError::UnknownSource)
+        );
+        // The same address over TCP is another remote: not bound.
+        assert_eq!(
+            d.route(tcp(1), &[0x80, 96, 0, 1]),
+            Err(RouteError::UnknownSource)
+        );
+        d.bind_addr(tcp(1), ParticipantIdx(1));
+        assert_eq!(
+            d.route(tcp(1), &[0x80, 96, 0, 1]),
+            Ok((ParticipantIdx(1), false))
+        );
+        assert_eq!(
+            d.route(addr(1), &[0x80, 96, 0, 1]),
+            Ok((ParticipantIdx(2), false))
         );
         assert_eq!(d.route(addr(1), &[99]), Err(RouteError::Malformed));
         assert_eq!(d.route(addr(1), &[0, 1, 0, 0]), Err(RouteError::Malformed));

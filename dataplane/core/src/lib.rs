@@ -75,8 +75,8 @@ use str0m::media::{MediaKind, Mid};
 use str0m::rtp::RtpPacket;
 
 pub use api::{
-    Command, CoreConfig, Counters, DropReason, Input, Output, Report, SharedCrypto, Transmit,
-    WallClock,
+    Command, CoreConfig, Counters, DropReason, Input, Output, Remote, Report, SharedCrypto,
+    Transmit, Transport, WallClock,
 };
 pub use chat::{
     ChannelRequest, ChatDelivery, ChatError, ChatRequest, MAX_HINT_HEIGHT, MAX_RAW_MESSAGE,
@@ -207,15 +207,30 @@ impl WorkerCore {
         self.rooms.len()
     }
 
+    /// Whether a remote address is bound to a participant (one of its ICE checks was
+    /// accepted): the shell closes ICE-TCP connections that never get there.
+    pub fn is_bound(&self, remote: &Remote) -> bool {
+        self.demux.addr_owner(remote).is_some()
+    }
+
     /// Feed one input. Afterwards drain [`Self::poll_output`] and re-read [`Self::poll_timeout`].
     pub fn handle_input(&mut self, input: Input<'_>) {
         match input {
             Input::Receive {
                 now,
+                transport,
                 source,
                 destination,
                 data,
-            } => self.handle_receive(now, source, destination, data),
+            } => self.handle_receive(
+                now,
+                Remote {
+                    transport,
+                    addr: source,
+                },
+                destination,
+                data,
+            ),
             Input::Timeout(now) => self.handle_timeout(now),
             Input::Command(now, cmd) => self.handle_command(now, cmd),
         }

@@ -8,7 +8,6 @@
 //! subscriber of them.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::messages::{Grants, ParticipantId, RoomId};
@@ -17,6 +16,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::media::Mid;
 
+use super::Remote;
 use super::ids::{TrackInIdx, TrackOutIdx};
 
 /// At most this many source addresses are bound per participant (ICE checks from several local
@@ -42,8 +42,8 @@ pub struct Participant {
     pub room: RoomId,
     pub rtc: Rtc,
     pub ufrag: String,
-    /// Source addresses bound to this participant in the demux.
-    pub addrs: Vec<SocketAddr>,
+    /// Remote transport addresses bound to this participant in the demux.
+    pub addrs: Vec<Remote>,
     pub connected: bool,
     /// The `Rtc` returned an error or panicked; removal is queued.
     pub failed: bool,

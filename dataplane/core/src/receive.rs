@@ -6,17 +6,17 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::Input as RtcInput;
-use str0m::net::{Protocol, Receive};
+use str0m::net::Receive;
 use tracing::{debug, trace, warn};
 
 use super::participant::MAX_ADDRS;
-use super::{DropReason, WorkerCore, guard};
+use super::{DropReason, Remote, WorkerCore, guard};
 
 impl WorkerCore {
     pub(super) fn handle_receive(
         &mut self,
         now: Instant,
-        source: SocketAddr,
+        source: Remote,
         destination: SocketAddr,
         data: &[u8],
     ) {
@@ -25,7 +25,7 @@ impl WorkerCore {
         let (idx, is_stun) = match guard(|| self.demux.route(source, data)) {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
-                trace!(%source, ?e, "drop datagram");
+                trace!(source = %source.addr, ?e, "drop datagram");
                 self.counters.drop(e.into());
                 return;
             }
@@ -34,7 +34,8 @@ impl WorkerCore {
                 return;
             }
         };
-        let Some(Ok(recv)) = guard(|| Receive::new(Protocol::Udp, source, destination, data))
+        let Some(Ok(recv)) =
+            guard(|| Receive::new(source.transport.protocol(), source.addr, destination, data))
         else {
             self.counters.drop(DropReason::Malformed);
             return;

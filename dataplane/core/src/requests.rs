@@ -9,6 +9,7 @@ use crate::messages::{ErrorCode, Event, Join, LeaveReason, PeerInfo, Reply};
 use rand::Rng;
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::net::TcpType;
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 use tracing::{debug, info};
 
@@ -126,16 +127,19 @@ impl WorkerCore {
         let ufrag = creds.ufrag.clone();
         let resume_key = format!("{:032x}", self.rng.random::<u128>());
         let mut rtc = self.build_rtc(creds, now);
-        let candidate = match Candidate::host(self.cfg.local_addr, "udp") {
-            Ok(c) => c,
+        match self.local_candidates() {
+            Ok(cs) => {
+                for c in cs {
+                    rtc.add_local_candidate(c);
+                }
+            }
             Err(e) => {
                 return Some(Reply::error(
                     ErrorCode::Internal,
                     format!("bad local candidate: {e}"),
                 ));
             }
-        };
-        rtc.add_local_candidate(candidate);
+        }
         let answer = match offer {
             None => None,
             Some(offer) => match guard(|| rtc.sdp_api().accept_offer(offer)) {
@@ -323,6 +327,22 @@ impl WorkerCore {
         let ufrag = draw(16);
         let pass = draw(32);
         IceCreds { ufrag, pass }
+    }
+
+    /// This worker's host candidates: UDP, and passive ICE-TCP when it listens on TCP (str0m
+    /// gives TCP host candidates a lower priority, so a client with both prefers UDP).
+    fn local_candidates(&self) -> Result<Vec<Candidate>, str0m::error::IceError> {
+        let mut v = vec![Candidate::host(self.cfg.local_addr, "udp")?];
+        if let Some(addr) = self.cfg.tcp_addr {
+            v.push(
+                Candidate::builder()
+                    .tcp()
+                    .host(addr)
+                    .tcptype(TcpType::Passive)
+                    .build()?,
+            );
+        }
+        Ok(v)
     }
 
     pub(super) fn build_rtc(&self, creds: IceCreds, now: Instant) -> Rtc {

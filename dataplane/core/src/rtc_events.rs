@@ -14,7 +14,7 @@ use super::layers::order_rids;
 use super::track::TrackIn;
 use super::{
     Counters, DropReason, LeaveReason, MediaState, Output, ParticipantIdx, TrackInIdx, Transmit,
-    Work, WorkerCore,
+    Transport, Work, WorkerCore,
 };
 
 impl WorkerCore {
@@ -211,6 +211,7 @@ pub(super) fn emit_transmit(
     counters.datagrams_out += 1;
     counters.bytes_out += contents.len() as u64;
     out.push_back(Output::Transmit(Transmit {
+        transport: Transport::of(t.proto),
         destination: t.destination,
         contents,
     }));

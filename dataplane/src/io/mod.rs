@@ -1,6 +1,7 @@
 //! The I/O shell: the only code that touches sockets, threads and the clock.
 //!
 //! - [`udp`]: one worker's UDP socket with GRO/recvmmsg receive and GSO send via quinn-udp.
+//! - [`tcp`]: one worker's passive ICE-TCP listener and connections (RFC 6544/4571 framing).
 //! - [`worker`]: one pinned mio event loop per core around a [`sfu_core::WorkerCore`].
 //! - [`control`]: the control thread serving the Unix socket (and, in cluster mode, Redis rpc),
 //!   supervising the workers.
@@ -13,6 +14,7 @@ pub mod cluster;
 pub mod control;
 pub mod metrics;
 pub mod routes;
+pub mod tcp;
 pub mod translate;
 pub mod udp;
 pub mod worker;

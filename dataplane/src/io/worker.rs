@@ -1,5 +1,5 @@
-//! One worker thread: a pinned mio loop around one [`WorkerCore`] and one UDP socket, under a
-//! supervisor.
+//! One worker thread: a pinned mio loop around one [`WorkerCore`], one UDP socket and (with
+//! ICE-TCP on) one TCP listener with its connections ([`super::tcp`]), under a supervisor.
 //!
 //! Each loop turn reads the clock once, takes commands from the bounded queue, receives datagrams
 //! in batches (bounded per turn so timers and commands are never starved), fires due timers and
@@ -11,7 +11,8 @@
 //! tells every participant of the worker (`room_closed {reason:"worker_failed"}`: their clients
 //! join again), then sends [`ToWorker::Restart`]; every command queued before that is answered
 //! `unavailable`. The thread then binds a new socket on the same port, builds a fresh core and
-//! reports [`FromWorker::Restarted`].
+//! reports [`FromWorker::Restarted`]. The TCP listener is bound again the same way (its
+//! connections were dropped with the old core).
 
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,9 +26,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{error, info, warn};
 
+use super::tcp::{TcpLimits, TcpShell};
 use super::translate::{self, WireReport};
 use super::udp::UdpShell;
-use sfu_core::{Command, CoreConfig, Input, Op, Output, SharedCrypto, WallClock, WorkerCore};
+use sfu_core::{
+    Command, CoreConfig, Input, Op, Output, Remote, SharedCrypto, Transport, WallClock, WorkerCore,
+};
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -35,6 +39,8 @@ const WAKER: Token = Token(1);
 const MAX_RECV_CALLS_PER_TURN: usize = 64;
 /// The loop wakes at least this often (shutdown flag, stats).
 const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// How often ICE-TCP connections are checked for handshake and idle timeouts.
+const TCP_SWEEP: Duration = Duration::from_millis(100);
 
 /// Settings of one worker.
 #[derive(Debug, Clone)]
@@ -46,6 +52,9 @@ pub struct WorkerSettings {
     /// CPU to pin the thread to, if any.
     pub cpu: Option<usize>,
     pub command_queue: usize,
+    /// Passive ICE-TCP: the address its listener binds and the limits on its connections
+    /// (`None`: UDP only). The advertised candidate is `core.tcp_addr`.
+    pub tcp: Option<(SocketAddr, TcpLimits)>,
 }
 
 /// What the control thread sends a worker.
@@ -77,7 +86,26 @@ pub struct WorkerHandle {
     pub commands: Sender<ToWorker>,
     pub waker: Arc<Waker>,
     pub local_addr: SocketAddr,
+    /// The ICE-TCP listener's address, if any.
+    pub tcp_addr: Option<SocketAddr>,
     pub thread: JoinHandle<()>,
+}
+
+/// A worker's sockets: replaced together after a failure.
+struct Sockets {
+    udp: UdpShell,
+    tcp: Option<TcpShell>,
+}
+
+impl Sockets {
+    fn bind(settings: &WorkerSettings) -> std::io::Result<Self> {
+        let udp = UdpShell::bind(settings.bind, settings.batching, settings.socket_buffer)?;
+        let tcp = match &settings.tcp {
+            Some((addr, limits)) => Some(TcpShell::bind(*addr, limits.clone())?),
+            None => None,
+        };
+        Ok(Self { udp, tcp })
+    }
 }
 
 /// Messages from all workers, tagged with the worker id.
@@ -104,8 +132,12 @@ pub fn spawn(
     control_waker: Arc<Waker>,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<WorkerHandle> {
-    let udp = UdpShell::bind(settings.bind, settings.batching, settings.socket_buffer)?;
-    let local_addr = udp.local_addr()?;
+    let sockets = Sockets::bind(&settings)?;
+    let local_addr = sockets.udp.local_addr()?;
+    let tcp_addr = match &sockets.tcp {
+        Some(t) => Some(t.local_addr()?),
+        None => None,
+    };
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::bounded(settings.command_queue);
@@ -122,33 +154,34 @@ pub fn spawn(
     };
     let thread = std::thread::Builder::new()
         .name(format!("worker-{id}"))
-        .spawn(move || sup.run(udp))?;
+        .spawn(move || sup.run(sockets))?;
     Ok(WorkerHandle {
         id,
         commands: tx,
         waker,
         local_addr,
+        tcp_addr,
         thread,
     })
 }
 
 impl Supervisor {
-    fn run(mut self, udp: UdpShell) {
+    fn run(mut self, sockets: Sockets) {
         if let Some(cpu) = self.settings.cpu
             && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
         {
             warn!(worker = self.id, cpu, "could not pin worker thread");
         }
-        let mut socket = Some(udp);
+        let mut sockets = Some(sockets);
         loop {
-            let udp = match socket.take() {
-                Some(u) => u,
+            let socks = match sockets.take() {
+                Some(s) => s,
                 None => match self.rebind() {
-                    Some(u) => u,
+                    Some(s) => s,
                     None => return,
                 },
             };
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.run_loop(udp)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.run_loop(socks)));
             // The worker (core, socket) was dropped while unwinding: the port is free again, and
             // closing the socket removed it from the poll.
             let reason = match outcome {
@@ -207,17 +240,13 @@ impl Supervisor {
         }
     }
 
-    /// A new socket on the same port. Retried until it works (100 ms doubling to 5 s; another
-    /// process may hold the port for a while): the node stays degraded meanwhile, requests for
+    /// New sockets on the same ports. Retried until it works (100 ms doubling to 5 s; another
+    /// process may hold a port for a while): the node stays degraded meanwhile, requests for
     /// this worker are refused, and shutdown still ends it. `None` on shutdown.
-    fn rebind(&self) -> Option<UdpShell> {
+    fn rebind(&self) -> Option<Sockets> {
         let mut backoff = Duration::from_millis(100);
         for attempt in 0u64.. {
-            match UdpShell::bind(
-                self.settings.bind,
-                self.settings.batching,
-                self.settings.socket_buffer,
-            ) {
+            match Sockets::bind(&self.settings) {
                 Ok(u) => {
                     info!(worker = self.id, attempt, "worker restarted");
                     self.emit(FromWorker::Restarted);
@@ -236,10 +265,14 @@ impl Supervisor {
         None
     }
 
-    fn run_loop(&mut self, mut udp: UdpShell) -> std::io::Result<()> {
+    fn run_loop(&mut self, sockets: Sockets) -> std::io::Result<()> {
+        let Sockets { mut udp, mut tcp } = sockets;
         self.poll
             .registry()
             .register(udp.socket(), SOCKET, Interest::READABLE)?;
+        if let Some(t) = &mut tcp {
+            t.register(self.poll.registry())?;
+        }
         let clock = WallClock {
             instant: Instant::now(),
             unix_ms: std::time::SystemTime::now()
@@ -251,18 +284,27 @@ impl Supervisor {
         let seed: [u8; 32] = rand::random();
         let core = WorkerCore::new(self.settings.core.clone(), self.crypto.clone(), clock, seed);
         let local_addr = udp.local_addr()?;
+        let tcp_bind = tcp.as_ref().and_then(|t| t.local_addr().ok());
         info!(worker = self.id, bind = %local_addr, advertised = %self.settings.core.local_addr,
-            batching = udp.batching(), gso_segments = udp.max_segments(), "worker started");
+            batching = udp.batching(), gso_segments = udp.max_segments(),
+            ice_tcp = ?tcp_bind, "worker started");
         let mut w = Worker {
             id: self.id,
             core,
             udp,
+            tcp,
+            next_sweep: Instant::now(),
             poll: &mut self.poll,
             commands: &self.commands,
             reports: &self.reports,
             control_waker: &self.control_waker,
             shutdown: &self.shutdown,
             advertised: self.settings.core.local_addr,
+            tcp_advertised: self
+                .settings
+                .core
+                .tcp_addr
+                .unwrap_or(self.settings.core.local_addr),
             writable: false,
             waited: Duration::ZERO,
             since_report: Instant::now(),
@@ -285,12 +327,16 @@ struct Worker<'a> {
     id: u32,
     core: WorkerCore,
     udp: UdpShell,
+    tcp: Option<TcpShell>,
+    next_sweep: Instant,
     poll: &'a mut Poll,
     commands: &'a Receiver<ToWorker>,
     reports: &'a ReportSender,
     control_waker: &'a Waker,
     shutdown: &'a AtomicBool,
     advertised: SocketAddr,
+    /// The destination of datagrams received over ICE-TCP (the advertised TCP candidate).
+    tcp_advertised: SocketAddr,
     /// WRITABLE interest is registered (send backlog pending).
     writable: bool,
     /// Time spent waiting in `poll` and in total since the last stats report (busy ratio).
@@ -327,6 +373,15 @@ impl Worker<'_> {
                     if ev.is_writable() && self.udp.retry_backlog() {
                         self.set_writable(false)?;
                     }
+                } else if TcpShell::owns(ev.token())
+                    && let Some(tcp) = &mut self.tcp
+                {
+                    tcp.event(
+                        self.poll.registry(),
+                        ev.token(),
+                        ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                        ev.is_writable(),
+                    );
                 }
             }
             if self.shutdown.load(Ordering::Relaxed) {
@@ -355,6 +410,7 @@ impl Worker<'_> {
                     let n = match self.udp.recv(|source, data| {
                         core.handle_input(Input::Receive {
                             now,
+                            transport: Transport::Udp,
                             source,
                             destination: dst,
                             data,
@@ -384,6 +440,9 @@ impl Worker<'_> {
                 // event would come for it. Poll again without sleeping.
                 more_to_read = !drained;
             }
+            if self.tcp.is_some() {
+                more_to_read |= self.handle_tcp(now);
+            }
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.handle_input(Input::Timeout(now));
             }
@@ -392,6 +451,39 @@ impl Worker<'_> {
                 self.set_writable(true)?;
             }
         }
+    }
+
+    /// Accept and read ICE-TCP connections (on their budgets), feed their datagrams to the core,
+    /// and close connections past their timeouts. Returns whether work is left for the next turn.
+    fn handle_tcp(&mut self, now: Instant) -> bool {
+        let Some(tcp) = &mut self.tcp else {
+            return false;
+        };
+        let core = &mut self.core;
+        let dst = self.tcp_advertised;
+        tcp.process(self.poll.registry(), now, &mut |source, data| {
+            core.handle_input(Input::Receive {
+                now,
+                transport: Transport::Tcp,
+                source,
+                destination: dst,
+                data,
+            });
+            core.is_bound(&Remote {
+                transport: Transport::Tcp,
+                addr: source,
+            })
+        });
+        if now >= self.next_sweep {
+            tcp.sweep(self.poll.registry(), now);
+            self.next_sweep = now + TCP_SWEEP;
+        }
+        let pending = tcp.has_pending();
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_input(Input::Timeout(now));
+        }
+        self.flush_output();
+        pending
     }
 
     fn set_writable(&mut self, on: bool) -> std::io::Result<()> {
@@ -411,7 +503,11 @@ impl Worker<'_> {
         let mut reported = false;
         while let Some(o) = self.core.poll_output() {
             match o {
-                Output::Transmit(t) => self.udp.send(t.destination, t.contents),
+                Output::Transmit(t) => match (t.transport, &mut self.tcp) {
+                    (Transport::Tcp, Some(tcp)) => tcp.send(t.destination, &t.contents),
+                    (Transport::Tcp, None) => {}
+                    (Transport::Udp, _) => self.udp.send(t.destination, t.contents),
+                },
                 Output::Report(r) => {
                     let mut r = translate::report(r);
                     if let WireReport::Stats(ws) = &mut r {
@@ -421,6 +517,17 @@ impl Worker<'_> {
                         ws.udp_gso_sends = u.gso_sends;
                         ws.udp_send_errors = u.send_errors;
                         ws.udp_backlog_drops = u.backlog_drops;
+                        if let Some(tcp) = &self.tcp {
+                            let t = &tcp.stats;
+                            ws.tcp_connections = tcp.connections() as u64;
+                            ws.tcp_accepted = t.accepted;
+                            ws.tcp_refused = t.refused;
+                            ws.tcp_garbage = t.garbage;
+                            ws.tcp_timeouts = t.timeouts;
+                            ws.tcp_frames_in = t.frames_in;
+                            ws.tcp_frames_out = t.frames_out;
+                            ws.tcp_send_drops = t.send_drops;
+                        }
                         let total = self.since_report.elapsed();
                         ws.busy_ratio = if total.is_zero() {
                             0.0
@@ -438,6 +545,9 @@ impl Worker<'_> {
             }
         }
         self.udp.flush();
+        if let Some(tcp) = &mut self.tcp {
+            tcp.flush(self.poll.registry());
+        }
         if reported {
             let _ = self.control_waker.wake();
         }

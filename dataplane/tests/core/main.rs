@@ -6,6 +6,7 @@ mod sim;
 
 mod chat;
 mod determinism;
+mod ice_tcp;
 mod lifecycle;
 mod media;
 mod properties;

@@ -252,6 +252,7 @@ fn fan_out_is_released_one_subscriber_at_a_time(bwe: bool) {
     for d in &frame {
         sim.core.handle_input(Input::Receive {
             now,
+            transport: sfu_core::Transport::Udp,
             source: from,
             destination: server,
             data: d,

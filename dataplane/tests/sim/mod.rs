@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bench::Peer;
 use control::{Event, Request, Response};
 use dataplane::io::translate;
-use sfu_core::{CoreConfig, Input, Output, Report, WallClock, WorkerCore};
+use sfu_core::{CoreConfig, Input, Output, Report, Transport, WallClock, WorkerCore};
 
 mod log;
 mod observe;
@@ -29,6 +29,8 @@ struct InFlight {
     seq: u64,
     from: SocketAddr,
     to: SocketAddr,
+    /// Sent over ICE-TCP (reliable here: the simulated link never drops it).
+    tcp: bool,
     data: Vec<u8>,
 }
 
@@ -116,6 +118,9 @@ pub struct Sim {
     pub resume_keys: std::collections::HashMap<String, String>,
     /// Peer addresses handed out so far.
     addrs_used: u32,
+    /// Datagrams the core received / sent over ICE-TCP.
+    pub tcp_in: u64,
+    pub tcp_out: u64,
     /// When set, every datagram sent on the simulated network is recorded (fuzz seed capture).
     pub capture: Option<Vec<Vec<u8>>>,
     /// When set, everything the core outputs is logged (see [`Sim::log_line`]): the determinism
@@ -152,6 +157,8 @@ impl Sim {
         let now = Instant::now();
         let server: SocketAddr = SERVER.parse().expect("addr");
         let mut cfg = CoreConfig::new(0, server);
+        // ICE-TCP on, on the same address (as the dataplane's default: same port number).
+        cfg.tcp_addr = Some(server);
         f(&mut cfg);
         let crypto = dataplane::crypto::shared_crypto().expect("certificate");
         let clock = WallClock {
@@ -178,6 +185,8 @@ impl Sim {
             offers: Vec::new(),
             resume_keys: std::collections::HashMap::new(),
             addrs_used: 0,
+            tcp_in: 0,
+            tcp_out: 0,
             capture: None,
             log: None,
         }
@@ -193,11 +202,26 @@ impl Sim {
 
     /// Add a peer with participant id `id`; returns its index.
     pub fn add_peer(&mut self, id: &str) -> usize {
+        self.add_peer_on(id, false)
+    }
+
+    /// Add a peer that speaks ICE over TCP only (an active TCP candidate); returns its index.
+    /// Its datagrams reach the core as [`Transport::Tcp`] on the core's passive candidate (the
+    /// same address as its UDP one, as in the default configuration).
+    pub fn add_tcp_peer(&mut self, id: &str) -> usize {
+        self.add_peer_on(id, true)
+    }
+
+    fn add_peer_on(&mut self, id: &str, tcp: bool) -> usize {
         // Addresses are never reused, even after peers are removed from the list.
         self.addrs_used += 1;
         let n = self.addrs_used;
         let addr = SocketAddr::from(([10, 0, (n / 250) as u8 + 1, (n % 250) as u8 + 2], 5000));
-        let peer = Peer::new(id, addr, self.now, self.start);
+        let peer = if tcp {
+            Peer::new_tcp(id, addr, self.now, self.start)
+        } else {
+            Peer::new(id, addr, self.now, self.start)
+        };
         self.peers.push(SimPeer {
             peer,
             id: id.into(),
@@ -338,7 +362,9 @@ impl Sim {
             match o {
                 Output::Transmit(t) => {
                     let from = self.server;
-                    self.send(from, t.destination, t.contents);
+                    let tcp = t.transport == Transport::Tcp;
+                    self.tcp_out += u64::from(tcp);
+                    self.send_on(from, t.destination, tcp, t.contents);
                 }
                 // The tests speak the control protocol, through the dataplane's own translation.
                 Output::Report(Report::Reply { tag, reply }) => {
@@ -386,6 +412,10 @@ impl Sim {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        self.send_on(from, to, false, data);
+    }
+
+    fn send_on(&mut self, from: SocketAddr, to: SocketAddr, tcp: bool, data: Vec<u8>) {
         if let Some(c) = &mut self.capture {
             c.push(data.clone());
         }
@@ -409,6 +439,7 @@ impl Sim {
             seq: self.seq,
             from,
             to,
+            tcp,
             data,
         }));
     }
@@ -419,7 +450,8 @@ impl Sim {
                 continue;
             }
             let from = self.peers[i].peer.local_addr();
-            self.send(from, to, data);
+            let tcp = self.peers[i].peer.is_tcp();
+            self.send_on(from, to, tcp, data);
         }
     }
 
@@ -513,8 +545,14 @@ impl Sim {
                     return now;
                 };
                 if f.to == self.server {
+                    self.tcp_in += u64::from(f.tcp);
                     self.core.handle_input(Input::Receive {
                         now,
+                        transport: if f.tcp {
+                            Transport::Tcp
+                        } else {
+                            Transport::Udp
+                        },
                         source: f.from,
                         destination: self.server,
                         data: &f.data,
@@ -524,7 +562,8 @@ impl Sim {
                     if self.peers[i].frozen {
                         return now;
                     }
-                    if self.peers[i].loss_down_permille > 0 {
+                    // TCP is reliable: loss on the link shows up as delay, never as a gap.
+                    if self.peers[i].loss_down_permille > 0 && !f.tcp {
                         let r = self.rand_permille();
                         if r < self.peers[i].loss_down_permille {
                             self.peers[i].dropped_down += 1;
@@ -593,8 +632,14 @@ impl Sim {
 
     /// Inject a raw datagram into the core from `from`.
     pub fn inject(&mut self, from: SocketAddr, data: &[u8]) {
+        self.inject_on(Transport::Udp, from, data);
+    }
+
+    /// Inject a raw datagram into the core from `from` over `transport`.
+    pub fn inject_on(&mut self, transport: Transport, from: SocketAddr, data: &[u8]) {
         self.core.handle_input(Input::Receive {
             now: self.now,
+            transport,
             source: from,
             destination: self.server,
             data,

@@ -821,8 +821,12 @@ fn as_sdp(session: &Session, params: AsSdpParams) -> Sdp {
         let mut lines = v
             .iter()
             .map(|m| {
-                // Candidates should only be in the first BUNDLE mid
-                let include_candidates = m.index() == 0;
+                // PATCH(candidates-every-section): candidates in every m-section, like the
+                // ICE credentials and fingerprint already are. RFC 8843 only needs them in the
+                // BUNDLE-tagged section, but stacks that read them per section (aiortc and other
+                // non-browser clients) otherwise find no candidate for later sections; browsers
+                // accept the repetition.
+                let include_candidates = true;
 
                 let attrs = params.media_attributes(include_candidates);
 
