@@ -1,8 +1,13 @@
 //! A synthetic participant over real sockets: the signaling WebSocket protocol (no back door) plus
-//! a UDP socket for media, around a sans-IO [`Peer`].
+//! a UDP socket (or an ICE-TCP connection) for media, around a sans-IO [`Peer`].
+
+mod link;
+
+pub(crate) use link::MediaLink;
+pub use link::RateScale;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -11,6 +16,8 @@ use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
 
 use crate::harness::{Ws, read_json};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 use crate::peer::Peer;
 
 /// What to publish.
@@ -46,170 +53,6 @@ impl Default for Media {
     }
 }
 
-/// Receive and send buffer of a media socket: a ramped-up keyframe to one subscriber can be
-/// hundreds of datagrams that arrive (or leave) while the generator's thread serves other peers.
-const SOCKET_BUFFER: usize = 4 << 20;
-
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// The media side of a synthetic participant over a real socket: its UDP socket (kernel receive
-/// timestamps on, see [`crate::net`]) and the pacing of what it publishes. Shared by [`Client`]
-/// and [`crate::janus::JanusClient`]; the [`Peer`] stays with its owner (a resume replaces both).
-pub(crate) struct MediaLink {
-    udp: UdpSocket,
-    pub(crate) media: Option<Media>,
-    next_audio: Instant,
-    next_video: Instant,
-    next_keyframe: Instant,
-    /// Offered-load multiplier in percent, shared by a load run's clients (`bench load --ramp`):
-    /// video frames carry this many times their packets, audio ticks this many packets.
-    scale: Option<RateScale>,
-    /// Audio packets owed at the current scale (percent units).
-    audio_credit: u32,
-}
-
-/// A load run's offered-load multiplier in percent (100 = the scenario as written).
-pub type RateScale = std::sync::Arc<std::sync::atomic::AtomicU32>;
-
-impl MediaLink {
-    /// A non-blocking UDP socket on `ip` (any port); media starts when the peer connects.
-    pub(crate) fn bind(ip: IpAddr, media: Option<Media>, now: Instant) -> io::Result<Self> {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, 0))?;
-        udp.set_nonblocking(true)?;
-        crate::net::enable_rx_timestamps(&udp)?;
-        crate::net::enable_gro(&udp)?;
-        crate::net::grow_receive_buffer(&udp, SOCKET_BUFFER);
-        crate::net::grow_send_buffer(&udp, SOCKET_BUFFER);
-        Ok(Self {
-            udp,
-            media,
-            next_audio: now,
-            next_video: now,
-            next_keyframe: now
-                + media
-                    .and_then(|m| m.keyframe_interval)
-                    .unwrap_or(Duration::from_secs(3600)),
-            scale: None,
-            audio_credit: 0,
-        })
-    }
-
-    pub(crate) fn set_scale(&mut self, scale: RateScale) {
-        self.scale = Some(scale);
-    }
-
-    fn scale_percent(&self) -> u32 {
-        self.scale
-            .as_ref()
-            .map_or(100, |s| s.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.udp.local_addr()
-    }
-
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.udp.as_raw_fd()
-    }
-
-    /// When `peer` next needs [`MediaLink::poll`] without a socket event (its timers, media ticks).
-    pub(crate) fn next_deadline(&self, peer: &Peer) -> Instant {
-        let mut t = peer.poll_timeout();
-        if let Some(m) = self.media
-            && peer.is_connected()
-        {
-            if m.audio {
-                t = t.min(self.next_audio);
-            }
-            if m.video {
-                t = t.min(self.next_video);
-            }
-        }
-        t
-    }
-
-    /// Received datagrams, `peer`'s timers, the media that is due, then everything to send.
-    pub(crate) fn poll(&mut self, peer: &mut Peer, now: Instant) {
-        // The caller's `now` may be stale when it serves many clients: read the clock here so
-        // latency stamps and arrival times are exact (str0m only needs it to be monotonic).
-        let now = now.max(Instant::now());
-        RECV_BATCH.with_borrow_mut(|batch| {
-            // One `recvmmsg` per wake-up: fewer buffers than the batch holds means drained.
-            while let Ok(n) = batch.recv(&self.udp) {
-                for (from, arrived, d) in batch.datagrams() {
-                    peer.handle_receive_at(now, arrived.unwrap_or(now), from, d);
-                }
-                if n < batch.capacity() {
-                    break;
-                }
-            }
-        });
-        let now = now.max(Instant::now());
-        if now >= peer.poll_timeout() {
-            peer.handle_timeout(now);
-        }
-        if let Some(m) = self.media
-            && peer.is_connected()
-        {
-            if m.audio && now >= self.next_audio {
-                self.next_audio += Duration::from_millis(20);
-                if self.next_audio < now {
-                    self.next_audio = now + Duration::from_millis(20);
-                }
-                self.audio_credit += self.scale_percent();
-                while self.audio_credit >= 100 {
-                    self.audio_credit -= 100;
-                    peer.send_audio(now, m.audio_size);
-                }
-            }
-            if m.video && now >= self.next_video {
-                let frame = Duration::from_micros(1_000_000 / u64::from(m.fps.max(1)));
-                self.next_video += frame;
-                if self.next_video < now {
-                    self.next_video = now + frame;
-                }
-                // Keyframes (periodic, or requested by PLI) are several times larger than delta
-                // frames, as with real encoders.
-                let forced = m.keyframe_interval.is_some() && now >= self.next_keyframe;
-                if let (true, Some(i)) = (forced, m.keyframe_interval) {
-                    self.next_keyframe = now + i;
-                }
-                let packets = if forced || peer.wants_keyframe() {
-                    m.packets_per_frame * m.keyframe_factor.max(1)
-                } else {
-                    m.packets_per_frame
-                };
-                let packets = (packets * self.scale_percent() as usize)
-                    .div_ceil(100)
-                    .max(1);
-                peer.send_video_frame(now, forced, packets, m.packet_size, m.fps);
-            }
-        }
-        self.flush(peer);
-    }
-
-    /// Send everything `peer` has queued: consecutive datagrams to one destination with UDP GSO
-    /// (a video frame is one system call, as the SFU sends it).
-    pub(crate) fn flush(&mut self, peer: &mut Peer) {
-        let mut queued: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-        while let Some(t) = peer.poll_transmit() {
-            queued.push(t);
-        }
-        for run in queued.chunk_by(|a, b| a.0 == b.0) {
-            let segments: Vec<&[u8]> = run.iter().map(|(_, d)| d.as_slice()).collect();
-            let _ = crate::net::send_segments(&self.udp, run[0].0, &segments);
-        }
-    }
-}
-
-thread_local! {
-    /// Receive buffers shared by the clients a thread serves (one batch per thread, not per
-    /// client: a GRO buffer is 64 KiB).
-    static RECV_BATCH: std::cell::RefCell<crate::net::RecvBatch> =
-        std::cell::RefCell::new(crate::net::RecvBatch::new(16));
-}
-
 /// What a join on a signaling WebSocket produced.
 struct Joined {
     id: String,
@@ -232,6 +75,7 @@ fn join_on(
     media: Option<Media>,
     epoch: Instant,
     bind: IpAddr,
+    tcp: bool,
 ) -> anyhow::Result<Joined> {
     let mut join = json!({"type": "join", "room": room, "name": name});
     if let Some(t) = token {
@@ -259,8 +103,12 @@ fn join_on(
         })
         .unwrap_or_default();
     let now = Instant::now();
-    let link = MediaLink::bind(bind, media, now)?;
-    let mut peer = Peer::new(id.clone(), link.local_addr()?, now, epoch);
+    let mut link = if tcp {
+        MediaLink::tcp(bind, media, now)
+    } else {
+        MediaLink::bind(bind, media, now)?
+    };
+    let mut peer = link.new_peer(&id, now, epoch)?;
     let (audio, video) = media.map_or((false, false), |m| (m.audio, m.video));
     if media.is_some_and(|m| m.simulcast && m.video) {
         peer.enable_simulcast();
@@ -275,6 +123,7 @@ fn join_on(
         .context("answer without sdp")?
         .to_string();
     peer.handle_answer(&answer_sdp)?;
+    link.connect(&answer_sdp, Duration::from_secs(5))?;
     Ok(Joined {
         id,
         resume_token,
@@ -314,6 +163,8 @@ pub struct Client {
     token: Option<String>,
     /// The address media sockets bind.
     bind: IpAddr,
+    /// Media over ICE-TCP instead of UDP.
+    tcp: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -364,7 +215,21 @@ impl Client {
         epoch: Instant,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        Self::open(ws_url, room, name, None, media, epoch, timeout, bind)
+        Self::open(ws_url, room, name, None, media, epoch, timeout, bind, false)
+    }
+
+    /// [`Client::join_from`] with media over ICE-TCP: an active TCP candidate, one connection
+    /// to the worker's passive candidate, RFC 4571 framing.
+    pub fn join_tcp_from(
+        bind: IpAddr,
+        ws_url: &str,
+        room: &str,
+        name: &str,
+        media: Option<Media>,
+        epoch: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::open(ws_url, room, name, None, media, epoch, timeout, bind, true)
     }
 
     /// [`Client::join`] with a join token (servers with `--jwt-secret`).
@@ -377,7 +242,9 @@ impl Client {
         epoch: Instant,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        Self::open(ws_url, room, name, token, media, epoch, timeout, LOCALHOST)
+        Self::open(
+            ws_url, room, name, token, media, epoch, timeout, LOCALHOST, false,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -390,6 +257,7 @@ impl Client {
         epoch: Instant,
         timeout: Duration,
         bind: IpAddr,
+        tcp: bool,
     ) -> anyhow::Result<Self> {
         let (mut ws, _) =
             tungstenite::connect(ws_url).with_context(|| format!("connecting {ws_url}"))?;
@@ -405,7 +273,7 @@ impl Client {
             peer,
             answer_sdp,
             stash,
-        } = join_on(&mut ws, room, name, token, media, epoch, bind)?;
+        } = join_on(&mut ws, room, name, token, media, epoch, bind, tcp)?;
         if let MaybeTlsStream::Plain(s) = ws.get_mut() {
             s.set_nonblocking(true)?;
         }
@@ -428,6 +296,7 @@ impl Client {
             ws_lost_at: None,
             token: token.map(str::to_string),
             bind,
+            tcp,
         };
         for v in stash {
             c.handle_server_message(v)?;
@@ -440,7 +309,12 @@ impl Client {
         self.peer.local_addr()
     }
 
-    /// File descriptors to watch for readability: (UDP socket, WebSocket).
+    /// Datagrams the ICE-TCP connection dropped because it could not write them fast enough.
+    pub fn media_dropped(&self) -> u64 {
+        self.link.dropped()
+    }
+
+    /// File descriptors to watch for readability: (media socket, WebSocket).
     pub fn fds(&self) -> (std::os::fd::RawFd, Option<std::os::fd::RawFd>) {
         use std::os::fd::AsRawFd;
         let ws = match self.ws.get_ref() {
@@ -555,6 +429,7 @@ impl Client {
             self.link.media,
             self.epoch,
             self.bind,
+            self.tcp,
         )?;
         self.id = j.id;
         self.resume_token = j.resume_token;

@@ -69,10 +69,14 @@ pub fn free_udp_ports(n: u16) -> anyhow::Result<u16> {
         if base.checked_add(n).is_none_or(|end| end > 65_000) {
             continue;
         }
+        // The dataplane's ICE-TCP listeners take the same port numbers: both must be free.
         let socks: Vec<_> = (0..n)
             .filter_map(|i| UdpSocket::bind(("127.0.0.1", base + i)).ok())
             .collect();
-        if socks.len() == n as usize {
+        let listeners: Vec<_> = (0..n)
+            .filter_map(|i| std::net::TcpListener::bind(("0.0.0.0", base + i)).ok())
+            .collect();
+        if socks.len() == n as usize && listeners.len() == n as usize {
             return Ok(base);
         }
     }

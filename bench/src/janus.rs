@@ -197,7 +197,7 @@ impl JanusClient {
         let handle = session.attach()?;
         let now = Instant::now();
         let link = MediaLink::bind(bind_ip, media, now)?;
-        let mut peer = Peer::new(name, link.local_addr()?, now, epoch);
+        let mut peer = link.new_peer(name, now, epoch)?;
         if let Some(m) = media {
             // Publisher: make the room (fine if it exists), then publish.
             let created = session.plugin_call(handle, json!({"request": "create", "room": room, "publishers": 1, "bitrate": 0, "fir_freq": 0}))?;

@@ -361,7 +361,7 @@ pub struct WorkerStats {
     #[serde(default)]
     pub udp_backlog_drops: u64,
     /// ICE-TCP: open connections; connections accepted, refused at accept (over a limit),
-    /// closed for not speaking ICE, closed by the handshake or idle timeout; frames received and
+    /// evicted (unbound, to make room at the worker limit), closed for not speaking ICE, closed by the handshake or idle timeout; frames received and
     /// sent; datagrams dropped because a connection's write buffer was full (slow reader).
     #[serde(default)]
     pub tcp_connections: u64,
@@ -369,6 +369,8 @@ pub struct WorkerStats {
     pub tcp_accepted: u64,
     #[serde(default)]
     pub tcp_refused: u64,
+    #[serde(default)]
+    pub tcp_evicted: u64,
     #[serde(default)]
     pub tcp_garbage: u64,
     #[serde(default)]

@@ -7,10 +7,12 @@
 //! - `calls.rs`: media and chat between peers, leaving, signaling restarts;
 //! - `front_door.rs`: what signaling accepts on its WebSocket (bad input, join tokens, floods)
 //!   and the TURN credentials it hands out;
+//! - `ice_tcp.rs`: media over ICE-TCP next to UDP, and abuse of the TCP port;
 //! - `observability.rs`: the load generator's pipeline and the metrics endpoints.
 
 mod calls;
 mod front_door;
+mod ice_tcp;
 mod observability;
 
 use std::time::{Duration, Instant};

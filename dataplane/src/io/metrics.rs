@@ -42,6 +42,9 @@ pub struct Metrics {
     chat: Family<Worker, Counter>,
     drops: Family<Drop, Counter>,
     busy: Family<Worker, Gauge<f64, AtomicU64>>,
+    tcp_connections: Family<Worker, Gauge>,
+    tcp_closed: Family<Drop, Counter>,
+    tcp_send_drops: Family<Worker, Counter>,
     join_seconds: Histogram,
     redis_errors: Counter,
     capacity_remaining: Gauge,
@@ -82,6 +85,9 @@ impl Metrics {
             chat: Family::default(),
             drops: Family::default(),
             busy: Family::default(),
+            tcp_connections: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_send_drops: Family::default(),
             join_seconds: Histogram::new(exponential_buckets(0.025, 2.0, 10)),
             redis_errors: Counter::default(),
             capacity_remaining: Gauge::default(),
@@ -122,6 +128,21 @@ impl Metrics {
             "sfu_bytes_sent",
             "UDP payload bytes sent",
             m.bytes_out.clone(),
+        );
+        r.register(
+            "sfu_ice_tcp_connections",
+            "Open ICE-TCP connections",
+            m.tcp_connections.clone(),
+        );
+        r.register(
+            "sfu_ice_tcp_closed",
+            "ICE-TCP connections closed by the SFU, by reason (refused: over a limit at accept; evicted: unbound, to make room at the worker limit; garbage: not ICE; timeout: handshake or idle)",
+            m.tcp_closed.clone(),
+        );
+        r.register(
+            "sfu_ice_tcp_send_drops",
+            "Datagrams dropped toward ICE-TCP connections whose write buffer was full (slow readers)",
+            m.tcp_send_drops.clone(),
         );
         r.register(
             "sfu_rtp_forwarded",
@@ -244,6 +265,23 @@ impl Metrics {
                 .inc_by(n.saturating_sub(before));
         }
         self.busy.get_or_create(&w).set(ws.busy_ratio);
+        self.tcp_connections
+            .get_or_create(&w)
+            .set(ws.tcp_connections as i64);
+        inc(&self.tcp_send_drops, ws.tcp_send_drops, prev.tcp_send_drops);
+        for (reason, now, before) in [
+            ("refused", ws.tcp_refused, prev.tcp_refused),
+            ("garbage", ws.tcp_garbage, prev.tcp_garbage),
+            ("evicted", ws.tcp_evicted, prev.tcp_evicted),
+            ("timeout", ws.tcp_timeouts, prev.tcp_timeouts),
+        ] {
+            self.tcp_closed
+                .get_or_create(&Drop {
+                    worker: w.worker.clone(),
+                    reason: reason.into(),
+                })
+                .inc_by(now.saturating_sub(before));
+        }
         for s in &ws.join_seconds {
             self.join_seconds.observe(*s);
         }
@@ -322,6 +360,9 @@ mod tests {
         m.observe_worker(&ws);
         ws.datagrams_in = 25;
         ws.drops = vec![("unknown_source".into(), 5)];
+        ws.tcp_connections = 3;
+        ws.tcp_garbage = 2;
+        ws.tcp_send_drops = 9;
         ws.join_seconds = vec![];
         m.observe_worker(&ws);
         m.set_capacity_remaining(998);
@@ -331,6 +372,9 @@ mod tests {
             "sfu_rtp_forwarded_total{worker=\"0\"} 7",
             "sfu_drops_total{worker=\"0\",reason=\"unknown_source\"} 5",
             "sfu_worker_busy_ratio{worker=\"0\"} 0.25",
+            "sfu_ice_tcp_connections{worker=\"0\"} 3",
+            "sfu_ice_tcp_closed_total{worker=\"0\",reason=\"garbage\"} 2",
+            "sfu_ice_tcp_send_drops_total{worker=\"0\"} 9",
             "sfu_join_seconds_count 2",
             "sfu_participants 2",
             "sfu_rooms 1",

@@ -11,8 +11,10 @@
 //! (media recovers through NACK, keyframe requests and the bandwidth estimate; DTLS and SCTP
 //! retransmit), and the kernel's send buffer is capped too so the queue stays short.
 //!
-//! Hostile clients are bounded: connections per worker and per source IP are limited (beyond them
-//! a connection is accepted and closed at once, so the kernel backlog never fills), the first
+//! Hostile clients are bounded: connections per worker and per source IP are limited (beyond the
+//! per-IP limit a connection is accepted and closed at once, so the kernel backlog never fills; at
+//! the per-worker limit the oldest connection not yet bound to a participant makes room, so a
+//! flood of idle connections from many addresses cannot lock real clients out), the first
 //! frame must be STUN, a connection not bound to a participant (its ICE check accepted by the
 //! core) within the handshake timeout or after a few frames is closed, and any connection idle
 //! for the idle timeout is closed. A connection holds at most one partial frame (≤ 64 KiB).
@@ -76,8 +78,11 @@ impl Default for TcpLimits {
 #[derive(Debug, Default, Clone)]
 pub struct TcpStats {
     pub accepted: u64,
-    /// Connections closed at accept: over the per-worker or per-IP limit.
+    /// Connections closed at accept: over the per-IP limit, or the per-worker limit with every
+    /// connection bound.
     pub refused: u64,
+    /// Unbound connections closed to make room for a new one at the per-worker limit.
+    pub evicted: u64,
     /// Connections closed for not speaking ICE: a first frame that is not STUN, or too many
     /// frames without an accepted check.
     pub garbage: u64,
@@ -108,6 +113,8 @@ struct Conn {
     /// A participant's ICE agent accepted a check from this connection.
     bound: bool,
     frames: u32,
+    /// Accept order, to tell a reused slab key from the connection it named.
+    serial: u64,
 }
 
 /// Why a connection is closed.
@@ -116,6 +123,7 @@ enum Close {
     Peer,
     Garbage,
     Timeout,
+    Evicted,
 }
 
 /// One worker's ICE-TCP listener and connections. See the module docs.
@@ -131,6 +139,10 @@ pub struct TcpShell {
     /// Connections that may have unread input (their read budget ran out).
     ready: VecDeque<usize>,
     accept_pending: bool,
+    /// Connections in accept order (key, serial), oldest first, for eviction at the limit;
+    /// entries of closed or bound connections are skipped lazily.
+    unbound: VecDeque<(usize, u64)>,
+    serial: u64,
     pub stats: TcpStats,
 }
 
@@ -153,6 +165,8 @@ impl TcpShell {
             dirty: Vec::new(),
             ready: VecDeque::new(),
             accept_pending: false,
+            unbound: VecDeque::new(),
+            serial: 0,
             stats: TcpStats::default(),
         })
     }
@@ -239,7 +253,8 @@ impl TcpShell {
             };
             let ip = peer.ip();
             let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
-            if self.conns.len() >= self.limits.max_connections || from_ip >= self.limits.max_per_ip
+            if from_ip >= self.limits.max_per_ip
+                || (self.conns.len() >= self.limits.max_connections && !self.evict_one(registry))
             {
                 // Dropping the stream closes it.
                 self.stats.refused += 1;
@@ -269,7 +284,10 @@ impl TcpShell {
                 writable: false,
                 bound: false,
                 frames: 0,
+                serial: self.serial,
             });
+            self.unbound.push_back((key, self.serial));
+            self.serial += 1;
             // A stale entry for the same peer address (a reused port) is replaced.
             self.by_peer.insert(peer, key);
             *self.per_ip.entry(ip).or_insert(0) += 1;
@@ -277,6 +295,22 @@ impl TcpShell {
             // Data may already be waiting (edge-triggered: no event would come for it).
             self.ready.push_back(key);
         }
+    }
+
+    /// Close the oldest connection not bound to a participant, to make room. `false` if every
+    /// connection is bound.
+    fn evict_one(&mut self, registry: &Registry) -> bool {
+        while let Some((key, serial)) = self.unbound.pop_front() {
+            if self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.serial == serial && !c.bound)
+            {
+                self.close(registry, key, Close::Evicted);
+                return true;
+            }
+        }
+        false
     }
 
     /// Read one connection on its budget: `Ok(true)` drained, `Ok(false)` budget spent with
@@ -425,6 +459,13 @@ impl TcpShell {
             Close::Peer => self.stats.closed += 1,
             Close::Garbage => self.stats.garbage += 1,
             Close::Timeout => self.stats.timeouts += 1,
+            Close::Evicted => self.stats.evicted += 1,
+        }
+        // Forget stale eviction entries now and then (bound or closed connections).
+        if self.unbound.len() > 2 * self.conns.len() + 64 {
+            let conns = &self.conns;
+            self.unbound
+                .retain(|(k, s)| conns.get(*k).is_some_and(|c| c.serial == *s && !c.bound));
         }
         debug!(peer = %conn.peer, ?why, bound = conn.bound, "ice-tcp connection closed");
     }
@@ -701,6 +742,37 @@ mod tests {
         assert_eq!(shell.connections(), 3);
         assert_eq!(shell.stats.refused, 2);
         drop(clients);
+    }
+
+    #[test]
+    fn at_the_worker_limit_the_oldest_unbound_connection_makes_room() {
+        let limits = TcpLimits {
+            max_connections: 3,
+            ..TcpLimits::default()
+        };
+        let mut shell = TcpShell::bind("127.0.0.1:0".parse().unwrap(), limits).expect("bind");
+        let poll = mio::Poll::new().expect("poll");
+        shell.register(poll.registry()).expect("register");
+        let addr = shell.local_addr().unwrap();
+        // A bound connection first (its check accepted), then idle ones.
+        let mut real = std::net::TcpStream::connect(addr).unwrap();
+        real.write_all(&framed(&[stun_like(20)])).unwrap();
+        let mut got = Vec::new();
+        pump(&mut shell, &poll, &mut got, true, |_, g| g.len() == 1);
+        let mut idle = Vec::new();
+        for n in 1..=5u64 {
+            idle.push(std::net::TcpStream::connect(addr).unwrap());
+            pump(&mut shell, &poll, &mut got, false, |s, _| {
+                s.stats.accepted == n + 1
+            });
+        }
+        assert_eq!(shell.connections(), 3);
+        assert_eq!(shell.stats.evicted, 3);
+        assert_eq!(shell.stats.refused, 0);
+        assert!(
+            shell.conns.iter().any(|(_, c)| c.bound),
+            "the bound connection is never evicted"
+        );
     }
 
     #[test]

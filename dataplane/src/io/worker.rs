@@ -523,6 +523,7 @@ impl Worker<'_> {
                             ws.tcp_accepted = t.accepted;
                             ws.tcp_refused = t.refused;
                             ws.tcp_garbage = t.garbage;
+                            ws.tcp_evicted = t.evicted;
                             ws.tcp_timeouts = t.timeouts;
                             ws.tcp_frames_in = t.frames_in;
                             ws.tcp_frames_out = t.frames_out;
