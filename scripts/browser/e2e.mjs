@@ -21,6 +21,9 @@
 //                   a script running Chromium inside a network namespace, and an endpoint shaping
 //                   that namespace's link (`POST /shape`: ~300 kbit/s toward it, `POST /unshape`);
 //                   needed by the `constrained` scenario, which runs only when named.
+//   LOSS_URL        an endpoint dropping 5 % of the dataplane's TCP segments toward the namespace
+//                   (`POST /tcploss`, `POST /notcploss`): the `ice-tcp` scenario, which (like
+//                   `turn-tls`) runs only when named, with TURN_URL listing `turns:` on 443.
 //   E2E_ALLOW_SKIP  set to 1 to accept scenarios skipped for a missing dependency (the ones above);
 //                   without it a skipped scenario fails the run.
 //
@@ -44,6 +47,7 @@ import './scenarios/chat.mjs';
 import './scenarios/lifecycle.mjs';
 import './scenarios/reconnect.mjs';
 import './scenarios/media.mjs';
+import './scenarios/connectivity.mjs';
 
 async function main() {
   const selected = ONLY.length ? scenarios.filter((s) => ONLY.includes(s.name)) : scenarios.filter((s) => !s.netns);

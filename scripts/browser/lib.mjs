@@ -220,7 +220,9 @@ export async function browserFor(kind) {
     const netns = kind.startsWith('netns-');
     if (netns && !NETNS_CHROMIUM) throw new Error('a namespaced page needs E2E_NETNS_CHROMIUM');
     const args = kind.endsWith('deny') ? DENY_ARGS : GRANT_ARGS;
-    browsers[kind] = await launch(args, netns ? NETNS_CHROMIUM : undefined);
+    // The namespaced scenarios' TURN server has a self-signed certificate (turns: on 443).
+    const extra = netns ? ['--ignore-certificate-errors'] : [];
+    browsers[kind] = await launch([...args, ...extra], netns ? NETNS_CHROMIUM : undefined);
   }
   return browsers[kind];
 }

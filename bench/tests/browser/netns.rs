@@ -1,45 +1,20 @@
-//! Browser end-to-end: the real binaries plus headless Debian Chromium (driven by npm
-//! `playwright-core`, `scripts/browser/e2e.mjs`) using the real web page.
-//!
-//! Without `/usr/bin/chromium`, the npm dependencies or coturn the test fails (`./scripts/test`
-//! installs them).
-//!
-//! The script can kill and restart signaling through a small HTTP endpoint this test serves
-//! (`RESTART_SIGNALING_URL`: `POST /kill`, `POST /start`), for the reconnect scenario.
+//! Helpers of the browser test: the small HTTP control endpoints the browser scripts call
+//! (restart signaling, shape or firewall the namespace's link) and the network namespace a page
+//! can run in ([`Netns`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, Weak};
 
-use bench::harness::{Node, TempDir, Turn};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn browser_available() -> Result<(), String> {
-    if !PathBuf::from("/usr/bin/chromium").exists() {
-        return Err("/usr/bin/chromium is missing (apt-get install chromium)".into());
-    }
-    if !repo_root()
-        .join("scripts/browser/node_modules/playwright-core")
-        .exists()
-    {
-        return Err(
-            "scripts/browser/node_modules is missing (cd scripts/browser && npm install)".into(),
-        );
-    }
-    Ok(())
-}
+use bench::harness::Node;
 
 /// A tiny HTTP endpoint for the browser scripts: each request line (`POST /kill`, …) goes to
 /// `handle` with the state `target` while the test still holds it, and its (status, body) is the
 /// answer. Returns the base URL. The thread keeps only a `Weak`, so the state (a node and every
 /// process it started) is dropped when the test ends, even though the accept loop never returns.
-fn control_endpoint<T: Send + Sync + 'static>(
+pub fn control_endpoint<T: Send + Sync + 'static>(
     target: Weak<T>,
     handle: impl Fn(&T, &str) -> (&'static str, String) + Send + 'static,
 ) -> String {
@@ -76,7 +51,7 @@ fn control_endpoint<T: Send + Sync + 'static>(
 }
 
 /// `POST /kill` and `POST /start` for signaling instance 0 of `node`.
-fn restart_endpoint(node: Weak<Mutex<Node>>) -> String {
+pub fn restart_endpoint(node: Weak<Mutex<Node>>) -> String {
     control_endpoint(node, |node, line| {
         let mut node = node.lock().unwrap_or_else(|e| e.into_inner());
         if line.starts_with("POST /kill") {
@@ -94,7 +69,7 @@ fn restart_endpoint(node: Weak<Mutex<Node>>) -> String {
 }
 
 /// `POST /shape` and `POST /unshape` for the link toward `ns`.
-fn shape_endpoint(ns: Weak<Netns>) -> String {
+pub fn shape_endpoint(ns: Weak<Netns>) -> String {
     control_endpoint(ns, |ns, line| {
         let result = if line.starts_with("POST /shape") {
             ns.shape(true)
@@ -112,10 +87,10 @@ fn shape_endpoint(ns: Weak<Netns>) -> String {
 
 /// A network namespace behind a veth pair, for a page on a link of its own: the host end has
 /// `host_ip`, the namespace end the next address. Removed (with the veth) on drop.
-struct Netns {
+pub struct Netns {
     name: String,
     host_if: String,
-    host_ip: std::net::IpAddr,
+    pub host_ip: std::net::IpAddr,
 }
 
 fn run(cmd: &[&str]) -> Result<(), String> {
@@ -135,7 +110,7 @@ fn run(cmd: &[&str]) -> Result<(), String> {
 }
 
 impl Netns {
-    fn create() -> Result<Self, String> {
+    pub fn create() -> Result<Self, String> {
         let id = std::process::id();
         let net = (id % 200) as u8 + 20;
         let ns = Self {
@@ -173,7 +148,7 @@ impl Netns {
     }
 
     /// Shape the link toward the namespace to ~300 kbit/s (`tc tbf`), or remove the shaping.
-    fn shape(&self, on: bool) -> Result<(), String> {
+    pub fn shape(&self, on: bool) -> Result<(), String> {
         if on {
             run(&[
                 "tc",
@@ -196,7 +171,7 @@ impl Netns {
     }
 
     /// A script that runs Chromium inside the namespace (what playwright launches).
-    fn chromium_wrapper(&self, dir: &std::path::Path) -> PathBuf {
+    pub fn chromium_wrapper(&self, dir: &std::path::Path) -> PathBuf {
         let path = dir.join("chromium-in-netns");
         std::fs::write(
             &path,
@@ -220,85 +195,73 @@ impl Drop for Netns {
     }
 }
 
-fn rand_u64() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id())
+impl Netns {
+    /// Inside the namespace: run `nft -f -` with `rules`.
+    pub fn nft(&self, rules: &str) -> Result<(), String> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("ip netns exec nft: {e} (apt-get install nftables)"))?;
+        child
+            .stdin
+            .take()
+            .ok_or("no stdin")?
+            .write_all(rules.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nft: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// A firewall like a corporate network's: no UDP out of the namespace at all, and no TCP to
+    /// `blocked_tcp` (plain TURN's port); TCP to other ports (HTTP, the dataplane's ICE-TCP
+    /// ports, TURN over TLS on 443) passes. Also an empty `loss` chain for [`Netns::tcp_loss`].
+    pub fn block_udp(&self, blocked_tcp: u16) -> Result<(), String> {
+        self.nft(&format!(
+            "table inet fw {{\n\
+             chain out {{ type filter hook output priority 0; policy accept;\n\
+               meta l4proto udp drop\n tcp dport {blocked_tcp} drop\n }}\n\
+             chain loss {{ type filter hook input priority 0; policy accept; }}\n\
+             }}\n"
+        ))
+    }
+
+    /// Drop `percent` % of the TCP segments arriving from `ports` (the dataplane's ICE-TCP ports)
+    /// with nftables `numgen`, or stop dropping (0).
+    pub fn tcp_loss(&self, ports: (u16, u16), percent: u32) -> Result<(), String> {
+        let mut rules = String::from("flush chain inet fw loss\n");
+        if percent > 0 {
+            rules.push_str(&format!(
+                "add rule inet fw loss tcp sport {}-{} numgen random mod 100 < {percent} drop\n",
+                ports.0, ports.1
+            ));
+        }
+        self.nft(&rules)
+    }
 }
 
-#[test]
-fn browser_two_pages_see_each_other_and_chat() {
-    if let Err(why) = browser_available() {
-        panic!("the browser test needs {why}; ./scripts/test installs it");
-    }
-    let dir = TempDir::new("sfu-browser").expect("dir");
-    assert!(
-        Turn::installed(),
-        "coturn is required for the TURN scenario: apt-get install coturn, or run ./scripts/test"
-    );
-    let turn = Turn::start(&dir.0, &format!("turn-{:016x}", rand_u64())).expect("coturn starts");
-    let sig_args: Vec<String> = vec![
-        "--turn-url".into(),
-        turn.url.clone(),
-        "--turn-secret".into(),
-        turn.secret.clone(),
-    ];
-    let sig_refs: Vec<&str> = sig_args.iter().map(String::as_str).collect();
-    let node = Node::start_with(2, &[], &sig_refs).expect("node starts");
-    let base = format!("http://{}", node.signaling[0].0);
-    let node = Arc::new(Mutex::new(node));
-    let restart_url = restart_endpoint(Arc::downgrade(&node));
-    let out_dir = repo_root().join("test-output");
-    let started = Instant::now();
-    let status = Command::new("node")
-        .arg(repo_root().join("scripts/browser/e2e.mjs"))
-        .env("BASE_URL", &base)
-        .env("OUT_DIR", &out_dir)
-        .env("RESTART_SIGNALING_URL", &restart_url)
-        .env("TURN_URL", &turn.url)
-        .current_dir(repo_root().join("scripts/browser"))
-        .status()
-        .expect("run node");
-    let took = started.elapsed();
-    let logs = node.lock().map(|n| n.logs()).unwrap_or_default();
-    let turn_log = std::fs::read_to_string(dir.0.join("turn.log")).unwrap_or_default();
-    let turn_tail: Vec<&str> = turn_log.lines().rev().take(40).collect();
-    assert!(
-        status.success(),
-        "browser e2e failed after {took:?}\n{logs}\n--- coturn (last lines, newest first) ---\n{}",
-        turn_tail.join("\n")
-    );
-    assert!(took < Duration::from_secs(400));
-    drop(node);
-    drop(turn);
-
-    // A subscriber on a slow link: its Chromium in a network namespace whose link from the SFU is
-    // shaped with `tc tbf`; the node listens on the veth's host address so every page reaches it.
-    let ns = Arc::new(Netns::create().unwrap_or_else(|e| {
-        panic!("the constrained-link scenario needs a network namespace (root, iproute2): {e}")
-    }));
-    let wrapper = ns.chromium_wrapper(&dir.0);
-    let node = Node::start_on(ns.host_ip, 2, &[], &[]).expect("node on the veth address");
-    let base = format!("http://{}", node.signaling[0].0);
-    let shape_url = shape_endpoint(Arc::downgrade(&ns));
-    let started = Instant::now();
-    let status = Command::new("node")
-        .arg(repo_root().join("scripts/browser/e2e.mjs"))
-        .env("BASE_URL", &base)
-        .env("OUT_DIR", &out_dir)
-        .env("E2E_SCENARIOS", "constrained")
-        .env("E2E_NETNS_CHROMIUM", &wrapper)
-        .env("SHAPE_URL", &shape_url)
-        .current_dir(repo_root().join("scripts/browser"))
-        .status()
-        .expect("run node");
-    let took = started.elapsed();
-    assert!(
-        status.success(),
-        "browser e2e (constrained link) failed after {took:?}\n{}",
-        node.logs()
-    );
-    drop(node);
-    drop(ns);
+/// `POST /tcploss` (5 % of the dataplane's TCP segments toward the namespace dropped) and
+/// `POST /notcploss`.
+pub fn loss_endpoint(ns: Weak<Netns>, ports: (u16, u16)) -> String {
+    control_endpoint(ns, move |ns, line| {
+        let result = if line.starts_with("POST /tcploss") {
+            ns.tcp_loss(ports, 5)
+        } else if line.starts_with("POST /notcploss") {
+            ns.tcp_loss(ports, 0)
+        } else {
+            return ("404 Not Found", "no".to_string());
+        };
+        match result {
+            Ok(()) => ("200 OK", "done".to_string()),
+            Err(e) => ("500 Internal Server Error", e),
+        }
+    })
 }
