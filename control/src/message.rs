@@ -74,6 +74,10 @@ pub enum Request {
         /// session limit.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         identity: Option<String>,
+        /// A viewer that cannot renegotiate (WHEP): its `offer`'s recvonly audio/video sections
+        /// are filled with the room's tracks instead of server offers adding m-lines.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        viewer: Option<Viewer>,
     },
     /// The client's SDP answer to the last [`Event::Offer`]. Answered by [`Response::Ok`].
     Answer { participant: String, sdp: String },
@@ -128,6 +132,14 @@ impl Default for Grants {
             subscribe: true,
         }
     }
+}
+
+/// A viewer's slots: whose tracks fill them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Viewer {
+    /// Only this participant's tracks; anyone's in the room when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// Responses to [`Request`]s.
@@ -442,6 +454,7 @@ mod tests {
                 epoch: None,
                 grants: Grants::default(),
                 identity: None,
+                viewer: None,
             },
         };
         let json = String::from_utf8(encode(&msg)).expect("utf8");

@@ -51,6 +51,8 @@ fuzz_target!(|data: &[u8]| {
         epoch: None,
         grants: Grants::default(),
         identity: None,
+        // A third of the inputs join as a viewer (WHEP): their recvonly sections become slots.
+        viewer: (data.len() % 3 == 0).then(control::Viewer::default),
     };
     let joined = ask(&mut core, now, 1, join);
     if let Some(Response::Error { message, .. }) = &joined {

@@ -1,5 +1,6 @@
 //! Datagrams as the worker receives them: classified by first byte, routed by STUN username or
-//! source address, then handed to a real worker core (which parses them with str0m).
+//! source (transport and address), then handed to a real worker core (which parses them with
+//! str0m), over UDP or, for inputs of odd length, as a deframed ICE-TCP datagram.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -7,9 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sfu_core::{
-    Command, CoreConfig, Demux, Grants, Input, Join, Op, ParticipantIdx, SharedCrypto, WallClock,
-    WorkerCore,
-    classify,
+    Command, CoreConfig, Demux, Grants, Input, Join, Op, ParticipantIdx, Remote, SharedCrypto,
+    Transport, WallClock, WorkerCore, classify,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -20,12 +20,13 @@ fn crypto() -> SharedCrypto {
 
 fuzz_target!(|data: &[u8]| {
     let src: SocketAddr = ([10, 0, 0, 2], 5000).into();
+    let transport = if data.len() % 2 == 1 { Transport::Tcp } else { Transport::Udp };
     let _ = classify(data);
     let mut d = Demux::with_capacity(4);
     d.insert_ufrag("abcd".into(), ParticipantIdx(1));
-    d.bind_addr(src, ParticipantIdx(1));
-    let _ = d.route(src, data);
-    let _ = d.route(([10, 0, 0, 3], 1).into(), data);
+    d.bind_addr(Remote { transport, addr: src }, ParticipantIdx(1));
+    let _ = d.route(Remote { transport, addr: src }, data);
+    let _ = d.route(Remote::udp(([10, 0, 0, 3], 1).into()), data);
 
     // A worker with one reserved participant receives the datagram from a bound-looking source.
     let now = Instant::now();
@@ -34,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
         instant: now,
         unix_ms: 1_700_000_000_000,
     };
-    let mut core = WorkerCore::new(CoreConfig::new(0, local), crypto(), clock, [7; 32]);
+    let mut cfg = CoreConfig::new(0, local);
+    cfg.tcp_addr = Some(local);
+    let mut core = WorkerCore::new(cfg, crypto(), clock, [7; 32]);
     core.handle_input(Input::Command(
         now,
         Command {
@@ -46,12 +49,13 @@ fuzz_target!(|data: &[u8]| {
                 offer: None,
                 grants: Grants::default(),
                 identity: None,
+                viewer: None,
             }),
         },
     ));
     core.handle_input(Input::Receive {
         now,
-        transport: sfu_core::Transport::Udp,
+        transport,
         source: src,
         destination: local,
         data,

@@ -81,6 +81,23 @@ impl Peer {
         offer.to_sdp_string()
     }
 
+    /// A viewer's offer (WHEP): `audio` and `video` recvonly m-lines, nothing sent, no data
+    /// channel.
+    pub fn create_viewer_offer(&mut self, audio: usize, video: usize) -> String {
+        let mut api = self.rtc.sdp_api();
+        let kinds = std::iter::repeat_n(MediaKind::Audio, audio)
+            .chain(std::iter::repeat_n(MediaKind::Video, video));
+        for kind in kinds {
+            api.add_media(kind, Direction::RecvOnly, None, None, None);
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return String::new();
+        };
+        self.pending = Some(pending);
+        self.drain();
+        offer.to_sdp_string()
+    }
+
     /// Apply the server's answer to our offer.
     pub fn handle_answer(&mut self, sdp: &str) -> Result<(), PeerError> {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;

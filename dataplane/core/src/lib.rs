@@ -59,6 +59,7 @@ mod removal;
 mod requests;
 mod rtc_events;
 mod selector;
+mod slots;
 mod speakers;
 mod stats;
 mod timers;
@@ -87,7 +88,7 @@ pub use guard::{clean_error, guard, media_sections};
 pub use ids::{ParticipantIdx, TrackInIdx, TrackOutIdx};
 pub use messages::{
     ErrorCode, Event, Grants, Join, LeaveReason, Op, ParticipantId, ParticipantStats, PeerInfo,
-    Reply, RoomId, RoomStats, Stats,
+    Reply, RoomId, RoomStats, Stats, Viewer,
 };
 pub use munger::RtpMunger;
 use participant::Participant;

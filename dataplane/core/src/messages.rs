@@ -99,6 +99,16 @@ pub struct Join {
     pub grants: Grants,
     /// The join token's identity, kept and returned by [`Reply::Attached`].
     pub identity: Option<String>,
+    /// A viewer that cannot renegotiate (WHEP): the recvonly audio/video sections of `offer`
+    /// are filled with the room's tracks (or only `from`'s) instead of server offers.
+    pub viewer: Option<Viewer>,
+}
+
+/// Whose tracks fill a viewer's slots ([`Join::viewer`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Viewer {
+    /// Only this participant's; anyone's in the room when `None`.
+    pub from: Option<ParticipantId>,
 }
 
 /// What a [`crate::Command`] asks the core to do.

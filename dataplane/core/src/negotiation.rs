@@ -45,6 +45,14 @@ impl WorkerCore {
         {
             return;
         }
+        // A viewer (WHEP) cannot renegotiate: the track goes into one of its fixed slots.
+        if self
+            .participants
+            .get(sub.0)
+            .is_some_and(|p| p.slots.is_some())
+        {
+            return self.fill_slot(sub, ti);
+        }
         let Some(tin) = self.tracks_in.get(ti.0) else {
             return;
         };
@@ -70,7 +78,7 @@ impl WorkerCore {
         let Some(p) = self.participants.get_mut(idx.0) else {
             return;
         };
-        if !p.initial_done || p.pending.is_some() || p.failed {
+        if !p.initial_done || p.pending.is_some() || p.failed || p.slots.is_some() {
             return;
         }
         let changes: Vec<TrackOutIdx> = p

@@ -44,6 +44,8 @@ pub struct Participant {
     pub ufrag: String,
     /// Remote transport addresses bound to this participant in the demux.
     pub addrs: Vec<Remote>,
+    /// A viewer's fixed receive slots (WHEP): it gets no server offers.
+    pub slots: Option<super::slots::Slots>,
     pub connected: bool,
     /// The `Rtc` returned an error or panicked; removal is queued.
     pub failed: bool,
@@ -143,6 +145,7 @@ impl Participant {
             rtc,
             ufrag,
             addrs: Vec::new(),
+            slots: None,
             connected: false,
             failed: false,
             initial_done: false,

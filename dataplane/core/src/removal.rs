@@ -36,8 +36,10 @@ impl WorkerCore {
         self.demux.remove(idx, &p.ufrag, &p.addrs);
         self.by_id.remove(&p.id);
 
-        // Its published tracks: every subscriber renegotiates them away.
+        // Its published tracks: every subscriber renegotiates them away (a viewer's slot is
+        // refilled instead).
         let mut renegotiate = Vec::new();
+        let mut emptied = Vec::new();
         for (_, ti) in &p.tracks_in {
             let Some(tin) = self.tracks_in.try_remove(ti.0) else {
                 continue;
@@ -54,6 +56,14 @@ impl WorkerCore {
                         if let Some(sp) = self.participants.get_mut(sub.0) {
                             sp.tracks_out.retain(|x| *x != to);
                         }
+                    }
+                    OutState::Open(_)
+                        if self
+                            .participants
+                            .get(t.subscriber.0)
+                            .is_some_and(|s| s.slots.is_some()) =>
+                    {
+                        emptied.push(to);
                     }
                     OutState::Open(mid) => {
                         t.state = OutState::ToClose(mid);
@@ -109,6 +119,9 @@ impl WorkerCore {
         renegotiate.dedup();
         for sub in renegotiate {
             self.negotiate(sub, now);
+        }
+        for to in emptied {
+            self.empty_slot(to);
         }
     }
 

@@ -14,6 +14,7 @@ use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 use tracing::{debug, info};
 
 use super::participant::Participant;
+use super::slots::{Slots, recvonly_sections};
 use super::{
     Command, Op, Output, ParticipantIdx, Report, TrackInIdx, Work, WorkerCore, clean_error, guard,
     media_sections, p_fail, unknown,
@@ -88,9 +89,30 @@ impl WorkerCore {
             offer,
             grants,
             identity,
+            viewer,
         } = join;
         let id = participant;
         let offer = offer.as_deref();
+        // A viewer's slots are the recvonly audio/video sections of its offer.
+        let slots = match (viewer, offer) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Some(Reply::error(
+                    ErrorCode::BadRequest,
+                    "a viewer joins with an SDP offer",
+                ));
+            }
+            (Some(v), Some(o)) => {
+                let mids = recvonly_sections(o);
+                if mids.is_empty() {
+                    return Some(Reply::error(
+                        ErrorCode::BadRequest,
+                        "the offer has no recvonly audio or video section to receive on",
+                    ));
+                }
+                Some(Slots::new(v.from, mids))
+            }
+        };
         if self.by_id.contains_key(&id) {
             return Some(Reply::error(
                 ErrorCode::DuplicateParticipant,
@@ -176,6 +198,7 @@ impl WorkerCore {
         );
         p.initial_done = initial_done;
         p.grants = grants;
+        p.slots = slots;
         p.identity = identity;
         let idx = ParticipantIdx(self.participants.insert(p));
         self.by_id.insert(id.clone(), idx);

@@ -41,6 +41,7 @@ pub fn command(tag: u64, request: Request) -> Option<Command> {
             grants,
             identity,
             epoch: _,
+            viewer,
         } => Op::Join(Join {
             room: room.into(),
             participant: participant.into(),
@@ -51,6 +52,9 @@ pub fn command(tag: u64, request: Request) -> Option<Command> {
                 subscribe: grants.subscribe,
             },
             identity,
+            viewer: viewer.map(|v| sfu_core::Viewer {
+                from: v.from.map(Into::into),
+            }),
         }),
         Request::Answer { participant, sdp } => Op::Answer {
             participant: participant.into(),
@@ -290,6 +294,7 @@ mod tests {
                 subscribe: true,
             },
             identity: Some("u".into()),
+            viewer: None,
         };
         let Some(Command {
             tag: 9,

@@ -142,6 +142,7 @@ fn every_media_section_carries_the_candidates() {
         epoch: None,
         grants: Grants::default(),
         identity: None,
+        viewer: None,
     });
     let Response::Joined {
         answer: Some(answer),
@@ -215,6 +216,7 @@ fn without_ice_tcp_no_tcp_candidate_is_offered() {
         epoch: None,
         grants: Grants::default(),
         identity: None,
+        viewer: None,
     });
     let Response::Joined {
         answer: Some(answer),

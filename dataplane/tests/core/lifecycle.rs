@@ -101,6 +101,7 @@ fn join_errors_are_clear() {
         epoch: None,
         grants: Grants::default(),
         identity: None,
+        viewer: None,
     });
     assert!(
         matches!(
@@ -122,6 +123,7 @@ fn join_errors_are_clear() {
         epoch: None,
         grants: Grants::default(),
         identity: None,
+        viewer: None,
     });
     assert!(
         matches!(
@@ -292,6 +294,7 @@ fn two_step_join_reserves_then_answers_the_first_offer() {
         epoch: None,
         grants: Grants::default(),
         identity: Some("user-b".into()),
+        viewer: None,
     });
     let Response::Joined {
         answer: None,

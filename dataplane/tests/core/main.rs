@@ -13,6 +13,7 @@ mod properties;
 mod robustness;
 mod simulcast;
 mod speakers;
+mod viewer;
 
 use std::net::SocketAddr;
 use std::time::Duration;

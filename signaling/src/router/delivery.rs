@@ -120,6 +120,7 @@ mod tests {
             epoch: None,
             grants: control::Grants::default(),
             identity: None,
+            viewer: None,
         }
     }
 

@@ -202,6 +202,7 @@ mod tests {
                 epoch: None,
                 grants: control::Grants::default(),
                 identity: None,
+                viewer: None,
             },
             ..req(Some(1), "n1", sent, false)
         }

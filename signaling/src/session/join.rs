@@ -25,6 +25,7 @@ impl Session {
                     epoch: Some(p.epoch),
                     grants: join.grants,
                     identity: join.identity.clone(),
+                    viewer: None,
                 };
                 self.state = State::Joining {
                     node: p.node.clone(),
