@@ -67,6 +67,7 @@ struct Joined {
 
 /// Send `join` on `ws` (blocking, with its read timeout), wait for `joined`, then make the first
 /// offer from a fresh socket and peer and apply the answer.
+#[allow(clippy::too_many_arguments)]
 fn join_on(
     ws: &mut Ws,
     room: &str,

@@ -19,5 +19,6 @@ pub mod load;
 pub mod net;
 pub mod peer;
 pub mod stats;
+pub mod whip;
 
 pub use peer::{Peer, PeerError, Received, RecvTrack};

@@ -9,8 +9,12 @@ pub struct Head {
     pub method: String,
     /// Path without the query string.
     pub path: String,
+    /// The query string (after `?`, empty if none).
+    pub query: String,
     /// Header names lower-cased.
     pub headers: Vec<(String, String)>,
+    /// Bytes of the head in the buffer (a body starts here).
+    pub len: usize,
 }
 
 impl Head {
@@ -45,12 +49,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {
-            let path = req.path.unwrap_or("/");
-            let path = path.split('?').next().unwrap_or("/").to_string();
+        Ok(httparse::Status::Complete(len)) => {
+            let full = req.path.unwrap_or("/");
+            let (path, query) = full.split_once('?').unwrap_or((full, ""));
             Ok(Some(Head {
                 method: req.method.unwrap_or("").to_string(),
-                path,
+                path: path.to_string(),
+                query: query.to_string(),
+                len,
                 headers: req
                     .headers
                     .iter()
@@ -71,8 +77,24 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
 
 /// A complete `Connection: close` response.
 pub fn response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    response_with(status, reason, content_type, &[], body)
+}
+
+/// [`response`] with extra headers (name, value).
+pub fn response_with(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut head = String::new();
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\n\
+         {head}\
          Content-Type: {content_type}\r\n\
          Content-Length: {}\r\n\
          Cache-Control: no-cache\r\n\

@@ -5,6 +5,7 @@
 //!
 //! - `server/clients.rs`: client connections: accept (caps), readiness, removal, timeouts;
 //! - `server/http.rs`: HTTP (the page, `/healthz`, `/metrics`) and the WebSocket upgrade;
+//! - `server/whip.rs`: WHIP and WHEP (SDP offer over HTTP POST; sessions without a socket);
 //! - `server/websocket.rs`: WebSocket frames in (rate limit, join admission) and out (bounded
 //!   writes), close codes;
 //! - `server/dataplane.rs`: the dataplane link: the local control socket and Redis replies;
@@ -44,6 +45,7 @@ mod http;
 mod liveness;
 mod routing;
 mod websocket;
+mod whip;
 
 use clients::{Conn, ConnState};
 use dataplane::ControlLink;
@@ -141,8 +143,10 @@ pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     conns: Slab<Conn>,
-    /// Open WebSockets (the rest of `conns` is HTTP in progress).
+    /// Open WebSockets and WHIP/WHEP sessions (the rest of `conns` is HTTP in progress).
     websockets: usize,
+    /// WHIP/WHEP sessions by the secret part of their `Location`.
+    whip_resources: std::collections::HashMap<String, crate::router::ConnId>,
     ip_limits: IpLimits,
     /// Live sessions per join-token identity.
     sessions_per_token: SessionsPerToken,
@@ -204,6 +208,7 @@ impl Server {
             metrics_listener,
             conns: Slab::with_capacity(1024),
             websockets: 0,
+            whip_resources: std::collections::HashMap::new(),
             ip_limits,
             sessions_per_token: SessionsPerToken::default(),
             control,

@@ -59,6 +59,11 @@ struct Intent {
     grants: Grants,
     /// The token's identity (`sub`), when auth is on.
     identity: Option<String>,
+    /// The client's first offer, sent with the join (WHIP/WHEP; a WebSocket client sends its
+    /// offer after `joined`).
+    offer: Option<String>,
+    /// A viewer that cannot renegotiate (WHEP).
+    viewer: Option<control::Viewer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

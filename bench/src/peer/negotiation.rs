@@ -42,6 +42,15 @@ impl Peer {
 
     /// The initial offer: sendonly audio and/or video plus the `chat` DataChannel.
     pub fn create_offer(&mut self, audio: bool, video: bool) -> String {
+        self.offer_with(audio, video, true)
+    }
+
+    /// A WHIP publisher's offer: sendonly audio and/or video, no data channel.
+    pub fn create_whip_offer(&mut self, audio: bool, video: bool) -> String {
+        self.offer_with(audio, video, false)
+    }
+
+    fn offer_with(&mut self, audio: bool, video: bool, chat: bool) -> String {
         let mut api = self.rtc.sdp_api();
         if audio {
             let mid = api.add_media(
@@ -70,7 +79,7 @@ impl Peer {
             );
             self.video = Some((mid, None));
         }
-        if self.chat.is_none() {
+        if chat && self.chat.is_none() {
             self.chat = Some(api.add_channel("chat".into()));
         }
         let Some((offer, pending)) = api.apply() else {

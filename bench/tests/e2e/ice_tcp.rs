@@ -130,7 +130,8 @@ fn peers_over_ice_tcp_and_udp_share_a_room_and_the_tcp_port_survives_abuse() {
     ] {
         let mut s = TcpStream::connect(target).expect("connect");
         s.write_all(bytes).expect("write");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf);
         assert!(

@@ -8,12 +8,14 @@
 //! - `front_door.rs`: what signaling accepts on its WebSocket (bad input, join tokens, floods)
 //!   and the TURN credentials it hands out;
 //! - `ice_tcp.rs`: media over ICE-TCP next to UDP, and abuse of the TCP port;
+//! - `whip.rs`: WHIP publishing and WHEP viewing over HTTP, and their bad requests;
 //! - `observability.rs`: the load generator's pipeline and the metrics endpoints.
 
 mod calls;
 mod front_door;
 mod ice_tcp;
 mod observability;
+mod whip;
 
 use std::time::{Duration, Instant};
 

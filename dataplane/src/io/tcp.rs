@@ -569,12 +569,16 @@ mod tests {
 
     /// A connected pair: the shell's side (accepted) and a client stream.
     fn pair() -> (TcpShell, mio::Poll, std::net::TcpStream) {
-        let mut shell =
-            TcpShell::bind("127.0.0.1:0".parse().unwrap(), TcpLimits::default()).expect("bind");
+        let mut shell = TcpShell::bind(
+            "127.0.0.1:0".parse().expect("test setup"),
+            TcpLimits::default(),
+        )
+        .expect("bind");
         let poll = mio::Poll::new().expect("poll");
         shell.register(poll.registry()).expect("register");
-        let client = std::net::TcpStream::connect(shell.local_addr().unwrap()).expect("connect");
-        client.set_nodelay(true).unwrap();
+        let client =
+            std::net::TcpStream::connect(shell.local_addr().expect("test setup")).expect("connect");
+        client.set_nodelay(true).expect("test setup");
         (shell, poll, client)
     }
 
@@ -632,8 +636,8 @@ mod tests {
         // One byte at a time for the first frame, then arbitrary cuts.
         let mut got = Vec::new();
         for chunk in bytes.chunks(7) {
-            client.write_all(chunk).unwrap();
-            client.flush().unwrap();
+            client.write_all(chunk).expect("test setup");
+            client.flush().expect("test setup");
             std::thread::sleep(Duration::from_millis(1));
         }
         pump(&mut shell, &poll, &mut got, true, |_, g| g.len() == 4);
@@ -646,7 +650,7 @@ mod tests {
         let (mut shell, poll, mut client) = pair();
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+            .expect("test setup");
         let mut got = Vec::new();
         pump(&mut shell, &poll, &mut got, false, |s, _| {
             s.stats.garbage == 1
@@ -657,7 +661,7 @@ mod tests {
         // The peer sees the close.
         client
             .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+            .expect("test setup");
         let mut buf = [0u8; 16];
         assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)));
     }
@@ -665,7 +669,7 @@ mod tests {
     #[test]
     fn a_huge_length_prefix_on_an_unbound_connection_is_refused_at_once() {
         let (mut shell, poll, mut client) = pair();
-        client.write_all(&[0xff, 0xff]).unwrap();
+        client.write_all(&[0xff, 0xff]).expect("test setup");
         let mut got = Vec::new();
         pump(&mut shell, &poll, &mut got, false, |s, _| {
             s.stats.garbage == 1
@@ -678,7 +682,7 @@ mod tests {
     fn a_partial_check_times_out_unbound_and_a_bound_connection_idles_out() {
         let (mut shell, poll, mut client) = pair();
         // A plausible STUN header and then nothing more.
-        client.write_all(&[0, 100, 0, 1]).unwrap();
+        client.write_all(&[0, 100, 0, 1]).expect("test setup");
         let mut got = Vec::new();
         pump(&mut shell, &poll, &mut got, false, |s, _| {
             s.conns.iter().any(|(_, c)| c.partial.len() == 4)
@@ -692,10 +696,13 @@ mod tests {
 
         // Bound (its check accepted), then a 65535-byte length with nothing behind it: held
         // until the idle timeout, never delivered.
-        let mut client = std::net::TcpStream::connect(shell.local_addr().unwrap()).unwrap();
-        client.write_all(&framed(&[stun_like(20)])).unwrap();
+        let mut client = std::net::TcpStream::connect(shell.local_addr().expect("test setup"))
+            .expect("test setup");
+        client
+            .write_all(&framed(&[stun_like(20)]))
+            .expect("test setup");
         pump(&mut shell, &poll, &mut got, true, |_, g| g.len() == 1);
-        client.write_all(&[0xff, 0xff, 0x80]).unwrap();
+        client.write_all(&[0xff, 0xff, 0x80]).expect("test setup");
         pump(&mut shell, &poll, &mut got, true, |s, _| {
             s.conns.iter().any(|(_, c)| c.partial.len() == 3)
         });
@@ -714,7 +721,7 @@ mod tests {
     fn unbound_connections_get_a_few_frames_then_are_closed() {
         let (mut shell, poll, mut client) = pair();
         let frames: Vec<Vec<u8>> = (0..40).map(|_| stun_like(20)).collect();
-        client.write_all(&framed(&frames)).unwrap();
+        client.write_all(&framed(&frames)).expect("test setup");
         let mut got = Vec::new();
         pump(&mut shell, &poll, &mut got, false, |s, _| {
             s.stats.garbage == 1
@@ -728,10 +735,11 @@ mod tests {
             max_per_ip: 3,
             ..TcpLimits::default()
         };
-        let mut shell = TcpShell::bind("127.0.0.1:0".parse().unwrap(), limits).expect("bind");
+        let mut shell =
+            TcpShell::bind("127.0.0.1:0".parse().expect("test setup"), limits).expect("bind");
         let poll = mio::Poll::new().expect("poll");
         shell.register(poll.registry()).expect("register");
-        let addr = shell.local_addr().unwrap();
+        let addr = shell.local_addr().expect("test setup");
         let clients: Vec<_> = (0..5)
             .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
             .collect();
@@ -750,18 +758,20 @@ mod tests {
             max_connections: 3,
             ..TcpLimits::default()
         };
-        let mut shell = TcpShell::bind("127.0.0.1:0".parse().unwrap(), limits).expect("bind");
+        let mut shell =
+            TcpShell::bind("127.0.0.1:0".parse().expect("test setup"), limits).expect("bind");
         let poll = mio::Poll::new().expect("poll");
         shell.register(poll.registry()).expect("register");
-        let addr = shell.local_addr().unwrap();
+        let addr = shell.local_addr().expect("test setup");
         // A bound connection first (its check accepted), then idle ones.
-        let mut real = std::net::TcpStream::connect(addr).unwrap();
-        real.write_all(&framed(&[stun_like(20)])).unwrap();
+        let mut real = std::net::TcpStream::connect(addr).expect("test setup");
+        real.write_all(&framed(&[stun_like(20)]))
+            .expect("test setup");
         let mut got = Vec::new();
         pump(&mut shell, &poll, &mut got, true, |_, g| g.len() == 1);
         let mut idle = Vec::new();
         for n in 1..=5u64 {
-            idle.push(std::net::TcpStream::connect(addr).unwrap());
+            idle.push(std::net::TcpStream::connect(addr).expect("test setup"));
             pump(&mut shell, &poll, &mut got, false, |s, _| {
                 s.stats.accepted == n + 1
             });
@@ -781,22 +791,26 @@ mod tests {
             write_buffer: 8 * 1024,
             ..TcpLimits::default()
         };
-        let mut shell = TcpShell::bind("127.0.0.1:0".parse().unwrap(), limits).expect("bind");
+        let mut shell =
+            TcpShell::bind("127.0.0.1:0".parse().expect("test setup"), limits).expect("bind");
         let poll = mio::Poll::new().expect("poll");
         shell.register(poll.registry()).expect("register");
-        let mut client = std::net::TcpStream::connect(shell.local_addr().unwrap()).unwrap();
+        let mut client = std::net::TcpStream::connect(shell.local_addr().expect("test setup"))
+            .expect("test setup");
         // Never read by the client: a slow reader.
-        client.write_all(&framed(&[stun_like(20)])).unwrap();
+        client
+            .write_all(&framed(&[stun_like(20)]))
+            .expect("test setup");
         let mut got = Vec::new();
         pump(&mut shell, &poll, &mut got, true, |_, g| g.len() == 1);
-        let peer = client.local_addr().unwrap();
+        let peer = client.local_addr().expect("test setup");
         for _ in 0..10_000 {
             shell.send(peer, &[0x80; 1000]);
             shell.flush(poll.registry());
         }
         assert!(shell.stats.send_drops > 0, "{:?}", shell.stats);
         // What was queued is whole frames: read them back.
-        client.set_nonblocking(true).unwrap();
+        client.set_nonblocking(true).expect("test setup");
         let mut all = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         let start = Instant::now();

@@ -25,8 +25,9 @@ pub enum WireReport {
     ParticipantClosed { participant: String },
     /// A room became empty on the worker.
     RoomClosed { room: String },
-    /// Periodic statistics (the worker adds its socket figures).
-    Stats(WorkerStats),
+    /// Periodic statistics (the worker adds its socket figures). Boxed: it is rare and large,
+    /// and every report on the queue would otherwise be as large.
+    Stats(Box<WorkerStats>),
 }
 
 /// The core command for a control request, or `None` if a worker does not handle it (`stats`,
@@ -100,7 +101,7 @@ pub fn report(report: Report) -> WireReport {
             participant: participant.into(),
         },
         Report::RoomClosed { room } => WireReport::RoomClosed { room: room.into() },
-        Report::Stats(s) => WireReport::Stats(stats(*s)),
+        Report::Stats(s) => WireReport::Stats(Box::new(stats(*s))),
     }
 }
 

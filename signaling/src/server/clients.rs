@@ -14,6 +14,7 @@ use tracing::debug;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+use super::whip::Headless;
 use super::{FIRST_CONN, Server};
 use crate::limits::{ConnClock, Expiry, Timeouts, TokenBucket, expiry};
 use crate::router::ConnId;
@@ -26,8 +27,12 @@ const HTTP_RESERVE: usize = 256;
 const ADMIN_CONNECTIONS: usize = 32;
 
 pub(super) enum ConnState {
-    /// Reading a request head.
-    Http { stream: TcpStream, buf: Vec<u8> },
+    /// Reading a request head (and, for a WHIP/WHEP POST, `want` bytes in all with its body).
+    Http {
+        stream: TcpStream,
+        buf: Vec<u8>,
+        want: usize,
+    },
     /// Writing an HTTP response, then closing.
     Respond {
         stream: TcpStream,
@@ -38,8 +43,31 @@ pub(super) enum ConnState {
         ws: Box<WebSocket<TcpStream>>,
         session: Box<Session>,
     },
+    /// A WHIP/WHEP POST waiting for the answer of headless connection `session`.
+    Await { stream: TcpStream, session: ConnId },
+    /// A WHIP/WHEP session: no socket (see `server/whip.rs`).
+    Headless(Box<Headless>),
     /// Transitional placeholder while a state is being replaced.
     Gone,
+}
+
+impl ConnState {
+    /// The session of a WebSocket or WHIP/WHEP connection.
+    pub(super) fn session(&self) -> Option<&Session> {
+        match self {
+            ConnState::Ws { session, .. } => Some(session),
+            ConnState::Headless(h) => Some(&h.session),
+            _ => None,
+        }
+    }
+
+    pub(super) fn session_mut(&mut self) -> Option<&mut Session> {
+        match self {
+            ConnState::Ws { session, .. } => Some(session),
+            ConnState::Headless(h) => Some(&mut h.session),
+            _ => None,
+        }
+    }
 }
 
 pub(super) struct Conn {
@@ -147,6 +175,7 @@ impl Server {
                         state: ConnState::Http {
                             stream,
                             buf: Vec::with_capacity(1024),
+                            want: 0,
                         },
                         since: now,
                         writable: false,
@@ -186,6 +215,21 @@ impl Server {
             ConnState::Http { .. } => self.read_http(id),
             ConnState::Respond { .. } => self.write_response(id),
             ConnState::Ws { .. } => self.ws_ready(id),
+            ConnState::Await { stream, .. } => {
+                // Nothing more is expected from a client waiting for its answer: bytes are
+                // dropped; a close ends the wait (and the session).
+                let mut scratch = [0u8; 1024];
+                loop {
+                    match std::io::Read::read(stream, &mut scratch) {
+                        Ok(0) => return self.remove(id),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return self.remove(id),
+                    }
+                }
+            }
+            ConnState::Headless(_) => {}
             ConnState::Gone => self.remove(id),
         }
     }
@@ -208,12 +252,21 @@ impl Server {
         let Some(mut conn) = self.conns.try_remove(id) else {
             return;
         };
+        let mut cancel = None;
         match &mut conn.state {
             ConnState::Http { stream, .. } | ConnState::Respond { stream, .. } => {
                 let _ = self.poll.registry().deregister(stream);
             }
+            ConnState::Await { stream, session } => {
+                let _ = self.poll.registry().deregister(stream);
+                cancel = Some(*session);
+            }
             ConnState::Ws { ws, .. } => {
                 let _ = self.poll.registry().deregister(ws.get_mut());
+                self.websockets = self.websockets.saturating_sub(1);
+            }
+            ConnState::Headless(h) => {
+                self.whip_resources.remove(&h.resource);
                 self.websockets = self.websockets.saturating_sub(1);
             }
             ConnState::Gone => {}
@@ -226,6 +279,12 @@ impl Server {
         }
         self.pending.detach(id);
         self.placements.forget(id);
+        // A POST that stopped waiting: its session no longer answers anyone.
+        if let Some(hid) = cancel
+            && self.headless_waiting_for(hid, id)
+        {
+            self.cancel_headless(hid);
+        }
     }
 
     /// Time out slow HTTP clients, closing WebSockets, idle WebSockets (join deadline), silent
@@ -246,6 +305,12 @@ impl Server {
                     expiry(&c.clock(false), &timeouts, now)
                 }
                 ConnState::Ws { .. } => expiry(&c.clock(true), &timeouts, now),
+                // The dataplane's answer is bounded by the request timeout (and a placement
+                // retry); beyond twice that the POST gives up.
+                ConnState::Await { .. } => (now.saturating_duration_since(c.since)
+                    > 2 * s.request_timeout + std::time::Duration::from_secs(5))
+                .then_some(Expiry::Disconnect("whip_wait")),
+                ConnState::Headless(_) => None,
                 ConnState::Gone => Some(Expiry::Disconnect("")),
             };
             match due {

@@ -15,7 +15,7 @@ use mio::net::UnixStream;
 use registry::RegistryError;
 use tracing::{debug, info, warn};
 
-use super::{CONTROL, ConnState, Server};
+use super::{CONTROL, Server};
 use crate::cluster::ClusterEvent;
 use crate::router::{Answered, ConnId};
 
@@ -196,11 +196,9 @@ impl Server {
                     .map(|(i, _)| i)
                     .collect();
                 for id in ids {
-                    let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
-                        Some(ConnState::Ws { session, .. }) => {
-                            session.handle_control_restored(&node_id)
-                        }
-                        _ => continue,
+                    let actions = match self.conns.get_mut(id).and_then(|c| c.state.session_mut()) {
+                        Some(session) => session.handle_control_restored(&node_id),
+                        None => continue,
                     };
                     self.apply(id, actions);
                 }
@@ -226,9 +224,9 @@ impl Server {
                 let Some(conn) = self.routes.owner(event.participant()) else {
                     return;
                 };
-                let actions = match self.conns.get_mut(conn).map(|c| &mut c.state) {
-                    Some(ConnState::Ws { session, .. }) => session.handle_event(event),
-                    _ => return,
+                let actions = match self.conns.get_mut(conn).and_then(|c| c.state.session_mut()) {
+                    Some(session) => session.handle_event(event),
+                    None => return,
                 };
                 self.apply(conn, actions);
             }

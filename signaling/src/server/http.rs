@@ -1,5 +1,6 @@
-//! HTTP on client connections: reading a request head, answering it (the page, `/healthz`,
-//! `/metrics` on the metrics listener only, `HEAD` without a body), writing the response, and
+//! HTTP on client connections: reading a request head (and a WHIP/WHEP POST's body, bounded by
+//! its `Content-Length`), answering it (the page, `/healthz`, `/metrics` on the metrics listener
+//! only, `HEAD` without a body, `/whip/…` and `/whep/…` in `whip.rs`), writing the response, and
 //! the WebSocket upgrade of `GET /ws` (origin check, WebSocket cap, the per-address count of a
 //! client behind a trusted proxy, the handshake, bounded WebSocket buffers).
 
@@ -23,16 +24,18 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let ConnState::Http { stream, buf } = &mut conn.state else {
+        let ConnState::Http { stream, buf, want } = &mut conn.state else {
             return;
         };
         let mut chunk = [0u8; 4096];
+        // A head, or the head and body of a WHIP/WHEP POST once its head said how long.
+        let limit = http::MAX_HEAD.max(*want);
         loop {
             match stream.read(&mut chunk) {
                 Ok(0) => return self.remove(id),
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > http::MAX_HEAD {
+                    if buf.len() > limit {
                         break;
                     }
                 }
@@ -70,6 +73,19 @@ impl Server {
         let admin = conn.admin;
         if head.path == "/ws" && !admin && head.method != "HEAD" {
             return self.websocket_request(id, &head);
+        }
+        if !admin && super::whip::is_whip_path(&head.path) {
+            let need = head.len + Self::whip_body_len(&head);
+            let ConnState::Http { buf, want, .. } = &mut conn.state else {
+                return;
+            };
+            if buf.len() < need {
+                // Wait for the rest of the body (bounded: `whip_body_len` ≤ MAX_SDP).
+                *want = need;
+                return;
+            }
+            let body = buf[head.len..need].to_vec();
+            return self.whip_request(id, &head, &body);
         }
         if head.method != "GET" && head.method != "HEAD" {
             return self.respond(
@@ -122,7 +138,7 @@ impl Server {
     fn refresh_gauges(&mut self) {
         let mut sessions = 0;
         for (_, c) in self.conns.iter() {
-            if let ConnState::Ws { session, .. } = &c.state {
+            if let Some(session) = c.state.session() {
                 sessions += i64::from(session.is_joined());
             }
         }
@@ -203,7 +219,7 @@ impl Server {
     }
 
     /// Switch a connection to writing `out` and closing.
-    fn respond(&mut self, id: ConnId, out: Vec<u8>) {
+    pub(super) fn respond(&mut self, id: ConnId, out: Vec<u8>) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -280,6 +296,7 @@ impl Server {
             conn.state = ConnState::Http {
                 stream,
                 buf: Vec::new(),
+                want: 0,
             };
             return self.remove(id);
         }

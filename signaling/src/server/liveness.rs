@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::{ConnState, Server};
+use super::Server;
 use crate::cluster::Job;
 use crate::router::ConnId;
 
@@ -214,7 +214,7 @@ impl Server {
         let verdict = self.live.check(now, local, self.cluster.is_some(), |live| {
             let mut nodes = BTreeSet::new();
             for (_, c) in conns.iter() {
-                if let ConnState::Ws { session, .. } = &c.state
+                if let Some(session) = c.state.session()
                     && let Some(node) = session.node()
                     // A resume names its node in the client's (unsigned) token: only nodes
                     // we have heard of are watched, so made-up names cost nothing.
@@ -272,11 +272,9 @@ impl Server {
         let ids: Vec<ConnId> = self.conns.iter().map(|(i, _)| i).collect();
         let mut closed = 0;
         for id in ids {
-            let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
-                Some(ConnState::Ws { session, .. }) => {
-                    session.handle_node_restarted(node, incarnation)
-                }
-                _ => continue,
+            let actions = match self.conns.get_mut(id).and_then(|c| c.state.session_mut()) {
+                Some(session) => session.handle_node_restarted(node, incarnation),
+                None => continue,
             };
             closed += usize::from(!actions.is_empty());
             self.apply(id, actions);
@@ -298,9 +296,9 @@ impl Server {
             return;
         };
         warn!(%node, %incarnation, "answer from a replaced incarnation: closing that session");
-        let actions = match self.conns.get_mut(conn).map(|c| &mut c.state) {
-            Some(ConnState::Ws { session, .. }) => session.handle_node_restarted(node, &current),
-            _ => return,
+        let actions = match self.conns.get_mut(conn).and_then(|c| c.state.session_mut()) {
+            Some(session) => session.handle_node_restarted(node, &current),
+            None => return,
         };
         self.apply(conn, actions);
     }
@@ -309,9 +307,9 @@ impl Server {
     pub(super) fn node_failed(&mut self, node: &str) {
         let ids: Vec<ConnId> = self.conns.iter().map(|(i, _)| i).collect();
         for id in ids {
-            let actions = match self.conns.get_mut(id).map(|c| &mut c.state) {
-                Some(ConnState::Ws { session, .. }) => session.handle_node_failed(node),
-                _ => continue,
+            let actions = match self.conns.get_mut(id).and_then(|c| c.state.session_mut()) {
+                Some(session) => session.handle_node_failed(node),
+                None => continue,
             };
             self.apply(id, actions);
         }

@@ -34,9 +34,9 @@ impl Server {
                 self.metrics.redis_errors.inc();
             }
         }
-        let actions = match self.conns.get_mut(conn).map(|c| &mut c.state) {
-            Some(ConnState::Ws { session, .. }) => session.handle_placement(result),
-            _ => return,
+        let actions = match self.conns.get_mut(conn).and_then(|c| c.state.session_mut()) {
+            Some(session) => session.handle_placement(result),
+            None => return,
         };
         self.apply(conn, actions);
     }
@@ -113,7 +113,7 @@ impl Server {
             // The dataplane now routes this session's events over the path this request took.
             c.via_socket = Some(via_socket);
         }
-        let ConnState::Ws { session, .. } = &mut c.state else {
+        let Some(session) = c.state.session_mut() else {
             return;
         };
         let actions = session.handle_response(&p.request, response, &self.ctx);
@@ -189,6 +189,12 @@ impl Server {
     /// what concerns only the nodes (leaving a participant) still happens.
     pub(super) fn apply(&mut self, id: ConnId, actions: Vec<Action>) {
         self.settle(id);
+        if matches!(
+            self.conns.get(id).map(|c| &c.state),
+            Some(ConnState::Headless(_))
+        ) {
+            return self.apply_headless(id, actions);
+        }
         let mut gone = false;
         for action in actions {
             if gone {
@@ -211,6 +217,21 @@ impl Server {
         self.flush_ws(id);
     }
 
+    /// [`Server::apply`] for a WHIP/WHEP session: its messages are consumed by `whip.rs`, and it
+    /// is removed once over.
+    fn apply_headless(&mut self, id: ConnId, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send(msg) => self.headless_msg(id, msg),
+                Action::Request { node, request } => self.send_request(Some(id), node, request),
+                Action::Forget { node, request } => self.send_request(None, node, request),
+                Action::Place { room, exclude } => self.place(id, room, exclude),
+                Action::Close => {}
+            }
+        }
+        self.end_headless_if_idle(id);
+    }
+
     /// Bring the routing table and the per-identity counts in line with the session's state
     /// after it changed. A session is routed only once joined (a dataplane confirmation); a
     /// confirmed resume on this connection replaces the connection that held it before.
@@ -218,7 +239,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let ConnState::Ws { session, .. } = &conn.state else {
+        let Some(session) = conn.state.session() else {
             return;
         };
         let joined = session.joined_participant().map(str::to_string);
@@ -245,9 +266,9 @@ impl Server {
                 conn = old,
                 "session resumed on another connection: closing the old one"
             );
-            let actions = match self.conns.get_mut(old).map(|c| &mut c.state) {
-                Some(ConnState::Ws { session, .. }) => session.handle_replaced(),
-                _ => vec![],
+            let actions = match self.conns.get_mut(old).and_then(|c| c.state.session_mut()) {
+                Some(session) => session.handle_replaced(),
+                None => vec![],
             };
             self.apply(old, actions);
         }

@@ -154,12 +154,12 @@ impl Server {
 
     /// A join or resume of connection `id` may go ahead: per-address join rate and live sessions
     /// per token identity. A refused one is answered and the session returns to idle.
-    fn admit_join(&mut self, id: ConnId) -> bool {
+    pub(super) fn admit_join(&mut self, id: ConnId) -> bool {
         let now = Instant::now();
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
-        let ConnState::Ws { session, .. } = &mut conn.state else {
+        let Some(session) = conn.state.session_mut() else {
             return false;
         };
         // Checked before the session is counted (it is not yet: see `settle`). The identity
@@ -322,6 +322,6 @@ impl Server {
 }
 
 /// A fresh random participant id.
-fn new_participant_id() -> String {
+pub(super) fn new_participant_id() -> String {
     format!("p{:016x}", rand::random::<u64>())
 }

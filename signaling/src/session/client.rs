@@ -132,7 +132,62 @@ impl Session {
             name,
             grants,
             identity,
+            offer: None,
+            viewer: None,
         })
+    }
+
+    /// A join that carries its first offer (WHIP and WHEP over HTTP): validated like a client's
+    /// `join`, with `allowed` narrowing the token's grants (a WHIP publisher subscribes to
+    /// nothing, a WHEP viewer publishes nothing) and `viewer` for a WHEP viewer. The answer comes
+    /// as `joined` followed by `answer`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_with_offer(
+        &mut self,
+        room: String,
+        name: String,
+        token: Option<String>,
+        offer: String,
+        allowed: Grants,
+        viewer: Option<control::Viewer>,
+        ctx: &JoinContext,
+        new_id: impl FnOnce() -> String,
+    ) -> Vec<Action> {
+        if !matches!(self.state, State::Idle) {
+            return vec![bad("already joined")];
+        }
+        match Self::intent(Some(room), Some(name), token, ctx, new_id) {
+            Ok(mut join) => {
+                if (allowed.publish && !join.grants.publish)
+                    || (allowed.subscribe && !join.grants.subscribe)
+                {
+                    return vec![Action::Send(ServerMsg::error(
+                        ErrorCode::Unauthorized,
+                        if allowed.publish {
+                            "this token may not publish"
+                        } else {
+                            "this token may not subscribe"
+                        },
+                    ))];
+                }
+                join.grants = Grants {
+                    publish: join.grants.publish && allowed.publish,
+                    subscribe: join.grants.subscribe && allowed.subscribe,
+                };
+                join.offer = Some(offer);
+                join.viewer = viewer;
+                let room = join.room.clone();
+                self.state = State::Placing {
+                    join,
+                    first_error: None,
+                };
+                vec![Action::Place {
+                    room,
+                    exclude: vec![],
+                }]
+            }
+            Err(action) => vec![*action],
+        }
     }
 
     /// The server refused a join or resume before it reached a node (rate or session limits).

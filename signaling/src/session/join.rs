@@ -21,11 +21,11 @@ impl Session {
                     room: join.room.clone(),
                     participant: join.id.clone(),
                     name: join.name.clone(),
-                    offer: None,
+                    offer: join.offer.clone(),
                     epoch: Some(p.epoch),
                     grants: join.grants,
                     identity: join.identity.clone(),
-                    viewer: None,
+                    viewer: join.viewer.clone(),
                 };
                 self.state = State::Joining {
                     node: p.node.clone(),
@@ -73,6 +73,7 @@ impl Session {
                     participants,
                     resume_key,
                     incarnation,
+                    answer,
                     ..
                 },
             ) if *participant == join.id => {
@@ -117,7 +118,12 @@ impl Session {
                     incarnation,
                 };
                 self.after_room_closed = false;
-                vec![Action::Send(msg)]
+                let mut actions = vec![Action::Send(msg)];
+                // A join that carried its offer (WHIP/WHEP) is answered at once.
+                if let Some(sdp) = answer {
+                    actions.push(Action::Send(ServerMsg::Answer { sdp }));
+                }
+                actions
             }
             (
                 State::Joining {

@@ -127,7 +127,7 @@ impl ControlServer {
                     self.metrics.observe_worker(&s);
                     s.join_seconds.clear();
                     if let Some(slot) = self.stats.get_mut(worker as usize) {
-                        *slot = s;
+                        *slot = *s;
                     }
                 }
             }
