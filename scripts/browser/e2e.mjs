@@ -28,7 +28,8 @@
 //                   without it a skipped scenario fails the run.
 //
 // Scenarios (in order): prejoin, three-party, chat, mute, leave, receive-only, errors, turn,
-// reconnect. See each scenario's comment for what it proves.
+// reconnect, the media ones (simulcast, dynacast, speakers), whip, whep; `constrained`,
+// `ice-tcp` and `turn-tls` only when named. See each scenario's comment for what it proves.
 //
 // Drives Debian's /usr/bin/chromium through playwright-core (flags in lib.mjs). Every wait is a
 // bounded poll. Layout: lib.mjs (config, helpers, harness), scenarios/*.mjs (the scenarios, by
@@ -47,6 +48,7 @@ import './scenarios/chat.mjs';
 import './scenarios/lifecycle.mjs';
 import './scenarios/reconnect.mjs';
 import './scenarios/media.mjs';
+import './scenarios/whip.mjs';
 import './scenarios/connectivity.mjs';
 
 async function main() {
