@@ -71,6 +71,10 @@ pub struct Scenario {
     /// per frame. Each subscriber gets the layer its bandwidth estimate allows.
     #[serde(default)]
     pub simulcast: bool,
+    /// Every peer's media goes over ICE-TCP (one TCP connection to its worker's passive
+    /// candidate, RFC 4571 framing) instead of UDP.
+    #[serde(default)]
+    pub ice_tcp: bool,
 }
 
 fn default_sample_every() -> u32 {
@@ -97,6 +101,7 @@ impl Scenario {
             sample_every: default_sample_every(),
             ramp: None,
             simulcast: false,
+            ice_tcp: false,
         };
         Some(match name {
             "smoke" => Self {
@@ -304,6 +309,7 @@ pub fn run(
             light_sample_every: (!scenario.full_receivers).then_some(scenario.sample_every),
             scale: scale.clone(),
             bind_ip: target.bind_ip,
+            ice_tcp: scenario.ice_tcp,
         })
         .collect();
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);

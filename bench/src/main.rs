@@ -100,6 +100,9 @@ struct LoadArgs {
     /// Publish video as three simulcast layers (q, h, f) instead of one stream.
     #[arg(long)]
     simulcast: bool,
+    /// Every peer's media over ICE-TCP (a TCP connection to the worker) instead of UDP.
+    #[arg(long)]
+    ice_tcp: bool,
     /// Publish no audio.
     #[arg(long)]
     no_audio: bool,
@@ -243,6 +246,9 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
     }
     if a.simulcast {
         sc.simulcast = true;
+    }
+    if a.ice_tcp {
+        sc.ice_tcp = true;
     }
     if let Some(v) = a.duration {
         sc.duration_secs = v;

@@ -393,6 +393,11 @@ pub struct WorkerStats {
     pub tcp_frames_out: u64,
     #[serde(default)]
     pub tcp_send_drops: u64,
+    /// ICE-TCP read and write system calls (with the UDP ones: syscalls per forwarded packet).
+    #[serde(default)]
+    pub tcp_recv_calls: u64,
+    #[serde(default)]
+    pub tcp_send_calls: u64,
     /// NACKs received from subscribers (answered from the RTX cache by str0m).
     #[serde(default)]
     pub nacks_received: u64,

@@ -131,7 +131,9 @@ impl Delta {
                 w.iter().map(|w| w.rtp_forwarded).sum::<u64>(),
                 w.iter().map(|w| w.bytes_out).sum::<u64>(),
                 w.iter()
-                    .map(|w| w.udp_recv_calls + w.udp_send_calls)
+                    .map(|w| {
+                        w.udp_recv_calls + w.udp_send_calls + w.tcp_recv_calls + w.tcp_send_calls
+                    })
                     .sum::<u64>(),
             )
         };

@@ -112,6 +112,8 @@ pub(super) struct WorkerPlan {
     pub(super) light_sample_every: Option<u32>,
     /// The address the peers' media sockets bind.
     pub(super) bind_ip: std::net::IpAddr,
+    /// Media over ICE-TCP instead of UDP (our SFU only).
+    pub(super) ice_tcp: bool,
     /// The run's offered-load multiplier (the capacity ramp turns it up).
     pub(super) scale: crate::client::RateScale,
 }
@@ -178,6 +180,16 @@ pub(super) fn worker(
                     let media = publisher.then_some(plan.media);
                     let start = Instant::now();
                     let joined = match &plan.sfu {
+                        Sfu::Ours if plan.ice_tcp => Client::join_tcp_from(
+                            plan.bind_ip,
+                            &url,
+                            &room,
+                            &name,
+                            media,
+                            epoch,
+                            Duration::from_secs(10),
+                        )
+                        .map(|c| AnyClient::Ours(Box::new(c))),
                         Sfu::Ours => Client::join_from(
                             plan.bind_ip,
                             &url,

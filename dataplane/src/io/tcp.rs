@@ -96,6 +96,9 @@ pub struct TcpStats {
     pub send_drops: u64,
     /// Datagrams for a peer with no open connection (it went away).
     pub send_no_connection: u64,
+    /// `read` and `write` system calls on connections.
+    pub recv_calls: u64,
+    pub send_calls: u64,
 }
 
 struct Conn {
@@ -326,6 +329,7 @@ impl TcpShell {
         };
         let mut budget = READ_BUDGET;
         while budget > 0 {
+            self.stats.recv_calls += 1;
             let n = match conn.stream.read(&mut self.scratch) {
                 Ok(0) => return Err(Close::Peer),
                 Ok(n) => n,
@@ -386,6 +390,7 @@ impl TcpShell {
             return;
         };
         while conn.wpos < conn.out.len() {
+            self.stats.send_calls += 1;
             match conn.stream.write(&conn.out[conn.wpos..]) {
                 Ok(0) => return self.close(registry, key, Close::Peer),
                 Ok(n) => conn.wpos += n,

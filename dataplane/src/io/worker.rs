@@ -528,6 +528,8 @@ impl Worker<'_> {
                             ws.tcp_frames_in = t.frames_in;
                             ws.tcp_frames_out = t.frames_out;
                             ws.tcp_send_drops = t.send_drops;
+                            ws.tcp_recv_calls = t.recv_calls;
+                            ws.tcp_send_calls = t.send_calls;
                         }
                         let total = self.since_report.elapsed();
                         ws.busy_ratio = if total.is_zero() {
