@@ -24,12 +24,14 @@
 //   LOSS_URL        an endpoint dropping 5 % of the dataplane's TCP segments toward the namespace
 //                   (`POST /tcploss`, `POST /notcploss`): the `ice-tcp` scenario, which (like
 //                   `turn-tls`) runs only when named, with TURN_URL listing `turns:` on 443.
+//   E2E_FIREFOX     Debian's firefox-esr (/usr/bin/firefox-esr): the `firefox` scenario, which
+//                   runs only when named, against a node on a non-loopback address.
 //   E2E_ALLOW_SKIP  set to 1 to accept scenarios skipped for a missing dependency (the ones above);
 //                   without it a skipped scenario fails the run.
 //
 // Scenarios (in order): prejoin, three-party, chat, mute, leave, receive-only, errors, turn,
 // reconnect, the media ones (simulcast, dynacast, speakers), whip, whep; `constrained`,
-// `ice-tcp` and `turn-tls` only when named. See each scenario's comment for what it proves.
+// `firefox`, `ice-tcp` and `turn-tls` only when named. See each scenario's comment for what it proves.
 //
 // Drives Debian's /usr/bin/chromium through playwright-core (flags in lib.mjs). Every wait is a
 // bounded poll. Layout: lib.mjs (config, helpers, harness), scenarios/*.mjs (the scenarios, by
@@ -50,6 +52,7 @@ import './scenarios/reconnect.mjs';
 import './scenarios/media.mjs';
 import './scenarios/whip.mjs';
 import './scenarios/connectivity.mjs';
+import './scenarios/firefox.mjs';
 
 async function main() {
   const selected = ONLY.length ? scenarios.filter((s) => ONLY.includes(s.name)) : scenarios.filter((s) => !s.netns);

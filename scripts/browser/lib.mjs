@@ -3,6 +3,7 @@
 // debug dumps) and the scenario registry. Entry point: e2e.mjs.
 
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -19,6 +20,9 @@ export const ALLOW_SKIP = process.env.E2E_ALLOW_SKIP === '1';
 // (`POST /shape`, `POST /unshape`): the `constrained` scenario.
 export const NETNS_CHROMIUM = process.env.E2E_NETNS_CHROMIUM || '';
 export const SHAPE_URL = (process.env.SHAPE_URL || '').replace(/\/+$/, '');
+// Debian's Firefox ESR, driven over WebDriver BiDi by npm `puppeteer-core` (no downloaded
+// browser): the `firefox` scenario.
+export const FIREFOX = process.env.E2E_FIREFOX || '';
 
 export const BASE_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -215,7 +219,27 @@ export async function launch(args, executablePath = '/usr/bin/chromium') {
   return chromium.launch({ executablePath, headless: true, args: full });
 }
 
+/** Headless Firefox with fake camera and microphone, allowed on an http origin. */
+async function launchFirefox() {
+  return puppeteer.launch({
+    browser: 'firefox',
+    executablePath: FIREFOX,
+    headless: true,
+    extraPrefsFirefox: {
+      'media.navigator.streams.fake': true,
+      'media.navigator.permission.disabled': true,
+      'media.devices.insecure.enabled': true,
+      'media.getusermedia.insecure.enabled': true,
+    },
+  });
+}
+
 export async function browserFor(kind) {
+  if (kind === 'firefox') {
+    if (!FIREFOX) throw new Error('a Firefox page needs E2E_FIREFOX');
+    browsers.firefox ??= await launchFirefox();
+    return browsers.firefox;
+  }
   if (!browsers[kind]) {
     const netns = kind.startsWith('netns-');
     if (netns && !NETNS_CHROMIUM) throw new Error('a namespaced page needs E2E_NETNS_CHROMIUM');
@@ -240,10 +264,19 @@ export function makeHarness(scenarioName) {
      * `media: 'deny'` opens it in a browser where camera/microphone permission is refused.
      * Does not wait for anything but the load event.
      */
-    async open(label, params, { media = 'grant', viewport = { width: 1280, height: 720 }, beforeGoto, netns = false } = {}) {
-      const b = await browserFor(netns ? `netns-${media}` : media);
-      const context = await b.newContext({ permissions: media === 'deny' ? [] : ['camera', 'microphone'], viewport });
-      const page = await context.newPage();
+    async open(label, params, { media = 'grant', viewport = { width: 1280, height: 720 }, beforeGoto, netns = false, firefox = false } = {}) {
+      const b = await browserFor(firefox ? 'firefox' : netns ? `netns-${media}` : media);
+      let context;
+      let page;
+      if (firefox) {
+        // puppeteer: a browser context per participant, like playwright's.
+        context = await b.createBrowserContext();
+        page = await context.newPage();
+        await page.setViewport(viewport);
+      } else {
+        context = await b.newContext({ permissions: media === 'deny' ? [] : ['camera', 'microphone'], viewport });
+        page = await context.newPage();
+      }
       const p = { name: label, context, page, consoleErrors: [], closed: false };
       page.on('console', (msg) => {
         if (msg.type() === 'error') p.consoleErrors.push(msg.text());
@@ -255,8 +288,8 @@ export function makeHarness(scenarioName) {
       return p;
     },
     /** Open a page that joins `room` as `name` at once (the `/?room=R&name=N` auto-join). */
-    async join(room, name, { query = {}, media = 'grant', label = name, viewport, netns } = {}) {
-      const p = await t.open(label, { room, name, ...query }, { media, viewport, netns });
+    async join(room, name, { query = {}, media = 'grant', label = name, viewport, netns, firefox } = {}) {
+      const p = await t.open(label, { room, name, ...query }, { media, viewport, netns, firefox });
       p.room = room;
       p.displayName = name;
       return p;

@@ -7,7 +7,9 @@
 //! One test, in phases (each its own node; `E2E_PHASES=a,b` runs only those, for local work):
 //! - `main`: every scenario on loopback, coturn for the TURN scenario, and a small HTTP endpoint
 //!   that kills and restarts signaling (`RESTART_SIGNALING_URL`) for the reconnect scenario;
-//! - `constrained`: a subscriber's Chromium in a network namespace behind a shaped veth;
+//! - `constrained`: a subscriber's Chromium in a network namespace behind a shaped veth; then,
+//!   against the same node on the veth's address (Firefox gathers no loopback candidates),
+//!   `firefox`: Debian's firefox-esr and Chromium in one room;
 //! - `firewalled`: pages in a namespace that drops all UDP (and TCP to plain TURN's port), like a
 //!   corporate network: with ICE-TCP they connect to the dataplane over TCP next to a page on
 //!   UDP and one through TURN over TLS on 443 (scenario `ice-tcp`, with TCP loss); with ICE-TCP
@@ -27,9 +29,23 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+const FIREFOX: &str = "/usr/bin/firefox-esr";
+
 fn browser_available() -> Result<(), String> {
     if !PathBuf::from("/usr/bin/chromium").exists() {
         return Err("/usr/bin/chromium is missing (apt-get install chromium)".into());
+    }
+    if !PathBuf::from(FIREFOX).exists() {
+        return Err(format!("{FIREFOX} is missing (apt-get install firefox-esr)"));
+    }
+    if !repo_root()
+        .join("scripts/browser/node_modules/puppeteer-core")
+        .exists()
+    {
+        return Err(
+            "scripts/browser/node_modules/puppeteer-core is missing (cd scripts/browser && npm install)"
+                .into(),
+        );
     }
     if !repo_root()
         .join("scripts/browser/node_modules/playwright-core")
@@ -149,9 +165,10 @@ fn constrained(dir: &Path) {
         "constrained link",
         &[
             ("BASE_URL", &base),
-            ("E2E_SCENARIOS", "constrained"),
+            ("E2E_SCENARIOS", "constrained,firefox"),
             ("E2E_NETNS_CHROMIUM", &wrapper.display().to_string()),
             ("SHAPE_URL", &shape_url),
+            ("E2E_FIREFOX", FIREFOX),
         ],
         || node.logs(),
     );
