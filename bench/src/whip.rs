@@ -191,12 +191,17 @@ impl WhipClient {
 
     /// End the session (`DELETE` its `Location`); returns the HTTP status.
     pub fn delete(&self) -> anyhow::Result<u16> {
+        self.delete_via(self.signaling)
+    }
+
+    /// [`WhipClient::delete`] through another signaling instance (behind a load balancer).
+    pub fn delete_via(&self, signaling: SocketAddr) -> anyhow::Result<u16> {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = Vec::new();
         if let Some(a) = &auth {
             headers.push(("Authorization", a.as_str()));
         }
-        Ok(http_request(self.signaling, "DELETE", &self.location, &headers, b"")?.status)
+        Ok(http_request(signaling, "DELETE", &self.location, &headers, b"")?.status)
     }
 }
 

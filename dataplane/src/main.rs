@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, env = "SFU_ICE_TCP_MAX_CONNECTIONS", default_value_t = 2048)]
     ice_tcp_max_connections: usize,
     /// Open ICE-TCP connections per worker from one source IP.
-    #[arg(long, env = "SFU_ICE_TCP_MAX_PER_IP", default_value_t = 64)]
+    #[arg(long, env = "SFU_ICE_TCP_MAX_PER_IP", default_value_t = 256)]
     ice_tcp_max_per_ip: usize,
     /// Milliseconds an ICE-TCP connection may take to send an ICE check a participant accepts.
     #[arg(long, env = "SFU_ICE_TCP_HANDSHAKE_TIMEOUT_MS", default_value_t = 5000)]

@@ -36,7 +36,9 @@ fn browser_available() -> Result<(), String> {
         return Err("/usr/bin/chromium is missing (apt-get install chromium)".into());
     }
     if !PathBuf::from(FIREFOX).exists() {
-        return Err(format!("{FIREFOX} is missing (apt-get install firefox-esr)"));
+        return Err(format!(
+            "{FIREFOX} is missing (apt-get install firefox-esr)"
+        ));
     }
     if !repo_root()
         .join("scripts/browser/node_modules/puppeteer-core")

@@ -64,8 +64,17 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
 
 #[test]
 fn peers_over_ice_tcp_and_udp_share_a_room_and_the_tcp_port_survives_abuse() {
-    // A small per-worker connection cap so the flood below meets it.
-    let node = Node::start(2, &["--ice-tcp-max-connections", "256"]).expect("node starts");
+    // Small per-worker and per-address caps so the floods below meet them.
+    let node = Node::start(
+        2,
+        &[
+            "--ice-tcp-max-connections",
+            "256",
+            "--ice-tcp-max-per-ip",
+            "64",
+        ],
+    )
+    .expect("node starts");
     let epoch = Instant::now();
     let mut cs = vec![
         join_tcp(&node, "tcp-room", "tcp-pub", Some(Media::default()), epoch),
@@ -149,7 +158,7 @@ fn peers_over_ice_tcp_and_udp_share_a_room_and_the_tcp_port_survives_abuse() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", node.logs()));
 
     // 10,000 connections that never send a byte, from 200 source addresses (50 each, under the
-    // per-IP limit of 64): the worker keeps at most 256 (each new one evicts the oldest that no
+    // per-address cap of 64): the worker keeps at most 256 (each new one evicts the oldest that no
     // participant owns), closes the kept ones after the 5 s handshake timeout; its memory stays
     // bounded, the call goes on and a new participant still gets in over TCP.
     let rss_before = rss_kib(&node);
@@ -203,6 +212,20 @@ fn peers_over_ice_tcp_and_udp_share_a_room_and_the_tcp_port_survives_abuse() {
         || closed(&node, "evicted") + closed(&node, "refused") >= 9_000.0,
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", node.logs()));
+    // One address opening 100: beyond its 64 the rest are refused at accept.
+    let one = Ipv4Addr::new(127, 2, 0, 1);
+    for _ in 0..100 {
+        if let Ok(s) = connect_from(one, target) {
+            idle.push(s);
+        }
+    }
+    wait_until(
+        "the per-address cap refuses",
+        T,
+        Duration::from_millis(250),
+        || closed(&node, "refused") >= 30.0,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", node.logs()));
     let open = metric_sum(&node, "sfu_ice_tcp_connections");
     assert!(open <= 256.0 + 4.0, "{open} connections open");
     let rss_after = rss_kib(&node);
@@ -226,8 +249,8 @@ fn peers_over_ice_tcp_and_udp_share_a_room_and_the_tcp_port_survives_abuse() {
         "kept idle connections timed out"
     );
     eprintln!(
-        "flood: {} connections in {:?} ({failed} failed to connect); evicted {}, refused {}, \
-         timed out {}; dataplane RSS {rss_before} -> {rss_after} KiB",
+        "flood: {} connections in {:?} ({failed} failed to connect); evicted {}, refused {} \
+         (per-address cap), timed out {}; dataplane RSS {rss_before} -> {rss_after} KiB",
         idle.len(),
         flood_start.elapsed(),
         closed(&node, "evicted"),

@@ -53,7 +53,7 @@ fn sig(node: &Node) -> SocketAddr {
 
 #[test]
 fn whip_publishes_to_a_room_and_whep_viewers_watch() {
-    let node = Node::start(1, &[]).expect("node starts");
+    let mut node = Node::start(1, &[]).expect("node starts");
     let epoch = Instant::now();
     // A participant in the page's shoes (WebSocket), publishing too.
     let mut cs = vec![join(
@@ -153,7 +153,15 @@ fn whip_publishes_to_a_room_and_whep_viewers_watch() {
         node.logs()
     );
     assert_eq!(room_viewer.delete().expect("delete"), 200);
-    assert_eq!(alice_viewer.delete().expect("delete"), 200);
+    // A DELETE that the load balancer sends to another signaling instance ends the session too
+    // (its Location is the session's resume token); a garbage resource there is 404.
+    let other = node.add_signaling().expect("a second signaling instance");
+    assert_eq!(alice_viewer.delete_via(other).expect("delete"), 200);
+    let gone = http_request(other, "DELETE", &alice_viewer.location, &[], b"").expect("http");
+    assert_eq!(gone.status, 404, "{}", gone.text());
+    let junk =
+        http_request(other, "DELETE", "/whep/whip-room/not-a-token", &[], b"").expect("http");
+    assert_eq!(junk.status, 404);
 }
 
 #[test]

@@ -18,6 +18,7 @@ use sfu_core::{CoreConfig, Input, Output, Report, Transport, WallClock, WorkerCo
 
 mod log;
 mod observe;
+mod viewer;
 
 pub const SERVER: &str = "10.0.0.1:40000";
 
@@ -314,48 +315,6 @@ impl Sim {
             grants,
             identity: None,
             viewer: None,
-        });
-        if let Response::Joined {
-            answer: Some(answer),
-            ..
-        } = &resp
-        {
-            let answer = answer.clone();
-            self.peer_mut(id)
-                .peer
-                .handle_answer(&answer)
-                .expect("answer applies");
-            self.flush_peer(self.index(id));
-        }
-        self.relay_offers();
-        resp
-    }
-
-    /// Join peer `id` to `room` as a viewer (WHEP) with `audio` and `video` recvonly slots,
-    /// filled from `from`'s tracks (anyone's when `None`). Returns the response.
-    pub fn join_viewer(
-        &mut self,
-        id: &str,
-        room: &str,
-        from: Option<&str>,
-        audio: usize,
-        video: usize,
-    ) -> Response {
-        if !self.peers.iter().any(|p| p.id == id) {
-            self.add_peer(id);
-        }
-        let offer = self.peer_mut(id).peer.create_viewer_offer(audio, video);
-        let resp = self.command(Request::Join {
-            room: room.into(),
-            participant: id.into(),
-            name: format!("name-{id}"),
-            offer: Some(offer),
-            epoch: None,
-            grants: control::Grants::default(),
-            identity: None,
-            viewer: Some(control::Viewer {
-                from: from.map(str::to_string),
-            }),
         });
         if let Response::Joined {
             answer: Some(answer),

@@ -217,11 +217,12 @@ impl Server {
             ConnState::Ws { .. } => self.ws_ready(id),
             ConnState::Await { stream, .. } => {
                 // Nothing more is expected from a client waiting for its answer: bytes are
-                // dropped; a close ends the wait (and the session).
+                // dropped. A half-close (FIN after the request) keeps the wait; a reset ends
+                // it (and the session).
                 let mut scratch = [0u8; 1024];
                 loop {
                     match std::io::Read::read(stream, &mut scratch) {
-                        Ok(0) => return self.remove(id),
+                        Ok(0) => return,
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -26,158 +26,35 @@ use tracing::{debug, info};
 use super::Server;
 use super::clients::{Conn, ConnState};
 use crate::http::{self, Head};
+
+mod request;
+
+use crate::auth::ResumeToken;
 use crate::limits::TokenBucket;
 use crate::protocol::{ErrorCode, ServerMsg};
 use crate::router::ConnId;
 use crate::session::{Action, Session};
+pub(super) use request::is_whip_path;
+use request::{CORS, Kind, Route, decode, is_sdp_type, query_param, route, status_of, text};
 
 /// Largest SDP offer accepted (bytes).
 pub const MAX_SDP: usize = 64 * 1024;
-
-/// Which endpoint a session came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Whip,
-    Whep,
-}
-
-impl Kind {
-    fn prefix(self) -> &'static str {
-        match self {
-            Kind::Whip => "whip",
-            Kind::Whep => "whep",
-        }
-    }
-}
 
 /// A WHIP/WHEP session: its [`Session`] and the POST waiting for its answer.
 pub(super) struct Headless {
     pub(super) session: Session,
     kind: Kind,
     room: String,
-    /// The secret part of its `Location` (128 random bits).
+    /// The secret part of its `Location`: the session's resume token (set once joined), so a
+    /// `DELETE` reaching another signaling instance behind the load balancer can end it too.
     pub(super) resource: String,
-    /// The POST waiting for the answer (or error).
+    /// The request waiting for the answer (or error).
     waiting: Option<ConnId>,
-}
-
-/// A WHIP/WHEP request, from its method and path.
-#[derive(Debug, PartialEq, Eq)]
-enum Route<'a> {
-    Options,
-    Post {
-        kind: Kind,
-        room: &'a str,
-        from: Option<&'a str>,
-    },
-    Delete {
-        kind: Kind,
-        room: &'a str,
-        resource: &'a str,
-    },
-    Method,
-    NotFound,
-}
-
-/// Whether `path` belongs to WHIP/WHEP.
-pub(super) fn is_whip_path(path: &str) -> bool {
-    path.starts_with("/whip/") || path.starts_with("/whep/")
-}
-
-fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
-    let (kind, rest) = if let Some(r) = path.strip_prefix("/whip/") {
-        (Kind::Whip, r)
-    } else if let Some(r) = path.strip_prefix("/whep/") {
-        (Kind::Whep, r)
-    } else {
-        return Route::NotFound;
-    };
-    let parts: Vec<&str> = rest.split('/').collect();
-    match (method, kind, parts.as_slice()) {
-        ("OPTIONS", _, _) => Route::Options,
-        ("POST", _, [room]) if !room.is_empty() => Route::Post {
-            kind,
-            room,
-            from: None,
-        },
-        ("POST", Kind::Whep, [room, from]) if !room.is_empty() && !from.is_empty() => Route::Post {
-            kind,
-            room,
-            from: Some(from),
-        },
-        ("DELETE", _, [room, resource]) if !resource.is_empty() => Route::Delete {
-            kind,
-            room,
-            resource,
-        },
-        ("POST" | "DELETE", _, _) => Route::NotFound,
-        _ => Route::Method,
-    }
-}
-
-/// `application/sdp`, ignoring parameters and case.
-fn is_sdp_type(v: Option<&str>) -> bool {
-    v.and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
-}
-
-/// Percent-decoding of a path segment or query value (rooms and names may be non-ASCII).
-fn decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .and_then(|(_, v)| decode(v))
-}
-
-const CORS: [(&str, &str); 2] = [
-    ("Access-Control-Allow-Origin", "*"),
-    ("Access-Control-Expose-Headers", "Location"),
-];
-
-fn text(status: u16, reason: &str, body: &str) -> Vec<u8> {
-    http::response_with(
-        status,
-        reason,
-        "text/plain",
-        &CORS,
-        format!("{body}\n").as_bytes(),
-    )
-}
-
-/// The HTTP status for an error a session reports.
-fn status_of(code: ErrorCode) -> (u16, &'static str) {
-    match code {
-        ErrorCode::BadRequest | ErrorCode::ResumeFailed => (400, "Bad Request"),
-        ErrorCode::Unauthorized => (401, "Unauthorized"),
-        ErrorCode::RateLimited => (429, "Too Many Requests"),
-        ErrorCode::RoomFull | ErrorCode::Unavailable => (503, "Service Unavailable"),
-        ErrorCode::Internal => (500, "Internal Server Error"),
-    }
+    /// A `DELETE` that reached this instance for a session held elsewhere: it resumes the
+    /// session (proving the token) and leaves.
+    deleting: bool,
+    /// The leave was sent.
+    left: bool,
 }
 
 impl Server {
@@ -308,7 +185,6 @@ impl Server {
             Kind::Whip => "WHIP publisher".into(),
             Kind::Whep => "WHEP viewer".into(),
         });
-        let now = Instant::now();
         let Some(ip) = self.conns.get(id).map(|c| c.ip) else {
             return;
         };
@@ -319,46 +195,7 @@ impl Server {
                 text(503, "Service Unavailable", "server full; retry later"),
             );
         }
-        // The headless session, in the connection table (no socket).
-        let resource = format!("{:032x}", rand::random::<u128>());
-        let rate = TokenBucket::new(self.settings.rate_per_sec, self.settings.rate_burst, now);
-        let hid = self.conns.insert(Conn {
-            state: ConnState::Headless(Box::new(Headless {
-                session: Session::new(),
-                kind,
-                room: room.clone(),
-                resource: resource.clone(),
-                waiting: Some(id),
-            })),
-            since: now,
-            writable: false,
-            admin: false,
-            closing: None,
-            rate,
-            refused: 0,
-            join_started: Some(now),
-            counted_ip: None,
-            ip,
-            last_rx: now,
-            pinged: false,
-            idle_since: None,
-            blocked_since: None,
-            identity: None,
-            via_socket: None,
-        });
-        self.websockets += 1;
-        self.whip_resources.insert(resource, hid);
-        // The POST waits for the answer.
-        if let Some(conn) = self.conns.get_mut(id)
-            && matches!(conn.state, ConnState::Http { .. })
-            && let ConnState::Http { stream, .. } =
-                std::mem::replace(&mut conn.state, ConnState::Gone)
-        {
-            conn.state = ConnState::Await {
-                stream,
-                session: hid,
-            };
-        }
+        let hid = self.new_headless(id, kind, &room, ip, false);
         let (allowed, viewer) = match kind {
             Kind::Whip => (
                 Grants {
@@ -396,9 +233,76 @@ impl Server {
             kind = kind.prefix(),
             "whip/whep session starting"
         );
-        // The per-address join rate and the token's session limit, as for a WebSocket join (a
-        // refusal answers the POST with 429).
-        if actions.iter().any(|a| matches!(a, Action::Place { .. })) && !self.admit_join(hid) {
+        self.start_headless(hid, actions);
+    }
+
+    /// A headless connection (in the connection table, no socket) for a session answered to
+    /// request `id`, which waits in `Await`.
+    fn new_headless(
+        &mut self,
+        id: ConnId,
+        kind: Kind,
+        room: &str,
+        ip: std::net::IpAddr,
+        deleting: bool,
+    ) -> ConnId {
+        let now = Instant::now();
+        let rate = TokenBucket::new(self.settings.rate_per_sec, self.settings.rate_burst, now);
+        let hid = self.conns.insert(Conn {
+            state: ConnState::Headless(Box::new(Headless {
+                session: Session::new(),
+                kind,
+                room: room.to_string(),
+                resource: String::new(),
+                waiting: Some(id),
+                deleting,
+                left: false,
+            })),
+            since: now,
+            writable: false,
+            admin: false,
+            closing: None,
+            rate,
+            refused: 0,
+            join_started: Some(now),
+            counted_ip: None,
+            ip,
+            last_rx: now,
+            pinged: false,
+            idle_since: None,
+            blocked_since: None,
+            identity: None,
+            via_socket: None,
+        });
+        self.websockets += 1;
+        // The request waits for the answer.
+        if let Some(conn) = self.conns.get_mut(id)
+            && matches!(conn.state, ConnState::Http { .. })
+            && let ConnState::Http { stream, .. } =
+                std::mem::replace(&mut conn.state, ConnState::Gone)
+        {
+            conn.state = ConnState::Await {
+                stream,
+                session: hid,
+            };
+        }
+        hid
+    }
+
+    /// Perform a new headless session's first actions, after the per-address join rate and the
+    /// token's session limit, as for a WebSocket join (a refusal answers with 429).
+    fn start_headless(&mut self, hid: ConnId, actions: Vec<Action>) {
+        let starts = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Place { .. }
+                    | Action::Request {
+                        request: control::Request::Attach { .. },
+                        ..
+                    }
+            )
+        });
+        if starts && !self.admit_join(hid) {
             self.end_headless_if_idle(hid);
             return;
         }
@@ -417,7 +321,7 @@ impl Server {
                 h.session
                     .handle_text(r#"{"type":"leave"}"#, &self.ctx, String::new)
             }
-            _ => return self.respond_whip(id, text(404, "Not Found", "no such session")),
+            _ => return self.delete_elsewhere(id, kind, room, resource),
         };
         if let Some(hid) = hid {
             info!(
@@ -430,6 +334,26 @@ impl Server {
             self.end_headless_if_idle(hid);
         }
         self.respond_whip(id, http::response_with(200, "OK", "text/plain", &CORS, b""));
+    }
+
+    /// `DELETE` of a session this instance does not hold: if the resource is a resume token,
+    /// resume the session here (which proves the token to its dataplane and takes it from the
+    /// instance holding it) and leave; else 404.
+    fn delete_elsewhere(&mut self, id: ConnId, kind: Kind, room: &str, resource: &str) {
+        if ResumeToken::decode(resource).is_none() {
+            return self.respond_whip(id, text(404, "Not Found", "no such session"));
+        }
+        let Some(ip) = self.conns.get(id).map(|c| c.ip) else {
+            return;
+        };
+        let room = decode(room).unwrap_or_default();
+        let hid = self.new_headless(id, kind, &room, ip, true);
+        let join = serde_json::json!({"type": "join", "resume": resource}).to_string();
+        let actions = match self.conns.get_mut(hid).map(|c| &mut c.state) {
+            Some(ConnState::Headless(h)) => h.session.handle_text(&join, &self.ctx, String::new),
+            _ => return,
+        };
+        self.start_headless(hid, actions);
     }
 
     /// Answer a WHIP/WHEP request (from `Http` or `Await`) and close.
@@ -454,6 +378,19 @@ impl Server {
             return;
         };
         match msg {
+            // A deleter resumed the session: now leave it.
+            ServerMsg::Joined { .. } if h.deleting => {
+                h.left = true;
+                let actions = h
+                    .session
+                    .handle_text(r#"{"type":"leave"}"#, &self.ctx, String::new);
+                self.apply(hid, actions);
+            }
+            // The session's resource is its resume token (see `Headless::resource`).
+            ServerMsg::Joined { resume, .. } if h.resource.is_empty() => {
+                h.resource = resume.clone();
+                self.whip_resources.insert(resume, hid);
+            }
             ServerMsg::Answer { sdp } => {
                 let Some(waiting) = h.waiting.take() else {
                     return;
@@ -471,7 +408,13 @@ impl Server {
             }
             ServerMsg::Error { code, message } => {
                 if let Some(waiting) = h.waiting.take() {
-                    let (status, reason) = status_of(code);
+                    let (status, reason) = match code {
+                        // A deleter whose token names no session (any more).
+                        ErrorCode::ResumeFailed | ErrorCode::BadRequest if h.deleting => {
+                            (404, "Not Found")
+                        }
+                        code => status_of(code),
+                    };
                     let mut resp = text(status, reason, &message);
                     if status == 401 {
                         resp = http::response_with(
@@ -529,77 +472,22 @@ impl Server {
 
     /// Remove headless connection `hid`, answering its waiting POST if it never got an answer.
     pub(super) fn end_headless(&mut self, hid: ConnId) {
-        let waiting = match self.conns.get_mut(hid).map(|c| &mut c.state) {
-            Some(ConnState::Headless(h)) => h.waiting.take(),
+        let (waiting, deleted) = match self.conns.get_mut(hid).map(|c| &mut c.state) {
+            Some(ConnState::Headless(h)) => (h.waiting.take(), h.deleting.then_some(h.left)),
             _ => return,
         };
         if let Some(w) = waiting {
-            self.respond_whip(
-                w,
-                text(
+            let resp = match deleted {
+                Some(true) => http::response_with(200, "OK", "text/plain", &CORS, b""),
+                Some(false) => text(404, "Not Found", "no such session"),
+                None => text(
                     503,
                     "Service Unavailable",
                     "the session ended before it was answered",
                 ),
-            );
+            };
+            self.respond_whip(w, resp);
         }
         self.remove(hid);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_by_method_and_path() {
-        assert_eq!(
-            route("POST", "/whip/room1"),
-            Route::Post {
-                kind: Kind::Whip,
-                room: "room1",
-                from: None
-            }
-        );
-        assert_eq!(
-            route("POST", "/whep/room1/p123"),
-            Route::Post {
-                kind: Kind::Whep,
-                room: "room1",
-                from: Some("p123")
-            }
-        );
-        assert_eq!(route("POST", "/whip/room1/x"), Route::NotFound);
-        assert_eq!(route("POST", "/whip/"), Route::NotFound);
-        assert_eq!(
-            route("DELETE", "/whep/r/abc"),
-            Route::Delete {
-                kind: Kind::Whep,
-                room: "r",
-                resource: "abc"
-            }
-        );
-        assert_eq!(route("DELETE", "/whip/r"), Route::NotFound);
-        assert_eq!(route("PATCH", "/whip/r/abc"), Route::Method);
-        assert_eq!(route("GET", "/whip/r"), Route::Method);
-        assert_eq!(route("OPTIONS", "/whip/r"), Route::Options);
-    }
-
-    #[test]
-    fn content_types_and_decoding() {
-        assert!(is_sdp_type(Some("application/sdp")));
-        assert!(is_sdp_type(Some("Application/SDP; charset=utf-8")));
-        assert!(!is_sdp_type(Some("text/plain")));
-        assert!(!is_sdp_type(None));
-        assert_eq!(decode("a%20b+c").as_deref(), Some("a b c"));
-        assert_eq!(decode("%C3%A9t%C3%A9").as_deref(), Some("été"));
-        assert_eq!(decode("%zz"), None);
-        assert_eq!(decode("%"), None);
-        assert_eq!(decode("%ff").as_deref(), None);
-        assert_eq!(
-            query_param("a=1&name=OBS%20Studio", "name").as_deref(),
-            Some("OBS Studio")
-        );
-        assert_eq!(query_param("", "name"), None);
     }
 }
