@@ -7,6 +7,7 @@
 //! - `calls.rs`: media and chat between peers, leaving, signaling restarts;
 //! - `front_door.rs`: what signaling accepts on its WebSocket (bad input, join tokens, floods)
 //!   and the TURN credentials it hands out;
+//! - `interop.rs`: aiortc (an independent WebRTC stack) publishing over WHIP and viewing over WHEP;
 //! - `ice_tcp.rs`: media over ICE-TCP next to UDP, and abuse of the TCP port;
 //! - `whip.rs`: WHIP publishing and WHEP viewing over HTTP, and their bad requests;
 //! - `observability.rs`: the load generator's pipeline and the metrics endpoints.
@@ -14,6 +15,7 @@
 mod calls;
 mod front_door;
 mod ice_tcp;
+mod interop;
 mod observability;
 mod whip;
 
