@@ -355,6 +355,22 @@ export function makeHarness(scenarioName) {
             };
           });
           console.log(`  debug ${p.name}: ${JSON.stringify(info)}`);
+          const pair = await p.page.evaluate(async () => {
+            const pc = window.sfu && window.sfu.pc;
+            if (!pc) return null;
+            const byId = new Map();
+            const report = await pc.getStats();
+            report.forEach((s) => byId.set(s.id, s));
+            const out = [];
+            report.forEach((s) => {
+              if (s.type !== 'candidate-pair' || s.state !== 'succeeded') return;
+              const l = byId.get(s.localCandidateId) || {};
+              const r = byId.get(s.remoteCandidateId) || {};
+              out.push(`${s.nominated ? '*' : ''}${l.candidateType}/${l.protocol}->${r.candidateType}/${r.protocol} sent ${s.packetsSent ?? s.bytesSent} recv ${s.packetsReceived ?? s.bytesReceived}`);
+            });
+            return out;
+          }).catch(() => null);
+          console.log(`  debug ${p.name} candidate pairs (succeeded): ${JSON.stringify(pair)}`);
         } catch (err) {
           console.log(`  debug ${p.name}: could not read page state: ${err.message.split('\n')[0]}`);
         }
