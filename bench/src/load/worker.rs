@@ -180,26 +180,23 @@ pub(super) fn worker(
                     let media = publisher.then_some(plan.media);
                     let start = Instant::now();
                     let joined = match &plan.sfu {
-                        Sfu::Ours if plan.ice_tcp => Client::join_tcp_from(
-                            plan.bind_ip,
-                            &url,
-                            &room,
-                            &name,
-                            media,
-                            epoch,
-                            Duration::from_secs(10),
-                        )
-                        .map(|c| AnyClient::Ours(Box::new(c))),
-                        Sfu::Ours => Client::join_from(
-                            plan.bind_ip,
-                            &url,
-                            &room,
-                            &name,
-                            media,
-                            epoch,
-                            Duration::from_secs(10),
-                        )
-                        .map(|c| AnyClient::Ours(Box::new(c))),
+                        Sfu::Ours => {
+                            let join = if plan.ice_tcp {
+                                Client::join_tcp_from
+                            } else {
+                                Client::join_from
+                            };
+                            join(
+                                plan.bind_ip,
+                                &url,
+                                &room,
+                                &name,
+                                media,
+                                epoch,
+                                Duration::from_secs(10),
+                            )
+                            .map(|c| AnyClient::Ours(Box::new(c)))
+                        }
                         Sfu::Janus => {
                             let room: u64 = room.parse().unwrap_or(10_000);
                             JanusClient::join(

@@ -1,5 +1,6 @@
 //! Active speakers: the audio level every publisher's packets carry (RFC 6464 header extension,
-//! read on ingress, never decoded), smoothed per audio track (speech held 1.5 s through pauses),
+//! read on ingress, never decoded), smoothed per audio track (fast attack, slower release; speech
+//! held 1.5 s through pauses),
 //! ranked per room, and sent to the
 //! room's pages over their chat DataChannel as `{"type":"active_speakers","speakers":[ids]}`
 //! (loudest first) — only when the ranking changed, at most every [`SPEAKER_INTERVAL`] per
@@ -27,8 +28,12 @@ const LEVEL_STALE: Duration = Duration::from_secs(1);
 /// Speakers listed per room.
 const MAX_SPEAKERS: usize = 3;
 
-/// Weight of a new level in the moving average (at 50 packets/s ≈ 100 ms time constant).
-const SMOOTHING: f32 = 0.2;
+/// Weight of a new level in the moving average when it is louder than the average (attack: at
+/// 50 packets/s a sound of ~60 ms at speech level already counts, so the onset of a word or a
+/// short sound is not averaged away) and when it is quieter (release, ≈ 100 ms time constant:
+/// the pauses inside speech do not end it).
+const ATTACK: f32 = 0.35;
+const RELEASE: f32 = 0.2;
 
 /// A speaker stays one this long after its level last rose above [`SPEAKING_DBOV`] (the pauses
 /// between words and sentences).
@@ -51,7 +56,10 @@ impl AudioLevel {
     /// writing absurd values) is clamped.
     pub fn record(&mut self, now: Instant, level: i8) {
         let l = f32::from(level).clamp(-127.0, 0.0);
-        let d = self.dbov.map_or(l, |d| d + SMOOTHING * (l - d));
+        let d = self.dbov.map_or(l, |d| {
+            let weight = if l > d { ATTACK } else { RELEASE };
+            d + weight * (l - d)
+        });
         self.dbov = Some(d);
         self.at = Some(now);
         if d > SPEAKING_DBOV {

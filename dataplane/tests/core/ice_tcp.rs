@@ -20,6 +20,29 @@ fn candidates_per_section(sdp: &str) -> Vec<Vec<String>> {
     sections
 }
 
+/// Peer "a" joins with an offer (audio, and video if `video`); the answer.
+fn answer_to_offer(sim: &mut Sim, video: bool) -> String {
+    sim.add_peer("a");
+    let offer = sim.peer_mut("a").peer.create_offer(true, video);
+    let resp = sim.command(Request::Join {
+        room: "r".into(),
+        participant: "a".into(),
+        name: "A".into(),
+        offer: Some(offer),
+        epoch: None,
+        grants: Grants::default(),
+        identity: None,
+        viewer: None,
+    });
+    match resp {
+        Response::Joined {
+            answer: Some(answer),
+            ..
+        } => answer,
+        other => panic!("join failed: {other:?}"),
+    }
+}
+
 #[test]
 fn a_tcp_only_peer_publishes_receives_and_chats_with_a_udp_peer() {
     let mut sim = Sim::new(41);
@@ -132,25 +155,7 @@ fn a_udp_datagram_from_a_tcp_peers_address_is_not_that_peer() {
 #[test]
 fn every_media_section_carries_the_candidates() {
     let mut sim = Sim::new(44);
-    sim.add_peer("a");
-    let offer = sim.peer_mut("a").peer.create_offer(true, true);
-    let resp = sim.command(Request::Join {
-        room: "r".into(),
-        participant: "a".into(),
-        name: "A".into(),
-        offer: Some(offer),
-        epoch: None,
-        grants: Grants::default(),
-        identity: None,
-        viewer: None,
-    });
-    let Response::Joined {
-        answer: Some(answer),
-        ..
-    } = resp
-    else {
-        panic!("join failed: {resp:?}");
-    };
+    let answer = answer_to_offer(&mut sim, true);
     let sections = candidates_per_section(&answer);
     assert_eq!(sections.len(), 3, "audio, video, data: {answer}");
     for (i, cs) in sections.iter().enumerate() {
@@ -206,25 +211,7 @@ fn every_media_section_carries_the_candidates() {
 #[test]
 fn without_ice_tcp_no_tcp_candidate_is_offered() {
     let mut sim = Sim::with_config(45, |c| c.tcp_addr = None);
-    sim.add_peer("a");
-    let offer = sim.peer_mut("a").peer.create_offer(true, false);
-    let resp = sim.command(Request::Join {
-        room: "r".into(),
-        participant: "a".into(),
-        name: "A".into(),
-        offer: Some(offer),
-        epoch: None,
-        grants: Grants::default(),
-        identity: None,
-        viewer: None,
-    });
-    let Response::Joined {
-        answer: Some(answer),
-        ..
-    } = resp
-    else {
-        panic!("join failed: {resp:?}");
-    };
+    let answer = answer_to_offer(&mut sim, false);
     assert!(!answer.contains(" tcp "), "{answer}");
     assert!(answer.contains(" udp "), "{answer}");
 }

@@ -316,6 +316,11 @@ impl Sim {
             identity: None,
             viewer: None,
         });
+        self.after_join(id, resp)
+    }
+
+    /// Apply a join's answer at the peer, then relay what the core offered meanwhile.
+    fn after_join(&mut self, id: &str, resp: Response) -> Response {
         if let Response::Joined {
             answer: Some(answer),
             ..

@@ -31,19 +31,6 @@ impl Sim {
                 from: from.map(str::to_string),
             }),
         });
-        if let Response::Joined {
-            answer: Some(answer),
-            ..
-        } = &resp
-        {
-            let answer = answer.clone();
-            self.peer_mut(id)
-                .peer
-                .handle_answer(&answer)
-                .expect("answer applies");
-            self.flush_peer(self.index(id));
-        }
-        self.relay_offers();
-        resp
+        self.after_join(id, resp)
     }
 }

@@ -35,6 +35,35 @@ async function encodedLayers() {
   return { rids, heights: rids.map((r) => h[r]), top: h[rids[rids.length - 1]] };
 }
 
+// In-page: like `encodedLayers`, but a layer the SFU paused (dynacast) before the encoder ever
+// produced it counts with its configured height (capture height / scaleResolutionDownBy): in a
+// room where nobody needs the top layers, they may be switched off before the sender's bandwidth
+// estimate ramped up to them. The lowest layer must have encoded.
+async function encodedOrPausedLayers() {
+  const pc = window.sfu && window.sfu.pc;
+  if (!pc) return null;
+  const sender = pc.getSenders().find((x) => x.track && x.track.kind === 'video');
+  if (!sender) return null;
+  const encodings = sender.getParameters().encodings.filter((e) => e.rid);
+  const capture = sender.track.getSettings().height || 0;
+  const h = {};
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid && s.framesEncoded > 0 && s.frameHeight) {
+      h[s.rid] = s.frameHeight;
+    }
+  });
+  if (encodings.length < 2 || !h[encodings[0].rid]) return null;
+  const heights = [];
+  for (const e of encodings) {
+    if (h[e.rid]) heights.push(h[e.rid]);
+    else if (e.active === false && capture) heights.push(Math.round(capture / (e.scaleResolutionDownBy || 1)));
+    else return null;
+  }
+  for (let i = 1; i < heights.length; i += 1) if (!(heights[i - 1] < heights[i])) return null;
+  const rids = encodings.map((e) => e.rid);
+  return { rids, heights, top: heights[heights.length - 1], paused: encodings.filter((e) => !h[e.rid]).map((e) => e.rid) };
+}
+
 // In-page: the device-pixel height of the tile showing participant `pid`'s video.
 function tileHeight(pid) {
   const v = document.querySelector(`video[data-participant-id="${CSS.escape(pid)}"]`);
@@ -156,11 +185,11 @@ scenario('dynacast', async (t) => {
   const bob = await step('bob opens the page in a small window (320×240)',
     () => t.join(room, 'Bob', { viewport: { width: 320, height: 240 } }));
   await step('both connected', () => Promise.all([alice, bob].map((p) => t.waitConnected(p))));
-  const layers = await step('alice encodes every simulcast layer',
-    () => waitFor(alice.page, encodedLayers, 25_000, 'alice: outbound-rtp video frames for each rid'));
+  const layers = await step('alice encodes every simulcast layer (or the SFU paused it first)',
+    () => waitFor(alice.page, encodedOrPausedLayers, 25_000, 'alice: outbound-rtp video frames for each rid not paused'));
   const low = layers.heights[0];
   const topRid = layers.rids[layers.rids.length - 1];
-  log(`        alice's layers: ${layers.rids.join(', ')} at ${layers.heights.join(' / ')} lines`);
+  log(`        alice's layers: ${layers.rids.join(', ')} at ${layers.heights.join(' / ')} lines${layers.paused.length ? ` (paused before encoding: ${layers.paused.join(', ')})` : ''}`);
   await installStatHelper(bob);
   await step(`bob's small tile gets the ${low}-line layer`, () => waitFor(bob.page, async ([pid, h]) => {
     // eslint-disable-next-line no-undef
@@ -220,8 +249,24 @@ scenario('speakers', async (t) => {
   await step('alice mutes, carol unmutes: bob and alice highlight carol', async () => {
     await alice.page.click('#mute-audio');
     await carol.page.click('#mute-audio');
-    await speaking(bob, carol);
-    await speaking(alice, carol);
+    try {
+      await speaking(bob, carol);
+      await speaking(alice, carol);
+    } catch (err) {
+      // What carol sends, and what her microphone hears, when the highlight does not come.
+      const audio = await carol.page.evaluate(async () => {
+        const out = [];
+        (await window.sfu.pc.getStats()).forEach((s) => {
+          if ((s.type === 'outbound-rtp' || s.type === 'media-source') && s.kind === 'audio') {
+            out.push({ type: s.type, sent: s.packetsSent, level: s.audioLevel, energy: s.totalAudioEnergy });
+          }
+        });
+        const t = window.sfu.localStream && window.sfu.localStream.getAudioTracks()[0];
+        return { stats: out, track: t && { enabled: t.enabled, muted: t.muted, state: t.readyState } };
+      });
+      log(`        carol's audio: ${JSON.stringify(audio)}`);
+      throw err;
+    }
   });
   const n = await bob.page.evaluate(() => window.sfu.dcLog.filter((m) => m.includes('"active_speakers"')).length);
   log(`        bob got ${n} active_speakers messages`);

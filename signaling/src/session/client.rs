@@ -34,17 +34,7 @@ impl Session {
                 },
                 State::Idle,
             ) => match Self::intent(room, name, token, ctx, new_id) {
-                Ok(join) => {
-                    let room = join.room.clone();
-                    self.state = State::Placing {
-                        join,
-                        first_error: None,
-                    };
-                    vec![Action::Place {
-                        room,
-                        exclude: vec![],
-                    }]
-                }
+                Ok(join) => self.place(join),
                 Err(action) => vec![*action],
             },
             (ClientMsg::Join { .. }, _) => vec![bad("already joined")],
@@ -176,18 +166,23 @@ impl Session {
                 };
                 join.offer = Some(offer);
                 join.viewer = viewer;
-                let room = join.room.clone();
-                self.state = State::Placing {
-                    join,
-                    first_error: None,
-                };
-                vec![Action::Place {
-                    room,
-                    exclude: vec![],
-                }]
+                self.place(join)
             }
             Err(action) => vec![*action],
         }
+    }
+
+    /// A validated join: look up the node that owns its room.
+    fn place(&mut self, join: Intent) -> Vec<Action> {
+        let room = join.room.clone();
+        self.state = State::Placing {
+            join,
+            first_error: None,
+        };
+        vec![Action::Place {
+            room,
+            exclude: vec![],
+        }]
     }
 
     /// The server refused a join or resume before it reached a node (rate or session limits).
