@@ -183,6 +183,26 @@ export async function audioPower(me, other, seconds, skip = 0) {
   return (b.e - a.e) / (b.d - a.d);
 }
 
+// In-page: the selected candidate pair's local and remote candidates.
+export async function selectedPair() {
+  const pc = window.sfu && window.sfu.pc;
+  if (!pc) return null;
+  const report = await pc.getStats();
+  const byId = new Map();
+  report.forEach((s) => byId.set(s.id, s));
+  let pair = null;
+  report.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) || pair;
+  });
+  if (!pair) report.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+  if (!pair) return null;
+  const c = (id) => {
+    const x = byId.get(id);
+    return x && { type: x.candidateType, protocol: x.protocol, relayProtocol: x.relayProtocol || null, tcpType: x.tcpType || null, address: x.address || x.ip, port: x.port };
+  };
+  return { state: pair.state, local: c(pair.localCandidateId), remote: c(pair.remoteCandidateId) };
+}
+
 export async function installStatHelper(p) {
   await p.page.evaluate(`window.__e2eRemoteStat = ${remoteStat.toString()}`);
 }

@@ -216,13 +216,14 @@ impl TcpShell {
     }
 
     /// Accept new connections and read the ready ones, each on its budget. `deliver` gets every
-    /// complete datagram with its peer address and returns whether that peer is now bound to a
-    /// participant (its ICE check accepted).
+    /// complete datagram with its peer address; while the connection is not yet bound to a
+    /// participant it is asked (third argument `true`) to return whether that peer is bound now
+    /// (its ICE check accepted) — a bound connection's datagrams cost no such lookup.
     pub fn process(
         &mut self,
         registry: &Registry,
         now: Instant,
-        deliver: &mut impl FnMut(SocketAddr, &[u8]) -> bool,
+        deliver: &mut impl FnMut(SocketAddr, &[u8], bool) -> bool,
     ) {
         if self.accept_pending {
             self.accept(registry, now);
@@ -322,7 +323,7 @@ impl TcpShell {
         &mut self,
         key: usize,
         now: Instant,
-        deliver: &mut impl FnMut(SocketAddr, &[u8]) -> bool,
+        deliver: &mut impl FnMut(SocketAddr, &[u8], bool) -> bool,
     ) -> Result<bool, Close> {
         let Some(conn) = self.conns.get_mut(key) else {
             return Ok(true);

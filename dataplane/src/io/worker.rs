@@ -455,13 +455,14 @@ impl Worker<'_> {
 
     /// Accept and read ICE-TCP connections (on their budgets), feed their datagrams to the core,
     /// and close connections past their timeouts. Returns whether work is left for the next turn.
+    /// (What the datagrams produced is released by the turn's closing timeout and flush.)
     fn handle_tcp(&mut self, now: Instant) -> bool {
         let Some(tcp) = &mut self.tcp else {
             return false;
         };
         let core = &mut self.core;
         let dst = self.tcp_advertised;
-        tcp.process(self.poll.registry(), now, &mut |source, data| {
+        tcp.process(self.poll.registry(), now, &mut |source, data, ask_bound| {
             core.handle_input(Input::Receive {
                 now,
                 transport: Transport::Tcp,
@@ -469,21 +470,17 @@ impl Worker<'_> {
                 destination: dst,
                 data,
             });
-            core.is_bound(&Remote {
-                transport: Transport::Tcp,
-                addr: source,
-            })
+            ask_bound
+                && core.is_bound(&Remote {
+                    transport: Transport::Tcp,
+                    addr: source,
+                })
         });
         if now >= self.next_sweep {
             tcp.sweep(self.poll.registry(), now);
             self.next_sweep = now + TCP_SWEEP;
         }
-        let pending = tcp.has_pending();
-        if self.core.poll_timeout().is_some_and(|t| t <= now) {
-            self.core.handle_input(Input::Timeout(now));
-        }
-        self.flush_output();
-        pending
+        tcp.has_pending()
     }
 
     fn set_writable(&mut self, on: bool) -> std::io::Result<()> {

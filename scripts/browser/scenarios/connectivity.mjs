@@ -13,6 +13,7 @@ import {
   randomRoom,
   randomText,
   scenario,
+  selectedPair,
   sleep,
   step,
   waitFor,
@@ -20,26 +21,6 @@ import {
 } from '../lib.mjs';
 
 const LOSS_URL = (process.env.LOSS_URL || '').replace(/\/+$/, '');
-
-// In-page: the selected candidate pair's local and remote candidates.
-async function selectedPair() {
-  const pc = window.sfu && window.sfu.pc;
-  if (!pc) return null;
-  const report = await pc.getStats();
-  const byId = new Map();
-  report.forEach((s) => byId.set(s.id, s));
-  let pair = null;
-  report.forEach((s) => {
-    if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) || pair;
-  });
-  if (!pair) report.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
-  if (!pair) return null;
-  const c = (id) => {
-    const x = byId.get(id);
-    return x && { type: x.candidateType, protocol: x.protocol, relayProtocol: x.relayProtocol || null, tcpType: x.tcpType || null, address: x.address || x.ip, port: x.port };
-  };
-  return { state: pair.state, local: c(pair.localCandidateId), remote: c(pair.remoteCandidateId) };
-}
 
 async function pairOf(p) {
   const pair = await waitFor(p.page, selectedPair, 10_000, `${p.name}: a selected candidate pair`);

@@ -13,6 +13,7 @@ import {
   scenario,
   assertNoConsoleErrors,
   waitRemoteVideos,
+  selectedPair,
 } from '../lib.mjs';
 
 // Leave: the leaver's tile disappears for the others within 2 s; rejoining with the same name
@@ -243,27 +244,17 @@ scenario('turn', async (t) => {
   })));
   for (const p of [alice, bob]) {
     await step(`${p.name}: the selected candidate pair uses a local relay candidate`, async () => {
-      const info = await p.page.evaluate(async () => {
-        const pc = window.sfu.pc;
-        const report = await pc.getStats();
-        const byId = new Map();
-        report.forEach((s) => byId.set(s.id, s));
-        let pair = null;
-        report.forEach((s) => {
-          if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) || pair;
-        });
-        if (!pair) report.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
-        const local = pair && byId.get(pair.localCandidateId);
-        const remote = pair && byId.get(pair.remoteCandidateId);
-        return {
-          policy: pc.getConfiguration().iceTransportPolicy,
-          turn: pc.getConfiguration().iceServers.some((s) => [].concat(s.urls).some((u) => u.startsWith('turn:'))),
-          pair: pair && pair.state,
-          local: local && `${local.candidateType} ${local.address || local.ip}:${local.port} ${local.relayProtocol || ''}`,
-          localType: local && local.candidateType,
-          remote: remote && `${remote.candidateType} ${remote.address || remote.ip}:${remote.port}`,
-        };
-      });
+      const pair = await p.page.evaluate(selectedPair);
+      const info = {
+        ...await p.page.evaluate(() => ({
+          policy: window.sfu.pc.getConfiguration().iceTransportPolicy,
+          turn: window.sfu.pc.getConfiguration().iceServers.some((s) => [].concat(s.urls).some((u) => u.startsWith('turn:'))),
+        })),
+        pair: pair && pair.state,
+        local: pair && pair.local && `${pair.local.type} ${pair.local.address}:${pair.local.port} ${pair.local.relayProtocol || ''}`,
+        localType: pair && pair.local && pair.local.type,
+        remote: pair && pair.remote && `${pair.remote.type} ${pair.remote.address}:${pair.remote.port}`,
+      };
       log(`        ${p.name}: policy ${info.policy}, pair ${info.pair}, local ${info.local}, remote ${info.remote}`);
       assert(info.policy === 'relay' && info.turn, `relay-only policy with a TURN server (${JSON.stringify(info)})`);
       assert(info.localType === 'relay', `local candidate type relay (${JSON.stringify(info)})`);

@@ -18,7 +18,7 @@ pub(super) fn feed(
     conn: &mut Conn,
     mut data: &[u8],
     stats: &mut TcpStats,
-    deliver: &mut impl FnMut(SocketAddr, &[u8]) -> bool,
+    deliver: &mut impl FnMut(SocketAddr, &[u8], bool) -> bool,
 ) -> Result<(), Close> {
     // Complete a partial frame first (copying only the bytes it still needs).
     if !conn.partial.is_empty() {
@@ -83,7 +83,7 @@ fn on_frame(
     conn: &mut Conn,
     frame: &[u8],
     stats: &mut TcpStats,
-    deliver: &mut impl FnMut(SocketAddr, &[u8]) -> bool,
+    deliver: &mut impl FnMut(SocketAddr, &[u8], bool) -> bool,
 ) -> Result<(), Close> {
     stats.frames_in += 1;
     if !conn.bound {
@@ -98,7 +98,7 @@ fn on_frame(
     if frame.is_empty() {
         return Ok(());
     }
-    if deliver(conn.peer, frame) {
+    if deliver(conn.peer, frame, !conn.bound) {
         conn.bound = true;
     }
     Ok(())

@@ -2,15 +2,18 @@
 use super::framing::MAX_UNBOUND_FRAMES;
 use super::*;
 
-/// A connected pair: the shell's side (accepted) and a client stream.
-fn pair() -> (TcpShell, mio::Poll, std::net::TcpStream) {
-    let mut shell = TcpShell::bind(
-        "127.0.0.1:0".parse().expect("test setup"),
-        TcpLimits::default(),
-    )
-    .expect("bind");
+/// A listening shell with `limits`, registered in its own poll.
+fn listening(limits: TcpLimits) -> (TcpShell, mio::Poll) {
+    let mut shell =
+        TcpShell::bind("127.0.0.1:0".parse().expect("test setup"), limits).expect("bind");
     let poll = mio::Poll::new().expect("poll");
     shell.register(poll.registry()).expect("register");
+    (shell, poll)
+}
+
+/// A connected pair: the shell's side (accepted) and a client stream.
+fn pair() -> (TcpShell, mio::Poll, std::net::TcpStream) {
+    let (shell, poll) = listening(TcpLimits::default());
     let client =
         std::net::TcpStream::connect(shell.local_addr().expect("test setup")).expect("connect");
     client.set_nodelay(true).expect("test setup");
@@ -50,7 +53,7 @@ fn pump(
                 shell.ready.push_back(k);
             }
         }
-        shell.process(poll.registry(), Instant::now(), &mut |_, d| {
+        shell.process(poll.registry(), Instant::now(), &mut |_, d, _| {
             got.push(d.to_vec());
             bind
         });
@@ -170,10 +173,7 @@ fn per_ip_limit_refuses_more_connections() {
         max_per_ip: 3,
         ..TcpLimits::default()
     };
-    let mut shell =
-        TcpShell::bind("127.0.0.1:0".parse().expect("test setup"), limits).expect("bind");
-    let poll = mio::Poll::new().expect("poll");
-    shell.register(poll.registry()).expect("register");
+    let (mut shell, poll) = listening(limits);
     let addr = shell.local_addr().expect("test setup");
     let clients: Vec<_> = (0..5)
         .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
@@ -193,10 +193,7 @@ fn at_the_worker_limit_the_oldest_unbound_connection_makes_room() {
         max_connections: 3,
         ..TcpLimits::default()
     };
-    let mut shell =
-        TcpShell::bind("127.0.0.1:0".parse().expect("test setup"), limits).expect("bind");
-    let poll = mio::Poll::new().expect("poll");
-    shell.register(poll.registry()).expect("register");
+    let (mut shell, poll) = listening(limits);
     let addr = shell.local_addr().expect("test setup");
     // A bound connection first (its check accepted), then idle ones.
     let mut real = std::net::TcpStream::connect(addr).expect("test setup");
@@ -226,10 +223,7 @@ fn a_full_write_buffer_drops_whole_datagrams() {
         write_buffer: 8 * 1024,
         ..TcpLimits::default()
     };
-    let mut shell =
-        TcpShell::bind("127.0.0.1:0".parse().expect("test setup"), limits).expect("bind");
-    let poll = mio::Poll::new().expect("poll");
-    shell.register(poll.registry()).expect("register");
+    let (mut shell, poll) = listening(limits);
     let mut client =
         std::net::TcpStream::connect(shell.local_addr().expect("test setup")).expect("test setup");
     // Never read by the client: a slow reader.
