@@ -50,6 +50,23 @@ pub enum Action {
     Close,
 }
 
+impl Action {
+    /// Whether these actions start a join (a placement) or a resume (an attach): what the
+    /// server admits against its join limits and times.
+    pub fn start_session(actions: &[Action]) -> bool {
+        actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Place { .. }
+                    | Action::Request {
+                        request: Request::Attach { .. },
+                        ..
+                    }
+            )
+        })
+    }
+}
+
 /// A join on its way to a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Intent {

@@ -109,30 +109,12 @@ impl Server {
                 Message::Text(text) => {
                     self.metrics.message(text.as_str());
                     let actions = session.handle_text(text.as_str(), &self.ctx, new_participant_id);
-                    if actions.iter().any(|a| {
-                        matches!(
-                            a,
-                            Action::Place { .. }
-                                | Action::Request {
-                                    request: control::Request::Attach { .. },
-                                    ..
-                                }
-                        )
-                    }) {
+                    // A join or resume the client started is timed and admitted here, once (a
+                    // retry the server makes on its behalf is part of the same join).
+                    let starts = Action::start_session(&actions);
+                    if starts {
                         conn.join_started = Some(now);
                     }
-                    // A join or resume the client started is admitted here, once (a retry the
-                    // server makes on its behalf is part of the same join).
-                    let starts = actions.iter().any(|a| {
-                        matches!(
-                            a,
-                            Action::Place { .. }
-                                | Action::Request {
-                                    request: control::Request::Attach { .. },
-                                    ..
-                                }
-                        )
-                    });
                     if starts && !self.admit_join(id) {
                         continue;
                     }

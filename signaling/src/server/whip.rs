@@ -292,17 +292,7 @@ impl Server {
     /// Perform a new headless session's first actions, after the per-address join rate and the
     /// token's session limit, as for a WebSocket join (a refusal answers with 429).
     fn start_headless(&mut self, hid: ConnId, actions: Vec<Action>) {
-        let starts = actions.iter().any(|a| {
-            matches!(
-                a,
-                Action::Place { .. }
-                    | Action::Request {
-                        request: control::Request::Attach { .. },
-                        ..
-                    }
-            )
-        });
-        if starts && !self.admit_join(hid) {
+        if Action::start_session(&actions) && !self.admit_join(hid) {
             self.end_headless_if_idle(hid);
             return;
         }
